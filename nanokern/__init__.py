@@ -1,0 +1,3 @@
+"""nanokern: Nanotron <-> HuggingFace LLaMA checkpoint conversion with fused kernels."""
+
+__version__ = "0.1.0"

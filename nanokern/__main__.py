@@ -1,0 +1,3 @@
+from nanokern.cli import main
+
+main()

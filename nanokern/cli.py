@@ -1,0 +1,160 @@
+"""The `nanokern` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+
+import click
+
+from nanokern import __version__
+from nanokern.errors import NanokernError
+
+DTYPES = click.Choice(["bf16", "fp16", "fp32", "keep"])
+BACKENDS = click.Choice(["auto", "torch", "cpu", "cuda", "triton"])
+
+
+def _warn(msg: str) -> None:
+    click.echo(f"warning: {msg}", err=True)
+
+
+def _write_json(path, obj) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
+
+
+class Fail(click.ClickException):
+    """One clear line on stderr, exit code 1."""
+
+    exit_code = 1
+
+    def show(self, file=None):
+        click.echo(f"error: {self.message}", err=True)
+
+
+def run_guarded(ctx_json, debug, fn):
+    """Run fn(); turn NanokernError/ValueError/OSError into one line, also in the --json report."""
+    try:
+        return fn()
+    except (NanokernError, ValueError, OSError) as e:
+        if debug:
+            traceback.print_exc()
+        msg = str(e) if not isinstance(e, OSError) or isinstance(e, NanokernError) else f"{e.filename}: {e.strerror}"
+        _write_json(ctx_json, {"ok": False, "error": msg})
+        raise Fail(msg) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="nanokern")
+def cli():
+    """Move LLaMA weights between Nanotron's TP x PP training layout and HuggingFace
+    transformers, with fused kernels, and prove each conversion with a parity check.
+
+    \b
+    nanokern convert CKPT OUT              Nanotron -> HF (any TP x PP layout)
+    nanokern convert HF OUT --tp 2 --pp 2  HF -> Nanotron
+    nanokern inspect CKPT                  what is in a checkpoint, what a conversion would do
+    nanokern parity CKPT                   native-layout forward vs transformers, layer by layer
+    nanokern demo                          the whole loop on a tiny built-in model
+    """
+
+
+@cli.command()
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+@click.option("--to", "to", type=click.Choice(["hf", "nanotron"]), help="Target format [default: the other one].")
+@click.option("--dtype", type=DTYPES, default=None, help="Output dtype, round-to-nearest-even [default: bf16 for HF, keep for Nanotron].")
+@click.option("--backend", type=BACKENDS, default="auto", show_default=True, help="gather_cast implementation (all give the same bytes).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--vocab-size", type=int, default=None, help="True vocabulary size: trims Nanotron's padded rows.")
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None, help="Copy this tokenizer into a HF output.")
+@click.option("--rope-interleaved", type=click.Choice(["auto", "true", "false"]), default="auto", show_default=True,
+              help="Nanotron source: auto reads model_config.json (missing key = interleaved). Nanotron target: permute q/k for interleaved RoPE.")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="HF output: largest safetensors shard.")
+@click.option("--tp", type=int, default=None, help="Nanotron output: tensor-parallel size.")
+@click.option("--pp", type=int, default=None, help="Nanotron output: pipeline-parallel size.")
+@click.option("--make-vocab-size-divisible-by", type=int, default=1, show_default=True, help="Nanotron output: pad vocab to a multiple of this x TP.")
+@click.option("--workers", type=int, default=None, help="Files written in parallel [default: min(4, cores)].")
+@click.option("--force", is_flag=True, help="Replace DST if it exists.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write a machine-readable report here.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def convert(src, dst, to, dtype, backend, device, vocab_size, tokenizer, rope_interleaved, max_shard_size, tp, pp,
+            make_vocab_size_divisible_by, workers, force, dry_run, json_path, quiet, debug):
+    """Convert checkpoint SRC into DST (written beside DST, renamed into place when complete)."""
+    from nanokern.convert import make_plan
+    from nanokern.execute import execute
+    from nanokern.plan import describe
+
+    def go():
+        plan = make_plan(src, to, dtype, vocab_size=vocab_size, tokenizer=tokenizer, rope_interleaved=rope_interleaved,
+                         max_shard_size=max_shard_size, tp=tp, pp=pp, make_vocab_size_divisible_by=make_vocab_size_divisible_by)
+        for w in plan.warnings:
+            _warn(w)
+        info = {"ok": True, "source": src, "source_format": plan.source.origin, "target": plan.target, "dst": dst,
+                "files": [f.path for f in plan.files], "tensors": plan.num_tensors, "bytes": plan.nbytes,
+                "warnings": plan.warnings, **plan.summary}
+        if dry_run:
+            click.echo(describe(plan))
+            _write_json(json_path, {**info, "dry_run": True})
+            return
+        report = execute(plan, dst, backend=backend, device=device, workers=workers, force=force, progress=not quiet)
+        click.echo(f"wrote {dst}: {report.files} file(s), {report.tensors} tensor(s), {report.bytes / 1e9:.3f} GB "
+                   f"in {report.seconds:.2f} s ({report.gbps:.2f} GB/s, backend {report.backend}, {report.workers} worker(s))")
+        _write_json(json_path, {**info, "seconds": report.seconds, "gbps": report.gbps, "backend": report.backend,
+                                "workers": report.workers, "reused_files": report.reused_files})
+
+    run_guarded(json_path, debug, go)
+
+
+@cli.command()
+@click.argument("ckpt", type=click.Path())
+@click.option("--rope-interleaved", type=click.Choice(["auto", "true", "false"]), default="auto", show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the facts as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def inspect(ckpt, rope_interleaved, json_path, debug):
+    """Layout, config, dtypes, parameter count and what a conversion would do."""
+    from nanokern.inspect import inspect_checkpoint
+
+    def go():
+        text, facts = inspect_checkpoint(ckpt, rope_interleaved)
+        click.echo(text)
+        _write_json(json_path, facts)
+
+    run_guarded(json_path, debug, go)
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Keep the demo's files here (default: a temporary folder).")
+@click.option("--backend", type=BACKENDS, default="auto", show_default=True)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def demo(workdir, backend, debug):
+    """Build a tiny LLaMA in Nanotron layout (TP=2, PP=2), convert it to HF, load it with
+    transformers and check parity. Works offline."""
+    from nanokern.demo import run_demo
+
+    ok = run_guarded(None, debug, lambda: run_demo(workdir, backend))
+    sys.exit(0 if ok else 1)
+
+
+def _register_optional():
+    try:
+        from nanokern.parity.cli import parity
+    except ImportError:  # parity module not installed in this build
+        return
+    cli.add_command(parity)
+
+
+_register_optional()
+
+
+def main():
+    cli(prog_name="nanokern")
+
+
+if __name__ == "__main__":
+    main()

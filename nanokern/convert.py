@@ -1,0 +1,95 @@
+"""The conversion API behind `nanokern convert`: detect the source, plan, execute."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from nanokern.errors import NanokernError
+from nanokern.execute import Report, execute
+from nanokern.formats import hf, nanotron
+from nanokern.model import Model
+from nanokern.plan import Plan
+
+
+def parse_tristate(value: str | bool | None) -> bool | None:
+    """auto|true|false -> None|True|False."""
+    if value is None or isinstance(value, bool):
+        return value
+    v = value.lower()
+    if v == "auto":
+        return None
+    if v in ("true", "1", "yes"):
+        return True
+    if v in ("false", "0", "no"):
+        return False
+    raise ValueError(f"expected auto, true or false, got {value!r}")
+
+
+def load_source(src: str | os.PathLike, rope_interleaved: bool | None = None) -> Model:
+    """Read a Nanotron checkpoint (checkpoints_path or step folder) or a HF folder."""
+    p = Path(src)
+    if not p.exists():
+        raise NanokernError("does not exist", p)
+    if nanotron.is_nanotron(p):
+        return nanotron.to_model(nanotron.read_checkpoint(p), rope_interleaved)
+    if hf.is_hf(p):
+        return hf.read_hf(p)
+    if p.is_dir() and not any(p.iterdir()):
+        raise NanokernError("empty folder: no checkpoint here", p)
+    raise NanokernError("not a Nanotron checkpoint (latest.txt or model/) nor a HF folder (config.json)", p)
+
+
+def make_plan(
+    src,
+    to: str | None = None,
+    dtype: str | None = None,
+    vocab_size: int | None = None,
+    tokenizer: str | None = None,
+    rope_interleaved: str | bool | None = "auto",
+    max_shard_size: str = "5GB",
+    tp: int | None = None,
+    pp: int | None = None,
+    make_vocab_size_divisible_by: int = 1,
+) -> Plan:
+    interleaved = parse_tristate(rope_interleaved)
+    model = load_source(src, interleaved if _source_is_nanotron(src) else None)
+    target = to or ("hf" if model.origin == "nanotron" else "nanotron")
+    if target == "hf":
+        if tp not in (None, 1) or pp not in (None, 1):
+            raise NanokernError("--tp/--pp describe Nanotron output; HF output is unsharded by layers", src)
+        return hf.plan_hf(model, dtype or "bf16", vocab_size, max_shard_size, tokenizer)
+    if target == "nanotron":
+        from nanokern.formats.nanotron_writer import plan_nanotron
+
+        out_interleaved = interleaved if interleaved is not None else False
+        if model.origin == "nanotron" and interleaved is None:
+            out_interleaved = bool(model.layout.get("rope_interleaved"))
+        return plan_nanotron(model, tp or 1, pp or 1, dtype or "keep", vocab_size, make_vocab_size_divisible_by, out_interleaved)
+    raise ValueError(f"unknown target {target!r}: choose hf or nanotron")
+
+
+def _source_is_nanotron(src) -> bool:
+    return nanotron.is_nanotron(Path(src))
+
+
+def convert(
+    src,
+    dst,
+    to: str | None = None,
+    dtype: str | None = None,
+    backend: str = "auto",
+    device: str = "cpu",
+    workers: int | None = None,
+    force: bool = False,
+    progress: bool = True,
+    **plan_options,
+) -> tuple[Plan, Report]:
+    dst = Path(dst)
+    if dst.exists() and not force:
+        raise NanokernError("output exists (use --force to replace it)", dst)
+    if dst.resolve() == Path(src).resolve():
+        raise NanokernError("output would replace the source", dst)
+    plan = make_plan(src, to, dtype, **plan_options)
+    report = execute(plan, dst, backend=backend, device=device, workers=workers, force=force, progress=progress)
+    return plan, report

@@ -1,0 +1,1 @@
+"""Readers and writers of on-disk layouts (Nanotron, HuggingFace, safetensors)."""

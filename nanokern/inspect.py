@@ -1,0 +1,60 @@
+"""`nanokern inspect`: what a checkpoint holds and what converting it would do."""
+
+from __future__ import annotations
+
+from nanokern.convert import load_source, parse_tristate
+from nanokern.formats.hf import plan_hf
+
+
+def _pp_stages(owner: dict[str, int], pp: int) -> list[str]:
+    lines = []
+    for rank in range(pp):
+        blocks = [b for b, r in owner.items() if r == rank and b not in ("cast_to_fp32", "loss")]
+        layers = [int(b.split(".")[1]) for b in blocks if b.startswith("decoder.")]
+        parts = [b for b in blocks if not b.startswith("decoder.")]
+        if layers:
+            parts.insert(1 if "embedding" in parts else 0, f"layers {layers[0]}-{layers[-1]}" if len(layers) > 1 else f"layer {layers[0]}")
+        lines.append(f"    PP rank {rank}: {', '.join(parts) or '(nothing)'}")
+    return lines
+
+
+def inspect_checkpoint(path, rope_interleaved: str = "auto") -> tuple[str, dict]:
+    model = load_source(path, parse_tristate(rope_interleaved))
+    s, lay = model.spec, model.layout
+    dtype = str(model.dtype).replace("torch.", "")
+    facts = {
+        "path": model.path,
+        "format": model.origin,
+        "dtype": dtype,
+        "parameters": model.num_parameters(),
+        "config": {k: v for k, v in s.__dict__.items()},
+        "layout": {k: v for k, v in lay.items() if k != "pp_owner"},
+        "warnings": model.warnings,
+    }
+    lines = [f"{model.origin} checkpoint {model.path}"]
+    if model.origin == "nanotron":
+        lines.append(f"  layout: TP={lay['tp']} PP={lay['pp']}, {lay['files']} weight file(s)"
+                     + (" (legacy v0.5 file names)" if lay.get("bad_naming") else ""))
+        lines += _pp_stages(lay["pp_owner"], lay["pp"])
+        facts["pp_stages"] = {r: [b for b, o in lay["pp_owner"].items() if o == r] for r in range(lay["pp"])}
+        lines.append(f"  RoPE: {'interleaved (GPT-J): q/k rows are permuted on export' if lay['rope_interleaved'] else 'half-split (HF convention): no q/k permutation'}")
+    else:
+        lines.append(f"  layout: {lay['files']} safetensors file(s){' with index' if lay['sharded'] else ''}")
+    lines += [
+        f"  model: LLaMA, {s.num_hidden_layers} layers, hidden {s.hidden_size}, intermediate {s.intermediate_size}, "
+        f"heads {s.num_attention_heads} (kv {s.num_key_value_heads}, head_dim {s.head_dim}), vocab {s.vocab_size} rows",
+        f"  rope_theta {s.rope_theta}, rope_scaling {s.rope_scaling}, rms_norm_eps {s.rms_norm_eps}, "
+        f"tied embeddings: {s.tie_word_embeddings}",
+        f"  dtype {dtype}, {model.num_parameters():,} parameters ({sum(t.dtype.itemsize * (t.shape[0] * (t.shape[1] if len(t.shape) > 1 else 1)) for t in model.tensors.values()) / 1e9:.3f} GB)",
+    ]
+    if model.origin == "nanotron":
+        plan = plan_hf(model)
+        lines.append(f"  convert --to hf: {len(plan.files)} file(s), {plan.num_tensors} tensors, bf16, "
+                     f"{plan.nbytes / 1e9:.3f} GB; qkv_proj -> q/k/v_proj, gate_up_proj -> gate/up_proj"
+                     + (", lm_head tied to the embedding" if s.tie_word_embeddings else ""))
+        facts["convert_to_hf"] = {"files": [f.path for f in plan.files], "bytes": plan.nbytes}
+    else:
+        lines.append("  convert --to nanotron --tp N --pp M: fuses q/k/v and gate/up, shards by TP, places layers by PP cost")
+    for w in model.warnings:
+        lines.append(f"  warning: {w}")
+    return "\n".join(lines), facts

@@ -1,0 +1,182 @@
+"""Plans: what goes where, computed from layouts alone (no tensor data is read).
+
+A writer describes each output tensor as `Source`s: rows of a logical tensor (a row map, so
+permutations, vocab trimming and TP splits are free), a column range, and where they land in
+the output. `resolve` composes those with the logical tensor's on-disk blocks into `Piece`s:
+a row gather from one source file's tensor into a rectangle of the output, which is exactly
+what the fused gather_cast kernel executes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from nanokern.formats.safetensors_io import TensorRef, build_header
+from nanokern.model import LogicalTensor, Model
+
+
+@dataclass
+class Source:
+    tensor: str  # logical tensor name
+    rows: np.ndarray  # logical rows, one per output row starting at dst_row0
+    col0: int
+    ncols: int
+    dst_row0: int = 0
+    dst_col0: int = 0
+
+
+@dataclass
+class Piece:
+    ref: TensorRef  # 2-D view of the source tensor
+    rows: np.ndarray | None  # source rows (None: the contiguous range row0 .. row0+nrows)
+    row0: int
+    nrows: int
+    col0: int
+    ncols: int
+    dst_row0: int
+    dst_col0: int
+
+    @property
+    def src_bytes(self) -> int:
+        return self.nrows * self.ncols * self.ref.dtype.itemsize
+
+
+@dataclass
+class OutTensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    sources: list[Source] = field(default_factory=list)
+    pieces: list[Piece] = field(default_factory=list)
+    offset: int = 0  # absolute byte offset in its file, set by OutFile.layout()
+
+    @property
+    def nbytes(self) -> int:
+        n = self.dtype.itemsize
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def shape2d(self) -> tuple[int, int]:
+        return (1, self.shape[0]) if len(self.shape) == 1 else (self.shape[0], self.shape[1])
+
+
+@dataclass
+class OutFile:
+    path: str  # relative to the output folder
+    tensors: list[OutTensor]
+    metadata: dict[str, str] | None = None
+    header: bytes = b""
+
+    def layout(self) -> None:
+        """Fix the header and every tensor's offset (tensors are stored in list order)."""
+        self.header, offsets = build_header([(t.name, t.dtype, t.shape) for t in self.tensors], self.metadata)
+        for t, off in zip(self.tensors, offsets):
+            t.offset = off
+
+    @property
+    def size(self) -> int:
+        return len(self.header) + sum(t.nbytes for t in self.tensors)
+
+
+@dataclass
+class Plan:
+    source: Model
+    target: str  # "hf" or "nanotron"
+    files: list[OutFile]
+    aux: dict[str, bytes]  # small files written as-is (configs, index, tokenizer)
+    warnings: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(f.size for f in self.files) + sum(len(b) for b in self.aux.values())
+
+    @property
+    def num_tensors(self) -> int:
+        return sum(len(f.tensors) for f in self.files)
+
+
+def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
+    """Split sorted indices into [start, stop) positions of consecutive runs."""
+    if idx.size == 0:
+        return []
+    breaks = np.nonzero(np.diff(idx) != 1)[0] + 1
+    bounds = [0, *breaks.tolist(), idx.size]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _piece(ref, src_rows, col0, ncols, dst_row0, dst_col0) -> Piece:
+    n = int(src_rows.size)
+    r0 = int(src_rows[0])
+    if n == 1 or np.array_equal(src_rows, np.arange(r0, r0 + n)):
+        return Piece(ref, None, r0, n, col0, ncols, dst_row0, dst_col0)
+    return Piece(ref, src_rows, 0, n, col0, ncols, dst_row0, dst_col0)
+
+
+def resolve_source(t: LogicalTensor, src: Source) -> list[Piece]:
+    nrows_logical = t.shape2d[0]
+    pieces = []
+    covered = 0
+    for b in t.blocks:
+        a = max(b.dst_col0, src.col0)
+        e = min(b.dst_col0 + b.ncols, src.col0 + src.ncols)
+        if a >= e:
+            continue
+        pos = np.full(nrows_logical, -1, dtype=np.int64)
+        pos[b.dst_rows] = np.arange(b.dst_rows.size, dtype=np.int64)
+        k = pos[src.rows]
+        sel = np.nonzero(k >= 0)[0]
+        for s0, s1 in _runs(sel):
+            out_rows = sel[s0:s1]
+            src_rows = b.src_rows[k[out_rows]]
+            pieces.append(
+                _piece(b.ref, src_rows, b.src_col0 + (a - b.dst_col0), e - a, src.dst_row0 + int(out_rows[0]), src.dst_col0 + (a - src.col0))
+            )
+            covered += (s1 - s0) * (e - a)
+    if covered != src.rows.size * src.ncols:
+        raise AssertionError(f"plan error: {t.name} covers {covered} of {src.rows.size * src.ncols} requested elements")
+    return pieces
+
+
+def resolve(plan: Plan) -> Plan:
+    """Turn every output tensor's sources into pieces and lay out every file's header."""
+    for f in plan.files:
+        for t in f.tensors:
+            t.pieces = [p for s in t.sources for p in resolve_source(plan.source.tensors[s.tensor], s)]
+        f.layout()
+    return plan
+
+
+def whole(t: LogicalTensor, rows: int | None = None) -> Source:
+    """All columns of the first `rows` rows of a logical tensor (all rows by default)."""
+    n = t.shape2d[0] if rows is None else rows
+    return Source(t.name, np.arange(n, dtype=np.int64), 0, t.shape2d[1])
+
+
+def describe(plan: Plan, limit: int | None = None) -> str:
+    """Human-readable plan for --dry-run."""
+    lines = [
+        f"plan: {plan.source.origin} {plan.source.path} -> {plan.target}",
+        f"  {len(plan.files)} weight file(s), {plan.num_tensors} tensor(s), {plan.nbytes / 1e9:.3f} GB to write",
+    ]
+    for w in plan.warnings:
+        lines.append(f"  warning: {w}")
+    for name in sorted(plan.aux):
+        lines.append(f"  {name} ({len(plan.aux[name])} bytes)")
+    shown = 0
+    for f in plan.files:
+        lines.append(f"  {f.path} ({f.size} bytes)")
+        for t in f.tensors:
+            if limit is not None and shown >= limit:
+                continue
+            shown += 1
+            src = ", ".join(sorted({p.ref.path.rsplit("/", 1)[-1] for p in t.pieces})) or "zeros"
+            lines.append(f"    {t.name} {list(t.shape)} {str(t.dtype).replace('torch.', '')} <- {len(t.pieces)} piece(s) from {src}")
+    if limit is not None and shown < plan.num_tensors:
+        lines.append(f"    ... {plan.num_tensors - shown} more tensor(s)")
+    return "\n".join(lines)
