@@ -129,6 +129,29 @@ def inspect(ckpt, rope_interleaved, json_path, debug):
 
 
 @cli.command()
+@click.argument("path", type=click.Path())
+@click.option("--against", type=click.Path(), default=None, help="Compare every tensor with this checkpoint (any layout).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def verify(path, against, json_path, debug):
+    """Audit a Nanotron or HF checkpoint: structure, shapes, shard coverage, finiteness; with
+    --against, tensor-by-tensor equality of two checkpoints in any layouts. Exit 0 only when
+    all holds."""
+    from nanokern.verify import verify as run_verify
+
+    rep = run_guarded(json_path, debug, lambda: run_verify(path, against))
+    for n in rep.notes:
+        click.echo(f"note: {n}")
+    for p in rep.problems:
+        click.echo(f"problem: {p}", err=True)
+    what = f"equal to {against}" if against else "well-formed and finite"
+    click.echo(f"{path}: {rep.tensors} tensor(s) checked: " + (what if rep.ok else f"{len(rep.problems)} problem(s)"))
+    _write_json(json_path, {"ok": rep.ok, "path": path, "against": against, "tensors": rep.tensors,
+                            "problems": rep.problems, "notes": rep.notes})
+    sys.exit(0 if rep.ok else 1)
+
+
+@cli.command()
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Keep the demo's files here (default: a temporary folder).")
 @click.option("--backend", type=BACKENDS, default="auto", show_default=True)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")

@@ -1,0 +1,80 @@
+"""`nanokern verify`: audit a checkpoint, or compare two checkpoints tensor by tensor.
+
+Structure, shapes and shard coverage are checked when the source is read (formats/*). Here
+every logical tensor is materialised one at a time (memory bounded by the largest tensor) and
+checked for finiteness, or compared bit for bit with the same tensor of another checkpoint in
+any layout (Nanotron at any TP x PP, or HF).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from nanokern.convert import load_source
+from nanokern.formats.safetensors_io import map_tensor
+from nanokern.model import LogicalTensor
+
+
+def materialize(t: LogicalTensor, maps: dict) -> torch.Tensor:
+    rows, cols = t.shape2d
+    out = torch.empty((rows, cols), dtype=t.dtype)
+    for b in t.blocks:
+        src = map_tensor(b.ref, maps)[:, b.src_col0 : b.src_col0 + b.ncols]
+        out[torch.from_numpy(b.dst_rows), b.dst_col0 : b.dst_col0 + b.ncols] = src[torch.from_numpy(b.src_rows)]
+    return out.view(t.shape)
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tensors: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify(path, against=None, strict_finite: bool = True) -> VerifyReport:
+    a = load_source(path)
+    rep = VerifyReport(str(path), notes=list(a.warnings))
+    maps_a: dict = {}
+    b = load_source(against) if against is not None else None
+    maps_b: dict = {}
+    if b is not None:
+        if set(a.tensors) != set(b.tensors):
+            rep.problems.append(f"tensor sets differ: only in {path}: {sorted(set(a.tensors) - set(b.tensors))[:3]}, "
+                                f"only in {against}: {sorted(set(b.tensors) - set(a.tensors))[:3]}")
+        for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads"):
+            if getattr(a.spec, k) != getattr(b.spec, k):
+                rep.problems.append(f"config {k}: {getattr(a.spec, k)} vs {getattr(b.spec, k)}")
+        if rep.problems:
+            return rep
+    for name, t in a.tensors.items():
+        x = materialize(t, maps_a)
+        rep.tensors += 1
+        if strict_finite and x.is_floating_point() and not torch.isfinite(x).all():
+            n = int((~torch.isfinite(x)).sum())
+            rep.problems.append(f"{name}: {n} non-finite value(s)")
+        if b is None:
+            continue
+        y = materialize(b.tensors[name], maps_b)
+        if x.shape != y.shape:
+            if x.dim() == 2 and x.shape[1] == y.shape[1]:
+                n = min(x.shape[0], y.shape[0])
+                rep.notes.append(f"{name}: {x.shape[0]} vs {y.shape[0]} rows (vocab padding): compared the first {n}")
+                x, y = x[:n], y[:n]
+            else:
+                rep.problems.append(f"{name}: shape {list(x.shape)} vs {list(y.shape)}")
+                continue
+        if x.dtype != y.dtype:
+            low = x.dtype if x.dtype.itemsize <= y.dtype.itemsize else y.dtype
+            rep.notes.append(f"{name}: dtypes {x.dtype} vs {y.dtype}: compared after rounding to {low}")
+            x, y = x.to(low), y.to(low)
+        if not torch.equal(x.view(torch.uint8) if x.numel() else x, y.view(torch.uint8) if y.numel() else y):
+            diff = (x.float() - y.float()).abs().nan_to_num(float("inf")).max().item()
+            rep.problems.append(f"{name}: values differ (max |diff| {diff:.3g})")
+    return rep
