@@ -32,7 +32,10 @@ class Fail(click.ClickException):
     exit_code = 1
 
     def show(self, file=None):
-        click.echo(f"error: {self.message}", err=True)
+        from nanokern.distributed import world
+
+        if world()[0] == 0:
+            click.echo(f"error: {self.message}", err=True)
 
 
 def run_guarded(ctx_json, debug, fn):
@@ -68,7 +71,9 @@ def cli():
 @click.option("--to", "to", type=click.Choice(["hf", "nanotron"]), help="Target format [default: the other one].")
 @click.option("--dtype", type=DTYPES, default=None, help="Output dtype, round-to-nearest-even [default: bf16 for HF, keep for Nanotron].")
 @click.option("--backend", type=BACKENDS, default="auto", show_default=True, help="gather_cast implementation (all give the same bytes).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda: gather and cast on the GPU (LOCAL_RANK's GPU under torchrun), staged through pinned buffers.")
+@click.option("--staging-budget", default="1GB", show_default=True, help="--device cuda: pinned + device staging memory.")
 @click.option("--vocab-size", type=int, default=None, help="True vocabulary size: trims Nanotron's padded rows.")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None, help="Copy this tokenizer into a HF output.")
 @click.option("--rope-interleaved", type=click.Choice(["auto", "true", "false"]), default="auto", show_default=True,
@@ -81,32 +86,53 @@ def cli():
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write a machine-readable report here.")
+@click.option("--strict", is_flag=True, help="NaN or inf in the weights is an error, not a warning.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def convert(src, dst, to, dtype, backend, device, vocab_size, tokenizer, rope_interleaved, max_shard_size, tp, pp,
-            make_vocab_size_divisible_by, workers, force, dry_run, json_path, quiet, debug):
-    """Convert checkpoint SRC into DST (written beside DST, renamed into place when complete)."""
+def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, tokenizer, rope_interleaved, max_shard_size, tp, pp,
+            make_vocab_size_divisible_by, workers, force, dry_run, json_path, strict, quiet, debug):
+    """Convert checkpoint SRC into DST (written beside DST, renamed into place when complete).
+
+    SRC is a Nanotron checkpoints_path (with latest.txt) or step folder, in any TP x PP layout,
+    or a HF LlamaForCausalLM folder. Under torchrun (or srun with torch.distributed's
+    environment) the output files are spread over the processes; the result is the same bytes.
+    """
     from nanokern.convert import make_plan
+    from nanokern.distributed import world
     from nanokern.execute import execute
+    from nanokern.formats.hf import parse_size
     from nanokern.plan import describe
+
+    lead = world()[0] == 0  # under torchrun only rank 0 talks
+    say = click.echo if lead else (lambda *a, **k: None)
+    warn = _warn if lead else (lambda msg: None)
 
     def go():
         plan = make_plan(src, to, dtype, vocab_size=vocab_size, tokenizer=tokenizer, rope_interleaved=rope_interleaved,
                          max_shard_size=max_shard_size, tp=tp, pp=pp, make_vocab_size_divisible_by=make_vocab_size_divisible_by)
         for w in plan.warnings:
-            _warn(w)
+            warn(w)
         info = {"ok": True, "source": src, "source_format": plan.source.origin, "target": plan.target, "dst": dst,
                 "files": [f.path for f in plan.files], "tensors": plan.num_tensors, "bytes": plan.nbytes,
                 "warnings": plan.warnings, **plan.summary}
         if dry_run:
-            click.echo(describe(plan))
-            _write_json(json_path, {**info, "dry_run": True})
+            say(describe(plan))
+            if lead:
+                _write_json(json_path, {**info, "dry_run": True})
             return
-        report = execute(plan, dst, backend=backend, device=device, workers=workers, force=force, progress=not quiet)
-        click.echo(f"wrote {dst}: {report.files} file(s), {report.tensors} tensor(s), {report.bytes / 1e9:.3f} GB "
-                   f"in {report.seconds:.2f} s ({report.gbps:.2f} GB/s, backend {report.backend}, {report.workers} worker(s))")
+        report = execute(plan, dst, backend=backend, device=device, workers=workers, force=force,
+                         progress=not quiet, strict=strict,
+                         staging_bytes=parse_size(staging_budget) if device == "cuda" else None)
+        for n in report.nonfinite:
+            warn(f"non-finite values (NaN/inf) in {n}")
+        if not lead:
+            return
+        procs = f", {report.processes} processes" if report.processes > 1 else ""
+        say(f"wrote {dst}: {report.files} file(s), {report.tensors} tensor(s), {report.bytes / 1e9:.3f} GB "
+            f"in {report.seconds:.2f} s ({report.gbps:.2f} GB/s, backend {report.backend}, {report.workers} worker(s){procs})")
         _write_json(json_path, {**info, "seconds": report.seconds, "gbps": report.gbps, "backend": report.backend,
-                                "workers": report.workers, "reused_files": report.reused_files})
+                                "workers": report.workers, "processes": report.processes,
+                                "reused_files": report.reused_files, "nonfinite": report.nonfinite})
 
     run_guarded(json_path, debug, go)
 

@@ -3,8 +3,11 @@
 Every output file's header is known from the plan, so each file is created at full size, its
 header written, and every tensor's bytes written in place (through a shared mapping of the
 output file) by the fused gather_cast kernel reading the memory-mapped sources: no
-intermediate copy of a tensor, no save_file. Files are written in parallel. The output is
-built in a `DST.partial-*` folder beside DST, fsynced, and renamed into place when complete.
+intermediate copy of a tensor, no save_file. While a tensor's bytes are hot, their CRC32 is
+recorded (for `nanokern verify`) and they are checked for NaN/inf. Files are written in
+parallel threads, and across processes under torchrun. The output is built in a
+`DST.partial-*` folder beside DST, fsynced, and renamed into place when complete; a killed run
+leaves DST untouched and the next identical run reuses the files it had finished.
 """
 
 from __future__ import annotations
@@ -16,17 +19,21 @@ import os
 import shutil
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from nanokern import distributed
 from nanokern.errors import NanokernError
 from nanokern.formats.safetensors_io import map_tensor
 from nanokern.plan import OutFile, Plan
+from nanokern.staging import Stager
 
-JOURNAL = ".nanokern-done.json"
+MANIFEST = "nanokern-manifest.json"
+JOURNAL_GLOB = ".nanokern-done-*.json"
 
 
 @dataclass
@@ -38,7 +45,8 @@ class Report:
     reused_files: int = 0
     backend: str = ""
     workers: int = 1
-    warnings: list[str] = field(default_factory=list)
+    processes: int = 1
+    nonfinite: list[str] = field(default_factory=list)
 
     @property
     def gbps(self) -> float:
@@ -48,12 +56,15 @@ class Report:
 def plan_fingerprint(plan: Plan) -> str:
     """Identifies a plan's output bytes, so an interrupted run resumes only the same plan."""
     h = hashlib.sha256()
+    stats: dict[str, str] = {}
     for f in plan.files:
         h.update(f.path.encode() + f.header)
         for t in f.tensors:
             for p in t.pieces:
-                st = os.stat(p.ref.path)
-                h.update(f"{p.ref.path}:{st.st_size}:{st.st_mtime_ns}:{p.ref.offset}:{p.row0}:{p.nrows}:{p.col0}:{p.ncols}:{p.dst_row0}:{p.dst_col0}".encode())
+                if p.ref.path not in stats:
+                    st = os.stat(p.ref.path)
+                    stats[p.ref.path] = f"{st.st_size}:{st.st_mtime_ns}"
+                h.update(f"{p.ref.path}:{stats[p.ref.path]}:{p.ref.offset}:{p.row0}:{p.nrows}:{p.col0}:{p.ncols}:{p.dst_row0}:{p.dst_col0}".encode())
                 if p.rows is not None:
                     h.update(p.rows.tobytes())
     for name in sorted(plan.aux):
@@ -65,7 +76,7 @@ class _Sources:
     """Memory maps of source files, opened once and shared by the worker threads."""
 
     def __init__(self):
-        self._maps: dict[str, mmap.mmap] = {}
+        self._maps: dict = {}
         self._lock = threading.Lock()
 
     def tensor(self, ref) -> torch.Tensor:
@@ -79,9 +90,18 @@ class _Sources:
         self._maps.clear()
 
 
-def write_file(f: OutFile, path: Path, sources: _Sources, backend: str, device: str, on_tensor=None) -> None:
+def _all_finite(t: torch.Tensor) -> bool:
+    if t.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(t.view(-1))  # NaN propagates to both
+    return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
+
+
+def write_file(f: OutFile, path: Path, sources: _Sources, backend: str, on_bytes=None, stager: Stager | None = None) -> dict:
+    """Write one output file; return its manifest entry (size, header and tensor CRC32s, non-finite)."""
     from nanokern.ops import gather_cast
 
+    entry = {"size": f.size, "header_crc32": zlib.crc32(f.header), "tensors": {}, "nonfinite": []}
     with open(path, "w+b") as fh:
         fh.truncate(f.size)  # zero-filled: rows no piece covers (vocab padding) stay zero
         fh.write(f.header)
@@ -89,20 +109,31 @@ def write_file(f: OutFile, path: Path, sources: _Sources, backend: str, device: 
         with mmap.mmap(fh.fileno(), f.size, access=mmap.ACCESS_WRITE) as out_map:
             for t in f.tensors:
                 rows, cols = t.shape2d
+                crc = 0
                 if rows * cols:
                     out = torch.frombuffer(out_map, dtype=t.dtype, count=rows * cols, offset=t.offset).view(rows, cols)
                     for p in t.pieces:
                         src = sources.tensor(p.ref)[:, p.col0 : p.col0 + p.ncols]
                         dst = out[p.dst_row0 : p.dst_row0 + p.nrows, p.dst_col0 : p.dst_col0 + p.ncols]
-                        if p.rows is None:
+                        if stager is not None:
+                            stager.run_piece(src[p.row0 : p.row0 + p.nrows] if p.rows is None else src, p.rows, dst)
+                        elif p.rows is None:
                             gather_cast(src[p.row0 : p.row0 + p.nrows], None, dst, backend=backend)
                         else:
                             gather_cast(src, torch.from_numpy(p.rows), dst, backend=backend)
+                    if not _all_finite(out):
+                        entry["nonfinite"].append(t.name)
                     del out
-                if on_tensor:
-                    on_tensor(t.nbytes)
+                    with memoryview(out_map) as mv:
+                        crc = zlib.crc32(mv[t.offset : t.offset + t.nbytes])
+                entry["tensors"][t.name] = {"offset": t.offset, "nbytes": t.nbytes, "crc32": crc}
+                if on_bytes:
+                    on_bytes(t.nbytes)
             out_map.flush()
         os.fsync(fh.fileno())
+    if on_bytes:
+        on_bytes(len(f.header))
+    return entry
 
 
 def _fsync_dir(path: Path) -> None:
@@ -113,8 +144,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_small(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def partial_dir(dst: Path, fingerprint: str) -> Path:
     return dst.parent / f"{dst.name}.partial-{fingerprint}"
+
+
+def _finished(work: Path, plan: Plan) -> dict[str, dict]:
+    """Files an earlier run of the same plan completed (fsynced, then journaled)."""
+    done: dict[str, dict] = {}
+    for j in work.glob(JOURNAL_GLOB):
+        try:
+            done.update(json.loads(j.read_text()))
+        except (json.JSONDecodeError, OSError):
+            continue
+    sizes = {f.path: f.size for f in plan.files}
+    return {p: e for p, e in done.items() if p in sizes and (work / p).is_file() and (work / p).stat().st_size == sizes[p]}
 
 
 def execute(
@@ -125,39 +176,56 @@ def execute(
     workers: int | None = None,
     force: bool = False,
     progress: bool = True,
+    strict: bool = False,
+    staging_bytes: int | None = None,
 ) -> Report:
+    """Write the plan's output at DST. Under torchrun every rank calls this with the same plan.
+
+    device="cuda": gather and cast on the GPU, staging through pinned buffers of at most
+    `staging_bytes` (default 1 GiB). On the CPU, a staging budget runs the same pipeline on
+    host tensors (used to test it without a GPU).
+    """
     from nanokern.ops import resolve_backend
 
     dst = Path(dst)
+    dist = distributed.init(device)
+    rank, world = distributed.world() if dist else (0, 1)
     if dst.exists() and not force:
         raise NanokernError("output exists (use --force to replace it)", dst)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise NanokernError("--device cuda: no CUDA device is available", dst)
     backend = resolve_backend(backend, device)
-    workers = max(1, workers or min(4, os.cpu_count() or 1, len(plan.files)))
-    dst.parent.mkdir(parents=True, exist_ok=True)
     fp = plan_fingerprint(plan)
     work = partial_dir(dst, fp)
-    for stale in dst.parent.glob(f"{dst.name}.partial-*"):
-        if stale != work:
-            shutil.rmtree(stale, ignore_errors=True)
-    work.mkdir(exist_ok=True)
-    journal = work / JOURNAL
-    done: set[str] = set(json.loads(journal.read_text())) if journal.is_file() else set()
-    report = Report(backend=backend, workers=workers, warnings=list(plan.warnings))
+    if rank == 0:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        for stale in dst.parent.glob(f"{dst.name}.partial-*"):
+            if stale != work:
+                shutil.rmtree(stale, ignore_errors=True)
+        work.mkdir(exist_ok=True)
+    if dist:
+        dist.barrier()
+    done = _finished(work, plan)
+    mine_idx = distributed.split_by_bytes([f.size for f in plan.files], world)[rank]
+    mine = [plan.files[i] for i in mine_idx]
+    todo = sorted((f for f in mine if f.path not in done), key=lambda f: -f.size)
+    workers = max(1, workers or min(4, os.cpu_count() or 1, max(1, len(todo))))
+    report = Report(backend=backend, workers=workers, processes=world, reused_files=sum(f.path in done for f in mine))
+    journal = work / f".nanokern-done-{rank}.json"
     t0 = time.perf_counter()
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=sum(f.size for f in plan.files), unit="B", unit_scale=True, unit_divisor=1024, desc="convert", leave=False)
+        bar = tqdm(total=sum(f.size for f in mine), unit="B", unit_scale=True, unit_divisor=1024,
+                   desc="convert" if world == 1 else f"convert (rank 0 of {world})", leave=False)
+        bar.update(sum(f.size for f in mine if f.path in done))
     lock = threading.Lock()
-    todo = []
-    for f in plan.files:
-        if f.path in done and (work / f.path).is_file() and (work / f.path).stat().st_size == f.size:
-            report.reused_files += 1
-            if bar:
-                bar.update(f.size)
-        else:
-            todo.append(f)
+    sources = _Sources()
+    stager = None
+    if device == "cuda" or staging_bytes is not None:
+        stager = Stager(device, (staging_bytes or 1 << 30) // workers, backend)
+    entries = {p: e for p, e in done.items() if p in {f.path for f in mine}}
 
     def tick(n):
         if bar:
@@ -167,50 +235,68 @@ def execute(
     def run(f: OutFile):
         target = work / f.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        write_file(f, target, sources, backend, device, tick)
-        tick(len(f.header))
+        entry = write_file(f, target, sources, backend, tick, stager)
+        if strict and entry["nonfinite"]:
+            raise NanokernError(f"non-finite values (NaN/inf) in {', '.join(entry['nonfinite'][:3])} (--strict)", plan.source.path)
         with lock:
-            done.add(f.path)
+            entries[f.path] = entry
             tmp = journal.with_suffix(".tmp")
-            tmp.write_text(json.dumps(sorted(done)))
+            tmp.write_text(json.dumps(entries))
             os.replace(tmp, journal)
 
-    sources = _Sources()
+    error = None
     try:
-        # biggest files first: better balance across workers
-        order = sorted(todo, key=lambda f: -f.size)
         if workers == 1:
-            for f in order:
+            for f in todo:
                 run(f)
         else:
             with ThreadPoolExecutor(workers) as pool:
-                for fut in [pool.submit(run, f) for f in order]:
+                for fut in [pool.submit(run, f) for f in todo]:
                     fut.result()
-        for name, data in plan.aux.items():
-            p = work / name
-            p.parent.mkdir(parents=True, exist_ok=True)
-            with open(p, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        journal.unlink(missing_ok=True)
-        for d in {work, *[(work / f.path).parent for f in plan.files]}:
-            _fsync_dir(d)
-        _replace(work, dst)
-    except BaseException as e:
-        # an interrupted run keeps its finished files for the next run to reuse; a failed one
-        # leaves nothing behind
-        if not isinstance(e, KeyboardInterrupt):
-            shutil.rmtree(work, ignore_errors=True)
-        raise
+    except KeyboardInterrupt:
+        raise  # keep the finished files: the next run resumes
+    except Exception as e:  # noqa: BLE001 - reported, and shared with the other ranks
+        error = e
     finally:
         sources.close()
         if bar:
             bar.close()
+
+    if dist:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, (None if error is None else str(error), entries))
+        failed = [(r, msg) for r, (msg, _) in enumerate(gathered) if msg is not None]
+        if failed and error is None:
+            r, msg = failed[0]
+            error = NanokernError(f"rank {r} failed: {msg}")
+        if not failed:
+            for _, e in gathered:
+                entries.update(e)
+    if error is not None:
+        if rank == 0:
+            shutil.rmtree(work, ignore_errors=True)
+        if dist:
+            dist.barrier()
+        raise error
+
+    if rank == 0:
+        for name, data in plan.aux.items():
+            _write_small(work / name, data)
+        manifest = {"format": "nanokern-manifest", "version": 1, "target": plan.target,
+                    "files": {f.path: entries[f.path] for f in plan.files}}
+        _write_small(work / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+        for j in work.glob(JOURNAL_GLOB):
+            j.unlink()
+        for d in {work, *[(work / f.path).parent for f in plan.files]}:
+            _fsync_dir(d)
+        _replace(work, dst)
+    if dist:
+        dist.barrier()
     report.seconds = time.perf_counter() - t0
     report.files = len(plan.files)
     report.tensors = plan.num_tensors
     report.bytes = sum(f.size for f in plan.files)
+    report.nonfinite = [f"{p}: {n}" for p, e in sorted(entries.items()) for n in e["nonfinite"]]
     return report
 
 

@@ -8,11 +8,16 @@ any layout (Nanotron at any TP x PP, or HF).
 
 from __future__ import annotations
 
+import json
+import mmap
+import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from nanokern.convert import load_source
+from nanokern.execute import MANIFEST
 from nanokern.formats.safetensors_io import map_tensor
 from nanokern.model import LogicalTensor
 
@@ -32,15 +37,53 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tensors: int = 0
+    checksummed: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
+def check_manifest(root: Path, rep: VerifyReport) -> None:
+    """Bytes of every file nanokern wrote against the CRC32s recorded at write time."""
+    m = root / MANIFEST
+    if not m.is_file():
+        rep.notes.append(f"no {MANIFEST}: not written by nanokern, checked structure only")
+        return
+    try:
+        files = json.loads(m.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        rep.problems.append(f"{m}: unreadable manifest")
+        return
+    for rel, entry in files.items():
+        f = root / rel
+        if not f.is_file():
+            rep.problems.append(f"{f}: missing (listed in {MANIFEST})")
+            continue
+        if f.stat().st_size != entry["size"]:
+            rep.problems.append(f"{f}: {f.stat().st_size} bytes, {entry['size']} when written")
+            continue
+        with open(f, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            header_len = min(t["offset"] for t in entry["tensors"].values()) if entry["tensors"] else len(mm)
+            if zlib.crc32(mm[:header_len]) != entry["header_crc32"]:
+                rep.problems.append(f"{f}: header bytes changed since written")
+            for name, t in entry["tensors"].items():
+                with memoryview(mm) as mv:
+                    crc = zlib.crc32(mv[t["offset"] : t["offset"] + t["nbytes"]])
+                if crc != t["crc32"]:
+                    rep.problems.append(f"{f}: tensor {name}: bytes changed since written (CRC32 mismatch)")
+        rep.checksummed += 1
+
+
+def _root_of(model) -> Path:
+    p = Path(model.path)
+    return p.parent if model.origin == "nanotron" else p
+
+
 def verify(path, against=None, strict_finite: bool = True) -> VerifyReport:
     a = load_source(path)
     rep = VerifyReport(str(path), notes=list(a.warnings))
+    check_manifest(_root_of(a), rep)
     maps_a: dict = {}
     b = load_source(against) if against is not None else None
     maps_b: dict = {}
