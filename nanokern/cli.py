@@ -10,6 +10,7 @@ import click
 
 from nanokern import __version__
 from nanokern.errors import NanokernError
+from nanokern.parity.cli import parity
 
 DTYPES = click.Choice(["bf16", "fp16", "fp32", "keep"])
 BACKENDS = click.Choice(["auto", "torch", "cpu", "cuda", "triton"])
@@ -50,7 +51,17 @@ def run_guarded(ctx_json, debug, fn):
         raise Fail(msg) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """Any NanokernError a command lets through ends as one line, exit code 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except NanokernError as e:
+            raise Fail(str(e)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="nanokern")
 def cli():
     """Move LLaMA weights between Nanotron's TP x PP training layout and HuggingFace
@@ -190,15 +201,7 @@ def demo(workdir, backend, debug):
     sys.exit(0 if ok else 1)
 
 
-def _register_optional():
-    try:
-        from nanokern.parity.cli import parity
-    except ImportError:  # parity module not installed in this build
-        return
-    cli.add_command(parity)
-
-
-_register_optional()
+cli.add_command(parity)
 
 
 def main():

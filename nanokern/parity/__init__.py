@@ -1,0 +1,16 @@
+"""Forward-pass parity: a LLaMA forward over Nanotron's sharded tensors as stored, compared
+layer by layer with transformers (run_parity), with Nanotron's own logits (reproduce_logits),
+and the fused kernels against transformers' functions (check_kernels).
+
+Importing this package imports neither transformers nor the Triton kernels.
+"""
+
+from nanokern.parity.check import LogitsReport, make_tokens, reproduce_logits, run_parity
+from nanokern.parity.kernel_check import KernelCheck, check_kernels
+from nanokern.parity.native import NativeLlama
+from nanokern.parity.report import ParityReport, Row
+
+__all__ = [
+    "run_parity", "reproduce_logits", "check_kernels", "make_tokens", "NativeLlama", "ParityReport", "Row",
+    "LogitsReport", "KernelCheck",
+]

@@ -1,0 +1,186 @@
+"""`nanokern parity --kernels`: every fused op (torch reference and Triton kernel) against
+transformers' own functions, over shapes and dtypes.
+
+- RMSNorm vs transformers' LlamaRMSNorm module.
+- RoPE (half-split) vs apply_rotary_pos_emb with cos/sin from LlamaRotaryEmbedding, on q and k
+  cut from a fused qkv buffer (GQA shapes).
+- RoPE (interleaved) vs an explicit GPT-J reference (complex multiplication of the pairs
+  (2i, 2i+1) by e^{i pos theta_i}), and vs apply_rotary_pos_emb through the documented row
+  permutation: permuting each head's rows by P = [0, 2, ..., d-2, 1, 3, ..., d-1] turns
+  interleaved RoPE into half-split RoPE (rope_i(x)[P] == rope_half(x[P])).
+- SwiGLU vs LlamaMLP's act_fn(gate) * up (ACT2FN["silu"]).
+- Attention vs transformers' eager_attention_forward (repeat_kv GQA, additive causal mask),
+  computed in fp32 on the same inputs.
+
+Tolerances: fp32 max|diff| <= 1e-5 x max(1, max|ref|) (fp32 rounding); bf16 two bf16 spacings of
+the largest value (2^-6 x max|ref|). The kernels do transformers' bf16 roundings, so against
+transformers they are bit-exact or one rounding flip apart; against the single-rounding GPT-J
+reference HF-style RoPE can be up to 1.5 spacings off (three roundings); attention computes in
+fp32, the reference too.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from types import SimpleNamespace
+
+import torch
+
+from nanokern.parity import kernels as K
+from nanokern.parity.native import torch_dtype
+
+
+@dataclass
+class KernelCheck:
+    kernel: str
+    impl: str  # torch | triton
+    against: str
+    dtype: str
+    shape: str
+    max_abs: float
+    tol: float
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs <= self.tol
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def _tol(ref: torch.Tensor, dtype: torch.dtype) -> float:
+    scale = max(1.0, float(ref.abs().max())) if dtype == torch.float32 else float(ref.abs().max())
+    return 1e-5 * scale if dtype == torch.float32 else 2.0**-6 * scale
+
+
+def _maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max())
+
+
+RMS_SHAPES = [(64, 64), (37, 200), (8, 4096)]
+ROPE_SHAPES = [(2, 32, 4, 2, 16), (1, 17, 8, 2, 64), (2, 8, 2, 2, 128)]  # B, S, nq, nkv, d
+SWIGLU_SHAPES = [(64, 160), (33, 1000)]
+ATTN_SHAPES = [(2, 32, 4, 2, 16), (1, 50, 8, 2, 32), (1, 70, 4, 4, 64)]
+
+
+def _impls(backend: str) -> list[str]:
+    if backend == "auto":
+        return ["torch", "triton"]
+    if backend not in ("torch", "triton"):
+        raise ValueError(f"unknown backend {backend!r}")
+    return [backend]
+
+
+def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0) -> list[KernelCheck]:
+    """Run every kernel check; backend "auto" checks both the torch references and the Triton
+    kernels (interpreted without CUDA)."""
+    from transformers import LlamaConfig
+    from transformers.activations import ACT2FN
+    from transformers.models.llama.modeling_llama import (
+        LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb, eager_attention_forward,
+    )
+
+    from nanokern import rope as rope_perm
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    impls = _impls(backend)
+    g = torch.Generator().manual_seed(seed)
+    rows: list[KernelCheck] = []
+
+    def randn(*shape, dtype):
+        return torch.randn(*shape, generator=g).to(device=dev, dtype=dtype)
+
+    def record(kernel, impl, against, dt, shape, fn, ref):
+        t0 = time.perf_counter()
+        got = fn()
+        secs = time.perf_counter() - t0
+        rows.append(KernelCheck(kernel, impl, against, dt, shape, _maxdiff(got, ref), _tol(ref, got.dtype), round(secs, 4)))
+
+    for dname in dtypes:
+        dt = torch_dtype(dname)
+        dname = "fp32" if dt == torch.float32 else "bf16"
+        # RMSNorm ------------------------------------------------------------------------------
+        for T, H in RMS_SHAPES:
+            eps = 1e-5
+            mod = LlamaRMSNorm(H, eps)
+            with torch.no_grad():
+                mod.weight.copy_(1 + 0.1 * torch.randn(H, generator=g))
+            mod = mod.to(device=dev, dtype=dt)
+            x = randn(T, H, dtype=dt) * 3
+            ref = mod(x).detach()
+            for impl in impls:
+                record("rms_norm", impl, "LlamaRMSNorm", dname, f"{T}x{H}",
+                       lambda: K.rms_norm(x, mod.weight.detach(), eps, impl), ref)
+        # RoPE ---------------------------------------------------------------------------------
+        for B, S, nq, nkv, d in ROPE_SHAPES:
+            theta = 10000.0 if d < 128 else 500000.0
+            cfg = LlamaConfig(hidden_size=nq * d, num_attention_heads=nq, num_key_value_heads=nkv, head_dim=d,
+                              rope_theta=theta, intermediate_size=8, num_hidden_layers=1, vocab_size=8,
+                              max_position_embeddings=max(S, 8))
+            rot = LlamaRotaryEmbedding(cfg).to(dev)
+            qkv = randn(B, S, nq + 2 * nkv, d, dtype=dt)
+            pos_ids = torch.arange(S, device=dev)[None].expand(B, S)
+            cos_hf, sin_hf = rot(qkv, pos_ids)
+            positions = pos_ids.reshape(-1)
+            cos, sin = K.rope_tables(S, d, theta, dt, dev)
+            flat = qkv.reshape(B * S, -1)
+            shape = f"B{B} S{S} q{nq} kv{nkv} d{d}"
+
+            def hf_rope(x):  # x [B,S,heads,d] -> q,k rotated by transformers, back to [B*S, nq+nkv, d]
+                q = x[:, :, :nq].transpose(1, 2)
+                k = x[:, :, nq:nq + nkv].transpose(1, 2)
+                qe, ke = apply_rotary_pos_emb(q, k, cos_hf, sin_hf)
+                return torch.cat([qe.transpose(1, 2), ke.transpose(1, 2)], 2).reshape(B * S, nq + nkv, d)
+
+            ref = hf_rope(qkv)
+            for impl in impls:
+                record("rope half-split", impl, "apply_rotary_pos_emb", dname, shape,
+                       lambda: K.rope(flat, positions, cos, sin, nq + nkv, d, False, impl), ref)
+            # interleaved vs explicit GPT-J (complex pairs), computed in fp32
+            inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=dev) / d))
+            ang = torch.arange(S, dtype=torch.float32, device=dev)[:, None] * inv[None]
+            x32 = qkv[:, :, : nq + nkv].float()
+            xc = torch.view_as_complex(x32.reshape(B, S, nq + nkv, d // 2, 2).contiguous())
+            gptj = torch.view_as_real(xc * torch.polar(torch.ones_like(ang), ang)[None, :, None, :])
+            gptj = gptj.reshape(B * S, nq + nkv, d).to(dt)
+            for impl in impls:
+                record("rope interleaved", impl, "GPT-J complex reference", dname, shape,
+                       lambda: K.rope(flat, positions, cos, sin, nq + nkv, d, True, impl), gptj)
+            # interleaved == half-split after the per-head row permutation P
+            P = torch.as_tensor(rope_perm.hf_from_nt(d), device=dev)
+            ref_perm = hf_rope(qkv[..., P])
+            for impl in impls:
+                record("rope interleaved", impl, "apply_rotary_pos_emb via rows P", dname, shape,
+                       lambda: K.rope(flat, positions, cos, sin, nq + nkv, d, True, impl)[..., P], ref_perm)
+        # SwiGLU -------------------------------------------------------------------------------
+        act = ACT2FN["silu"]
+        for T, I in SWIGLU_SHAPES:
+            gate, up = randn(T, I, dtype=dt) * 3, randn(T, I, dtype=dt)
+            ref = act(gate) * up
+            gu = torch.cat([gate, up], -1)
+            for impl in impls:
+                record("swiglu", impl, "LlamaMLP act_fn(gate)*up", dname, f"{T}x2*{I}", lambda: K.swiglu(gu, impl), ref)
+        # attention ----------------------------------------------------------------------------
+        for B, S, nq, nkv, d in ATTN_SHAPES:
+            q, k, v = randn(B, S, nq, d, dtype=dt), randn(B, S, nkv, d, dtype=dt), randn(B, S, nkv, d, dtype=dt)
+            mask = torch.full((S, S), float("-inf"), device=dev).triu(1)[None, None]
+            mod = SimpleNamespace(num_key_value_groups=nq // nkv, training=False)
+            ref, _ = eager_attention_forward(mod, q.transpose(1, 2).float(), k.transpose(1, 2).float(),
+                                             v.transpose(1, 2).float(), mask, d**-0.5)
+            ref = ref.to(dt)
+            for impl in impls:
+                record("attention", impl, "eager_attention_forward (fp32)", dname, f"B{B} S{S} q{nq} kv{nkv} d{d}",
+                       lambda: K.attention(q, k, v, True, impl), ref)
+    return rows
+
+
+def format_checks(rows: list[KernelCheck]) -> str:
+    lines = [f"{'kernel':17s} {'impl':6s} {'dtype':5s} {'shape':24s} {'against':34s} {'max|diff|':>10s} {'tol':>9s}  verdict"]
+    for r in rows:
+        lines.append(f"{r.kernel:17s} {r.impl:6s} {r.dtype:5s} {r.shape:24s} {r.against:34s} {r.max_abs:10.3e} {r.tol:9.2e}  "
+                     + ("ok" if r.passed else "FAIL"))
+    bad = sum(not r.passed for r in rows)
+    lines.append(f"{len(rows) - bad}/{len(rows)} checks pass" + ("" if not bad else f"; {bad} FAIL"))
+    return "\n".join(lines)
