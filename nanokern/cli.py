@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import traceback
+from pathlib import Path
 
 import click
 
@@ -119,6 +120,8 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
     warn = _warn if lead else (lambda msg: None)
 
     def go():
+        if Path(dst).exists() and not force and not dry_run:
+            raise NanokernError("output exists (use --force to replace it)", dst)
         plan = make_plan(src, to, dtype, vocab_size=vocab_size, tokenizer=tokenizer, rope_interleaved=rope_interleaved,
                          max_shard_size=max_shard_size, tp=tp, pp=pp, make_vocab_size_divisible_by=make_vocab_size_divisible_by)
         for w in plan.warnings:

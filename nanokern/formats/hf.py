@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -105,13 +106,56 @@ def dump_json(obj: dict) -> bytes:
 # reading
 
 
+def _pos_int(x) -> bool:
+    return type(x) is int and x > 0
+
+
+def _number(x) -> bool:
+    return type(x) in (int, float) and math.isfinite(x)
+
+
+_REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+_OPTIONAL = (  # key, check, what it must be (absent or null means the default)
+    ("num_key_value_heads", _pos_int, "a positive integer"),
+    ("head_dim", _pos_int, "a positive integer"),
+    ("max_position_embeddings", _pos_int, "a positive integer"),
+    ("rms_norm_eps", lambda x: _number(x) and x > 0, "a positive number"),
+    ("rope_theta", lambda x: _number(x) and x > 0, "a positive number"),
+    ("rope_scaling", lambda x: isinstance(x, dict), "an object or null"),
+    ("rope_parameters", lambda x: isinstance(x, dict), "an object or null"),
+    ("tie_word_embeddings", lambda x: isinstance(x, bool), "true or false"),
+    ("hidden_act", lambda x: isinstance(x, str), "a string"),
+)
+
+
 def spec_from_hf_config(cfg: dict, where: Path) -> LlamaSpec:
-    if cfg.get("model_type") not in ("llama", None) or (cfg.get("architectures") or ["LlamaForCausalLM"])[0] != "LlamaForCausalLM":
+    if not isinstance(cfg, dict):
+        raise NanokernError("not a JSON object", where)
+    archs = cfg.get("architectures") or ["LlamaForCausalLM"]
+    arch = archs[0] if isinstance(archs, list) else archs
+    if cfg.get("model_type") not in ("llama", None) or arch != "LlamaForCausalLM":
         raise NanokernError(f"unsupported architecture {cfg.get('architectures')} / {cfg.get('model_type')!r} (only LlamaForCausalLM)", where)
     if cfg.get("attention_bias") or cfg.get("mlp_bias"):
         raise NanokernError("unsupported: attention_bias / mlp_bias (Nanotron's LLaMA has no biases)", where)
+    missing = [k for k in _REQUIRED if k not in cfg]
+    if missing:
+        raise NanokernError(f"config.json lacks {', '.join(map(repr, missing))}", where)
+    bad = [k for k in _REQUIRED if not _pos_int(cfg[k])]
+    if bad:
+        raise NanokernError(f"{bad[0]} must be a positive integer, not {cfg[bad[0]]!r}", where)
+    for key, ok, what in _OPTIONAL:
+        if cfg.get(key) is not None and not ok(cfg[key]):
+            raise NanokernError(f"{key} must be {what}, not {cfg[key]!r}", where)
+    if cfg.get("hidden_act") not in (None, "silu"):
+        raise NanokernError(f"unsupported hidden_act {cfg['hidden_act']!r} (only silu)", where)
     rp = dict(cfg.get("rope_parameters") or {})
-    theta = rp.pop("rope_theta", cfg.get("rope_theta", 10000.0))
+    theta = rp.pop("rope_theta", None)
+    if theta is None:
+        theta = cfg.get("rope_theta")
+    if theta is None:
+        theta = 10000.0
+    if not (_number(theta) and theta > 0):
+        raise NanokernError(f"rope_theta must be a positive number, not {theta!r}", where)
     rtype = rp.pop("rope_type", "default")
     scaling = cfg.get("rope_scaling") or (None if rtype == "default" else {"rope_type": rtype, **rp})
     try:
@@ -122,15 +166,15 @@ def spec_from_hf_config(cfg: dict, where: Path) -> LlamaSpec:
             num_attention_heads=cfg["num_attention_heads"],
             num_key_value_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
             vocab_size=cfg["vocab_size"],
-            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rms_norm_eps=cfg.get("rms_norm_eps") or 1e-6,
             rope_theta=float(theta),
             rope_scaling=scaling,
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+            max_position_embeddings=cfg.get("max_position_embeddings") or 2048,
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_id=cfg.get("eos_token_id"),
             pad_token_id=cfg.get("pad_token_id"),
-            hidden_act=cfg.get("hidden_act", "silu"),
+            hidden_act=cfg.get("hidden_act") or "silu",
             initializer_range=cfg.get("initializer_range", 0.02),
             head_dim=cfg.get("head_dim"),
         )
@@ -138,28 +182,40 @@ def spec_from_hf_config(cfg: dict, where: Path) -> LlamaSpec:
         raise NanokernError(f"config.json lacks {e.args[0]!r}", where) from None
     if spec.head_dim * spec.num_attention_heads != spec.hidden_size:
         raise NanokernError("head_dim * num_attention_heads != hidden_size: Nanotron cannot represent this model", where)
+    if spec.num_attention_heads % spec.num_key_value_heads:
+        raise NanokernError(
+            f"num_attention_heads {spec.num_attention_heads} is not a multiple of num_key_value_heads {spec.num_key_value_heads}", where
+        )
+    if spec.head_dim % 2:
+        raise NanokernError(f"head dimension {spec.head_dim} must be even for RoPE", where)
     return spec
+
+
+def _read_json(f: Path, what: str):
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NanokernError(f"missing {what}", f) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise NanokernError(f"not valid JSON ({e})", f) from None
+    except OSError as e:
+        raise NanokernError(f"cannot read: {e.strerror or e}", f) from None
 
 
 def read_hf(path: str | os.PathLike) -> Model:
     d = Path(path)
     cfg_file = d / "config.json"
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except FileNotFoundError:
-        raise NanokernError("missing config.json", cfg_file) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise NanokernError(f"not valid JSON ({e})", cfg_file) from None
+    cfg = _read_json(cfg_file, "config.json")
     spec = spec_from_hf_config(cfg, cfg_file)
     index = d / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            wm = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise NanokernError("not a valid safetensors index (no weight_map)", index) from None
+        idx = _read_json(index, "index")
+        wm = idx.get("weight_map") if isinstance(idx, dict) else None
+        if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
+            raise NanokernError("not a valid safetensors index (weight_map must map tensor names to file names)", index)
         files = sorted(set(wm.values()))
         for f in files:
-            if os.path.basename(f) != f or f in ("", ".", ".."):
+            if os.path.basename(f) != f or f in ("", ".", "..") or os.path.isabs(f) or "\\" in f:
                 raise NanokernError(f"index names a file outside its folder: {f!r}", index)
     elif (d / "model.safetensors").is_file():
         files, wm = ["model.safetensors"], None
@@ -175,15 +231,25 @@ def read_hf(path: str | os.PathLike) -> Model:
     want = hf_tensor_shapes(spec)
     tensors: dict[str, LogicalTensor] = {}
     warnings = []
+    wrong = [(n, refs[n], s) for n, s in want.items() if n in refs and refs[n].shape != s]
+    if len(wrong) > 1:  # many tensors disagree: the config is what is wrong
+        name, ref, shape = wrong[0]
+        raise NanokernError(
+            f"does not match the stored tensors: {name} has shape {list(ref.shape)}, the config implies {list(shape)} "
+            f"({len(wrong) - 1} more tensor(s) disagree)",
+            cfg_file,
+        )
     for name, shape in want.items():
         ref = refs.get(name)
         if ref is None:
+            if wm is not None and name in wm:
+                raise NanokernError(f"missing tensor {name} (the index places it in this file)", d / wm[name])
             where = index if wm is not None else d / "model.safetensors"
             raise NanokernError(f"missing tensor {name}", where)
         if ref.shape != shape:
             raise NanokernError(f"{name} has shape {list(ref.shape)} but config.json implies {list(shape)}", ref.path)
         if ref.dtype not in DTYPE_NAMES:
-            raise NanokernError(f"{name}: unsupported dtype {ref.dtype}", ref.path)
+            raise NanokernError(f"{name}: unsupported dtype {str(ref.dtype).replace('torch.', '')} (supported: fp32, bf16, fp16)", ref.path)
         tensors[name] = LogicalTensor(name, shape, ref.dtype, [whole_block(ref)])
     if spec.tie_word_embeddings and LM_HEAD in refs:
         warnings.append("tie_word_embeddings is true: the stored lm_head.weight is ignored")

@@ -215,12 +215,12 @@ def source_extras(step_dir: Path) -> dict:
     if cm.is_file():
         try:
             out["checkpoint_metadata"] = json.loads(cm.read_text())
-        except json.JSONDecodeError:
-            pass
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            raise NanokernError(f"unreadable checkpoint metadata ({e})", cm) from None
     cy = step_dir / "config.yaml"
     if cy.is_file():
         try:
             out["config_yaml"] = yaml.safe_load(cy.read_text())
-        except yaml.YAMLError:
-            pass
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+            raise NanokernError(f"unreadable config.yaml ({e})", cy) from None
     return out

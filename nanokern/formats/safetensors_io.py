@@ -61,21 +61,33 @@ class SafetensorsHeader:
     data_start: int
 
 
+def _uint(x) -> bool:
+    return type(x) is int and x >= 0  # JSON integers only: no bools, floats or strings
+
+
 def read_header(path: str | os.PathLike) -> SafetensorsHeader:
-    """Parse and validate a safetensors header; raise NanokernError naming the file."""
+    """Parse and validate a safetensors header; raise NanokernError naming the file.
+
+    Checks what safetensors' own loader checks: the header is a JSON object of tensor entries
+    with a known dtype, a shape and data_offsets that hold exactly shape x dtype bytes; the
+    tensors' bytes tile the data part of the file with no gap and no overlap, and the file ends
+    where the last tensor does (shorter: truncated; longer: not a safetensors file as written).
+    """
     path = os.fspath(path)
     try:
-        size = os.path.getsize(path)
         with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
-                raise NanokernError("not a safetensors file (shorter than 8 bytes)", path)
+                raise NanokernError(f"truncated: {size} bytes, not even a safetensors header length", path)
             (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER or 8 + n > size:
-                raise NanokernError(f"corrupt safetensors header (declared length {n} bytes, file {size} bytes)", path)
+            if n > MAX_HEADER:
+                raise NanokernError(f"corrupt safetensors header: declared header length {n} bytes is implausible", path)
+            if 8 + n > size:
+                raise NanokernError(f"truncated or corrupt: the header declares {n} bytes but only {size - 8} follow", path)
             raw = f.read(n)
     except OSError as e:
-        raise NanokernError(f"cannot read: {e.strerror}", path) from None
+        raise NanokernError(f"cannot read: {e.strerror or e}", path) from None
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -83,27 +95,44 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     if not isinstance(header, dict):
         raise NanokernError("corrupt safetensors header (not a JSON object)", path)
     data_start = 8 + n
-    metadata = header.pop("__metadata__", None) or {}
+    metadata = header.pop("__metadata__", None)
+    if metadata is None:
+        metadata = {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise NanokernError("corrupt safetensors header (__metadata__ must map strings to strings)", path)
     tensors: dict[str, TensorRef] = {}
+    spans: list[tuple[int, int, str]] = []
     for name, info in header.items():
-        try:
-            dtype = DTYPES[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise NanokernError(f"corrupt safetensors header entry for tensor {name!r}", path) from None
-        ref = TensorRef(path, data_start + begin, dtype, shape)
-        if end - begin != ref.nbytes or begin < 0 or any(s < 0 for s in shape):
+        if not isinstance(info, dict):
+            raise NanokernError(f"corrupt safetensors header: the entry for tensor {name!r} is not an object", path)
+        dt, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dt not in DTYPES:
+            what = f"unsupported dtype {dt!r}" if isinstance(dt, str) else f"no valid dtype ({dt!r})"
+            raise NanokernError(f"tensor {name!r}: {what}", path)
+        if not isinstance(shape, list) or not all(_uint(s) for s in shape):
+            raise NanokernError(f"corrupt safetensors header: tensor {name!r} has shape {shape!r}, not a list of sizes", path)
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_uint(x) for x in offsets) or offsets[0] > offsets[1]:
+            raise NanokernError(f"corrupt safetensors header: tensor {name!r} has data_offsets {offsets!r}", path)
+        begin, end = offsets
+        ref = TensorRef(path, data_start + begin, DTYPES[dt], tuple(shape))
+        if end - begin != ref.nbytes:
             raise NanokernError(
-                f"tensor {name!r}: {end - begin} bytes stored for shape {list(shape)} {info['dtype']}", path
-            )
-        if data_start + end > size:
-            raise NanokernError(
-                f"truncated: tensor {name!r} needs bytes up to {data_start + end}, file has {size}", path
+                f"corrupt safetensors header: tensor {name!r} has {end - begin} bytes (data_offsets {offsets}) "
+                f"for shape {shape} {dt}, which needs {ref.nbytes}",
+                path,
             )
         tensors[name] = ref
+        spans.append((begin, end, name))
+    pos = 0
+    for begin, end, name in sorted(spans):
+        if begin != pos:
+            how = "overlap the previous tensor" if begin < pos else f"leave a gap of {begin - pos} bytes"
+            raise NanokernError(f"corrupt safetensors header: data_offsets of tensor {name!r} {how}", path)
+        pos = end
+    if data_start + pos > size:
+        raise NanokernError(f"truncated: the tensors need {data_start + pos} bytes but the file has {size}", path)
+    if data_start + pos < size:
+        raise NanokernError(f"corrupt: {size - data_start - pos} stray bytes after the last tensor", path)
     return SafetensorsHeader(path, metadata, tensors, data_start)
 
 
