@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# One-shot check for a short-lease GPU machine (bare, no network): build the extensions, run the
+# GPU tests, run the kernel benchmark (and the other GPU benchmarks listed below), print a summary
+# and copy logs and results to $OUT when it is set. Every step has its own timeout, so one hang
+# does not eat the lease; a failed step does not stop the next ones. Exit status: 0 when every
+# step passed, 1 otherwise.
+#
+#   bash benchmarks/gpu_check.sh                 # PYTHON=python3 by default
+#   PYTHON=/path/to/python OUT=/tmp/out bash benchmarks/gpu_check.sh
+#
+# Environment: PYTHON, OUT, BUILD_TIMEOUT (s, 300), TEST_TIMEOUT (150), BENCH_TIMEOUT (150),
+# BENCH_ARGS (extra bench_kernels.py arguments, e.g. --quick), GPU_TESTS (test files).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+BUILD_TIMEOUT="${BUILD_TIMEOUT:-300}"
+TEST_TIMEOUT="${TEST_TIMEOUT:-150}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-150}"
+BENCH_ARGS="${BENCH_ARGS:-}"
+GPU_TESTS="${GPU_TESTS:-$(ls tests/test_ops_*.py | tr '\n' ' ')}"
+LOGS="$(mktemp -d)"
+SUMMARY=()
+FAILED=0
+
+# run_step NAME TIMEOUT_S CMD...: runs CMD with a timeout, logs to $LOGS/NAME.log, records a row.
+run_step() {
+  local name="$1" limit="$2"
+  shift 2
+  echo "=== $name (timeout ${limit}s): $*"
+  local start=$SECONDS status
+  timeout --kill-after=15 "$limit" "$@" 2>&1 | tee "$LOGS/$name.log"
+  local rc=${PIPESTATUS[0]}
+  if [[ $rc -eq 0 ]]; then status=ok; elif [[ $rc -eq 124 || $rc -eq 137 ]]; then status=TIMEOUT; else status="FAIL($rc)"; fi
+  [[ $status == ok ]] || FAILED=1
+  SUMMARY+=("$(printf '%-28s %-10s %5ss' "$name" "$status" "$((SECONDS - start))")")
+  return $rc
+}
+
+skip_step() {
+  SUMMARY+=("$(printf '%-28s %-10s %s' "$1" "skipped" "$2")")
+  echo "=== $1: skipped ($2)"
+}
+
+# ---- 0. environment ---------------------------------------------------------------------------
+echo "=== environment"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$LOGS/gpu.txt"
+if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+  echo "gpu_check: $PYTHON cannot import torch; set PYTHON to an interpreter with CUDA torch" >&2
+  exit 2
+fi
+"$PYTHON" - <<'EOF' 2>&1 | tee "$LOGS/env.txt"
+import importlib.util, platform, torch
+print(f"python {platform.python_version()}  torch {torch.__version__}  torch.version.cuda {torch.version.cuda}"
+      f"  cuda available {torch.cuda.is_available()}  devices {torch.cuda.device_count()}")
+for mod in ("triton", "pytest", "ninja", "setuptools", "numpy"):
+    spec = importlib.util.find_spec(mod)
+    print(f"  {mod:10s} {'yes' if spec else 'MISSING'}")
+EOF
+TORCH_CUDA="$("$PYTHON" -c 'import torch; print(torch.version.cuda or "")')"
+NVCC="$(command -v nvcc || true)"
+for cand in "${CUDA_HOME:-}/bin/nvcc" /usr/local/cuda/bin/nvcc; do
+  [[ -z "$NVCC" && -x "$cand" ]] && NVCC="$cand"
+done
+NVCC_VERSION=""
+if [[ -n "$NVCC" ]]; then
+  NVCC_VERSION="$("$NVCC" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
+  export CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$NVCC")")}"
+  export PATH="$(dirname "$NVCC"):$PATH"
+fi
+echo "nvcc: ${NVCC:-none} ${NVCC_VERSION}; torch CUDA: ${TORCH_CUDA:-none}"
+
+# pytest may be missing on a bare machine: borrow the pure-Python packages of a carried .venv
+# (only those: its torch is the CPU build and must not shadow the machine's).
+if ! "$PYTHON" -c "import pytest" 2>/dev/null; then
+  SITE="$(ls -d .venv/lib/python3*/site-packages 2>/dev/null | head -1)"
+  if [[ -n "$SITE" ]]; then
+    SHIM="$LOGS/pyshim"
+    mkdir -p "$SHIM"
+    for pkg in pytest _pytest pluggy iniconfig packaging py.py exceptiongroup tomli; do
+      [[ -e "$SITE/$pkg" ]] && ln -s "$(realpath "$SITE/$pkg")" "$SHIM/$pkg"
+    done
+    export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
+    echo "pytest borrowed from $SITE"
+  fi
+fi
+
+# ---- 1. build ---------------------------------------------------------------------------------
+# torch refuses to build CUDA code when nvcc's major version differs from torch.version.cuda:
+# then build the CPU extension only (the Triton GPU tests still run).
+BUILD_ENV=(MAX_JOBS="${MAX_JOBS:-16}")
+if [[ -z "$TORCH_CUDA" ]]; then
+  echo "gpu_check: torch has no CUDA; only the CPU extension is built" >&2
+elif [[ -z "$NVCC" ]]; then
+  echo "gpu_check: no nvcc; the cuda backend is not built (triton still tested)" >&2
+  BUILD_ENV+=(NANOKERN_NO_CUDA=1)
+elif [[ "${NVCC_VERSION%%.*}" != "${TORCH_CUDA%%.*}" ]]; then
+  echo "gpu_check: nvcc $NVCC_VERSION vs torch CUDA $TORCH_CUDA: the cuda backend is not built" >&2
+  BUILD_ENV+=(NANOKERN_NO_CUDA=1)
+fi
+rm -f nanokern/_C*.so
+run_step build "$BUILD_TIMEOUT" env "${BUILD_ENV[@]}" "$PYTHON" setup.py build_ext --inplace
+"$PYTHON" -c "
+import torch
+from nanokern.ops import available_backends
+print('backends on cuda:', available_backends('cuda'), ' on cpu:', available_backends('cpu'))
+" 2>&1 | tee -a "$LOGS/build.log"
+
+# ---- 2. GPU tests -----------------------------------------------------------------------------
+if "$PYTHON" -c "import pytest" 2>/dev/null; then
+  # shellcheck disable=SC2086
+  run_step gpu-tests "$TEST_TIMEOUT" "$PYTHON" -m pytest -m gpu -q -rs -p no:cacheprovider $GPU_TESTS
+else
+  skip_step gpu-tests "pytest not importable (carry .venv or install pytest)"
+fi
+
+# ---- 3. kernel benchmark ----------------------------------------------------------------------
+# shellcheck disable=SC2086
+run_step bench-kernels "$BENCH_TIMEOUT" "$PYTHON" benchmarks/bench_kernels.py --device cuda $BENCH_ARGS
+
+# ---- 4. other GPU benchmarks ------------------------------------------------------------------
+# >>> LEAD: add the parity / convert GPU benchmarks here, one line each:
+#     "name|timeout_s|command" (run from the repository root, output under benchmarks/results/).
+EXTRA_BENCHMARKS=(
+  # "bench-convert|240|$PYTHON benchmarks/bench_convert.py --device cuda"
+  # "bench-parity|180|$PYTHON benchmarks/bench_parity.py --device cuda"
+)
+# <<< LEAD
+for entry in "${EXTRA_BENCHMARKS[@]}"; do
+  IFS='|' read -r name limit cmd <<< "$entry"
+  # shellcheck disable=SC2086
+  run_step "$name" "$limit" $cmd
+done
+
+# ---- summary ----------------------------------------------------------------------------------
+echo
+echo "=== gpu_check summary ($(cat "$LOGS/gpu.txt" 2>/dev/null | head -1))"
+printf '%s\n' "${SUMMARY[@]}"
+grep -E "passed|failed|error|skipped|no tests" "$LOGS/gpu-tests.log" 2>/dev/null | tail -1
+if [[ -f "$LOGS/bench-kernels.log" ]]; then
+  sed -n '/^case /,/^GB\/s/p' "$LOGS/bench-kernels.log"
+fi
+
+if [[ -n "${OUT:-}" ]]; then
+  mkdir -p "$OUT/gpu_check"
+  cp "$LOGS"/*.log "$LOGS"/*.txt "$OUT/gpu_check/" 2>/dev/null
+  cp -r benchmarks/results "$OUT/gpu_check/results" 2>/dev/null
+  echo "copied logs and benchmarks/results to $OUT/gpu_check"
+fi
+exit $FAILED

@@ -1,0 +1,19 @@
+// The one place where nanokern's op schemas are defined (TORCH_LIBRARY), plus the CPU kernels.
+// CUDA kernels register into the same namespace from csrc/cuda/torch_bindings_cuda.cpp.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "ops.h"
+
+TORCH_LIBRARY(nanokern, m) {
+  // out[i, :] = cast_to(out.dtype, src[rows[i], :]); rows = None is the identity map.
+  m.def("gather_cast(Tensor src, Tensor? rows, Tensor(a!) out) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(nanokern, CPU, m) { m.impl("gather_cast", &nanokern::gather_cast_cpu); }
+
+// Lets `import nanokern._C` load the library (and so run the registrations above).
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
