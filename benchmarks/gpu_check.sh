@@ -18,7 +18,7 @@ BUILD_TIMEOUT="${BUILD_TIMEOUT:-300}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-150}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-150}"
 BENCH_ARGS="${BENCH_ARGS:-}"
-GPU_TESTS="${GPU_TESTS:-$(ls tests/test_ops_*.py | tr '\n' ' ')}"
+GPU_TESTS="${GPU_TESTS:-$(ls tests/test_ops_*.py tests/test_execute.py | tr '\n' ' ')}"
 LOGS="$(mktemp -d)"
 SUMMARY=()
 FAILED=0
@@ -122,8 +122,9 @@ run_step bench-kernels "$BENCH_TIMEOUT" "$PYTHON" benchmarks/bench_kernels.py --
 # >>> LEAD: add the parity / convert GPU benchmarks here, one line each:
 #     "name|timeout_s|command" (run from the repository root, output under benchmarks/results/).
 EXTRA_BENCHMARKS=(
-  # "bench-convert|240|$PYTHON benchmarks/bench_convert.py --device cuda"
-  # "bench-parity|180|$PYTHON benchmarks/bench_parity.py --device cuda"
+  "parity-kernels|120|$PYTHON -m nanokern parity --kernels --backend triton"
+  "bench-parity-kernels|150|$PYTHON benchmarks/bench_parity_kernels.py"
+  "demo-parity-triton|180|$PYTHON -m nanokern demo --backend triton"
 )
 # <<< LEAD
 for entry in "${EXTRA_BENCHMARKS[@]}"; do

@@ -65,6 +65,7 @@ def run_demo(workdir: str | None = None, backend: str = "auto") -> bool:
         workdir = tmp.name
     root = Path(workdir)
     try:
+        device = "cuda" if backend in ("cuda", "triton") and torch.cuda.is_available() else "cpu"
         spec = LlamaSpec(**DEMO_SPEC)
         weights = tiny_weights(spec)
         click.echo(f"1. tiny LLaMA: {spec.num_hidden_layers} layers, hidden {spec.hidden_size}, "
@@ -72,16 +73,16 @@ def run_demo(workdir: str | None = None, backend: str = "auto") -> bool:
         write_hf(root / "generated-hf", spec, weights)
         nt = root / "nanotron-tp2-pp2"
         _, rep = convert(root / "generated-hf", nt, to="nanotron", tp=2, pp=2, rope_interleaved="true",
-                         make_vocab_size_divisible_by=8, backend=backend, force=True, progress=False)
+                         make_vocab_size_divisible_by=8, backend=backend, device=device, force=True, progress=False)
         mc = json.loads((nt / "0" / "model_config.json").read_text())
         click.echo(f"   written in Nanotron layout: TP=2 PP=2, interleaved RoPE, vocab padded to {mc['vocab_size']}, "
                    f"{rep.files} files -> {nt}")
         hf_out = root / "exported-hf"
         t0 = time.perf_counter()
         _, rep = convert(nt, hf_out, to="hf", dtype="fp32", vocab_size=spec.vocab_size, backend=backend,
-                         force=True, progress=False)
+                         device=device, force=True, progress=False)
         click.echo(f"2. nanokern convert -> HF: {rep.tensors} tensors, {rep.bytes / 1e6:.1f} MB in "
-                   f"{time.perf_counter() - t0:.2f} s (backend {rep.backend}) -> {hf_out}")
+                   f"{time.perf_counter() - t0:.2f} s (backend {rep.backend}, device {device}) -> {hf_out}")
         ids = torch.randint(0, spec.vocab_size, (2, 48), generator=torch.Generator().manual_seed(1))
         ref = _logits(root / "generated-hf", ids)
         got = _logits(hf_out, ids)

@@ -148,3 +148,20 @@ def test_staged_pipeline_with_a_budget_smaller_than_a_tensor(tmp_path):
         for budget in (3 * 1024, 20 * 1024):  # 1-2 rows per chunk; 5 rows (chunks cut across heads)
             execute(plan, tmp_path / f"staged-{dtype}-{budget}", backend="torch", progress=False, staging_bytes=budget)
             assert tree_bytes(tmp_path / f"direct-{dtype}") == tree_bytes(tmp_path / f"staged-{dtype}-{budget}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("budget", [None, 64 * 1024])
+def test_cuda_staged_conversion_matches_cpu(tmp_path, budget):
+    from nanokern.convert import make_plan
+    from nanokern.execute import execute
+
+    c = dict(num_hidden_layers=2, hidden_size=256, intermediate_size=512, num_attention_heads=8,
+             num_key_value_heads=4, vocab_size=1000, tie_word_embeddings=False)
+    src = write_nanotron(tmp_path / "nt", random_hf(c, dtype=torch.float32), c, tp=2, pp=2, interleaved=True)
+    for dtype in ("bf16", "fp16", "keep"):
+        plan = make_plan(src, "hf", dtype, vocab_size=999)
+        execute(plan, tmp_path / f"cpu-{dtype}", backend="torch", progress=False)
+        execute(plan, tmp_path / f"cuda-{dtype}", backend="auto", device="cuda", progress=False, staging_bytes=budget)
+        assert tree_bytes(tmp_path / f"cpu-{dtype}") == tree_bytes(tmp_path / f"cuda-{dtype}")
