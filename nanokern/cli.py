@@ -11,6 +11,7 @@ import click
 
 from nanokern import __version__
 from nanokern.errors import NanokernError
+from nanokern.bench import bench
 from nanokern.parity.cli import parity
 
 DTYPES = click.Choice(["bf16", "fp16", "fp32", "keep"])
@@ -95,6 +96,7 @@ def cli():
 @click.option("--pp", type=int, default=None, help="Nanotron output: pipeline-parallel size.")
 @click.option("--make-vocab-size-divisible-by", type=int, default=1, show_default=True, help="Nanotron output: pad vocab to a multiple of this x TP.")
 @click.option("--workers", type=int, default=None, help="Files written in parallel [default: min(4, cores)].")
+@click.option("--buffered-io", is_flag=True, help="Write through the page cache instead of O_DIRECT.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write a machine-readable report here.")
@@ -102,7 +104,7 @@ def cli():
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, tokenizer, rope_interleaved, max_shard_size, tp, pp,
-            make_vocab_size_divisible_by, workers, force, dry_run, json_path, strict, quiet, debug):
+            make_vocab_size_divisible_by, workers, buffered_io, force, dry_run, json_path, strict, quiet, debug):
     """Convert checkpoint SRC into DST (written beside DST, renamed into place when complete).
 
     SRC is a Nanotron checkpoints_path (with latest.txt) or step folder, in any TP x PP layout,
@@ -135,7 +137,7 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
                 _write_json(json_path, {**info, "dry_run": True})
             return
         report = execute(plan, dst, backend=backend, device=device, workers=workers, force=force,
-                         progress=not quiet, strict=strict,
+                         progress=not quiet, strict=strict, direct_io=not buffered_io,
                          staging_bytes=parse_size(staging_budget) if device == "cuda" else None)
         for n in report.nonfinite:
             warn(f"non-finite values (NaN/inf) in {n}")
@@ -205,6 +207,7 @@ def demo(workdir, backend, debug):
 
 
 cli.add_command(parity)
+cli.add_command(bench)
 
 
 def main():

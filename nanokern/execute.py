@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import os
 import shutil
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from nanokern import distributed
+from nanokern.direct_io import SequentialWriter
 from nanokern.errors import NanokernError
 from nanokern.formats.safetensors_io import map_tensor
 from nanokern.plan import OutFile, Plan
@@ -93,44 +93,73 @@ class _Sources:
 def _all_finite(t: torch.Tensor) -> bool:
     if t.numel() == 0:
         return True
-    lo, hi = torch.aminmax(t.view(-1))  # NaN propagates to both
+    lo, hi = torch.aminmax(t.reshape(-1))  # NaN propagates to both
     return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 
 
-def write_file(f: OutFile, path: Path, sources: _Sources, backend: str, on_bytes=None, stager: Stager | None = None) -> dict:
-    """Write one output file; return its manifest entry (size, header and tensor CRC32s, non-finite)."""
+CHUNK_BYTES = 16 << 20  # bytes handed to the writer threads at a time
+
+
+def _fill_rows(t, r0: int, r1: int, out: torch.Tensor, sources: _Sources, backend: str, stager) -> None:
+    """out (rows r0..r1 of tensor t) <- every piece's share of those rows."""
     from nanokern.ops import gather_cast
 
+    for p in t.pieces:
+        a, b = max(p.dst_row0, r0), min(p.dst_row0 + p.nrows, r1)
+        if a >= b:
+            continue
+        src = sources.tensor(p.ref)[:, p.col0 : p.col0 + p.ncols]
+        dst = out[a - r0 : b - r0, p.dst_col0 : p.dst_col0 + p.ncols]
+        k0, k1 = a - p.dst_row0, b - p.dst_row0
+        rows = None if p.rows is None else p.rows[k0:k1]
+        if rows is None:
+            src = src[p.row0 + k0 : p.row0 + k1]
+        if stager is not None:
+            stager.run_piece(src, rows, dst)
+        else:
+            gather_cast(src, None if rows is None else torch.from_numpy(rows), dst, backend=backend)
+
+
+def write_file(f: OutFile, path: Path, sources: _Sources, backend: str, on_bytes=None, stager: Stager | None = None,
+               direct: bool = True) -> dict:
+    """Write one output file; return its manifest entry (size, header and tensor CRC32s, non-finite).
+
+    The file is produced front to back: each tensor in row chunks, gathered and cast by the
+    fused kernel straight into the writer's staging buffer, checksummed and checked for NaN/inf
+    while hot, and handed to the writer threads (O_DIRECT where the filesystem allows it).
+    """
+    max_row = max((t.shape2d[1] * t.dtype.itemsize for t in f.tensors), default=0)
+    w = SequentialWriter(path, f.size, CHUNK_BYTES, max(max_row, len(f.header)), direct=direct)
     entry = {"size": f.size, "header_crc32": zlib.crc32(f.header), "tensors": {}, "nonfinite": []}
-    with open(path, "w+b") as fh:
-        fh.truncate(f.size)  # zero-filled: rows no piece covers (vocab padding) stay zero
-        fh.write(f.header)
-        fh.flush()
-        with mmap.mmap(fh.fileno(), f.size, access=mmap.ACCESS_WRITE) as out_map:
-            for t in f.tensors:
-                rows, cols = t.shape2d
-                crc = 0
-                if rows * cols:
-                    out = torch.frombuffer(out_map, dtype=t.dtype, count=rows * cols, offset=t.offset).view(rows, cols)
-                    for p in t.pieces:
-                        src = sources.tensor(p.ref)[:, p.col0 : p.col0 + p.ncols]
-                        dst = out[p.dst_row0 : p.dst_row0 + p.nrows, p.dst_col0 : p.dst_col0 + p.ncols]
-                        if stager is not None:
-                            stager.run_piece(src[p.row0 : p.row0 + p.nrows] if p.rows is None else src, p.rows, dst)
-                        elif p.rows is None:
-                            gather_cast(src[p.row0 : p.row0 + p.nrows], None, dst, backend=backend)
-                        else:
-                            gather_cast(src, torch.from_numpy(p.rows), dst, backend=backend)
-                    if not _all_finite(out):
-                        entry["nonfinite"].append(t.name)
-                    del out
-                    with memoryview(out_map) as mv:
-                        crc = zlib.crc32(mv[t.offset : t.offset + t.nbytes])
-                entry["tensors"][t.name] = {"offset": t.offset, "nbytes": t.nbytes, "crc32": crc}
+    try:
+        w.region(len(f.header)).numpy()[:] = memoryview(f.header)
+        w.advance(len(f.header))
+        for t in f.tensors:
+            assert w.offset == t.offset, (t.name, w.offset, t.offset)
+            rows, cols = t.shape2d
+            row_bytes = cols * t.dtype.itemsize
+            covered = sum(p.nrows * p.ncols for p in t.pieces) == rows * cols
+            crc, finite, r0 = 0, True, 0
+            while row_bytes and r0 < rows:
+                r1 = min(rows, r0 + max(1, (w.chunk - w.fill) // row_bytes))
+                raw = w.region((r1 - r0) * row_bytes)
+                out = raw.view(t.dtype).view(r1 - r0, cols)
+                if not covered:
+                    out.zero_()  # rows no piece covers (vocab padding) are zero
+                _fill_rows(t, r0, r1, out, sources, backend, stager)
+                finite = finite and _all_finite(out)
+                crc = zlib.crc32(raw.numpy(), crc)
+                w.advance(raw.numel())
                 if on_bytes:
-                    on_bytes(t.nbytes)
-            out_map.flush()
-        os.fsync(fh.fileno())
+                    on_bytes(raw.numel())
+                r0 = r1
+            if not finite:
+                entry["nonfinite"].append(t.name)
+            entry["tensors"][t.name] = {"offset": t.offset, "nbytes": t.nbytes, "crc32": crc}
+        w.close()
+    except BaseException:
+        w.abort()
+        raise
     if on_bytes:
         on_bytes(len(f.header))
     return entry
@@ -178,6 +207,7 @@ def execute(
     progress: bool = True,
     strict: bool = False,
     staging_bytes: int | None = None,
+    direct_io: bool = True,
 ) -> Report:
     """Write the plan's output at DST. Under torchrun every rank calls this with the same plan.
 
@@ -235,7 +265,7 @@ def execute(
     def run(f: OutFile):
         target = work / f.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        entry = write_file(f, target, sources, backend, tick, stager)
+        entry = write_file(f, target, sources, backend, tick, stager, direct_io)
         if strict and entry["nonfinite"]:
             raise NanokernError(f"non-finite values (NaN/inf) in {', '.join(entry['nonfinite'][:3])} (--strict)", plan.source.path)
         with lock:
