@@ -21,13 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _bf16_bits(x):
-    u = x.to(tl.uint32, bitcast=True)
-    r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    r = tl.where(x != x, (u >> 16) | 0x40, r)
-    return r.to(tl.uint16).to(tl.int16, bitcast=True)
+from nanokern.triton.rounding import bf16_bits
 
 
 @triton.jit
@@ -72,7 +66,7 @@ def _attn_kernel(
     out = acc / l_i[:, None]
     optr = o_ptr + b * sob + offs_m[:, None] * sos + h * soh + offs_d[None, :]
     if BF16:
-        tl.store(optr, _bf16_bits(out), mask=mrow[:, None])
+        tl.store(optr, bf16_bits(out), mask=mrow[:, None])
     else:
         tl.store(optr, out, mask=mrow[:, None])
 

@@ -24,23 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _round_bf16(x):
-    """fp32 -> the fp32 value of its round-to-nearest-even bf16 (NaN kept)."""
-    u = x.to(tl.uint32, bitcast=True)
-    r = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
-    r = tl.where(x != x, u, r)
-    return r.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _bf16_bits(x):
-    """fp32 -> int16 bits of its round-to-nearest-even bf16 (NaN stays a quiet NaN)."""
-    u = x.to(tl.uint32, bitcast=True)
-    r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    r = tl.where(x != x, (u >> 16) | 0x40, r)
-    return r.to(tl.uint16).to(tl.int16, bitcast=True)
+from nanokern.triton.rounding import bf16_bits, round_bf16
 
 
 @triton.jit
@@ -63,8 +47,8 @@ def _rms_norm_kernel(
     optr = out_ptr + rows64[:, None] * stride_o + cols[None, :]
     if BF16:
         if not FUSED:
-            y = _round_bf16(y)  # LlamaRMSNorm: cast to the input dtype, then times the weight
-        tl.store(optr, _bf16_bits(y * w[None, :]), mask=mask)
+            y = round_bf16(y)  # LlamaRMSNorm: cast to the input dtype, then times the weight
+        tl.store(optr, bf16_bits(y * w[None, :]), mask=mask)
     else:
         tl.store(optr, y * w[None, :], mask=mask)
 

@@ -21,21 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _round_bf16(x):
-    u = x.to(tl.uint32, bitcast=True)
-    r = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
-    r = tl.where(x != x, u, r)
-    return r.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _bf16_bits(x):
-    u = x.to(tl.uint32, bitcast=True)
-    r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    r = tl.where(x != x, (u >> 16) | 0x40, r)
-    return r.to(tl.uint16).to(tl.int16, bitcast=True)
+from nanokern.triton.rounding import bf16_bits, round_bf16
 
 
 @triton.jit
@@ -66,13 +52,13 @@ def _rope_kernel(
     a = tl.load(base_x + ia[None, None, :], mask=mask, other=0.0).to(tl.float32)
     b = tl.load(base_x + ib[None, None, :], mask=mask, other=0.0).to(tl.float32)
     if BF16 and FUSED:
-        tl.store(base_o + ia[None, None, :], _bf16_bits(a * c - b * s), mask=mask)
-        tl.store(base_o + ib[None, None, :], _bf16_bits(b * c + a * s), mask=mask)
+        tl.store(base_o + ia[None, None, :], bf16_bits(a * c - b * s), mask=mask)
+        tl.store(base_o + ib[None, None, :], bf16_bits(b * c + a * s), mask=mask)
     elif BF16:
-        ra = _round_bf16(_round_bf16(a * c) - _round_bf16(b * s))
-        rb = _round_bf16(_round_bf16(b * c) + _round_bf16(a * s))
-        tl.store(base_o + ia[None, None, :], _bf16_bits(ra), mask=mask)
-        tl.store(base_o + ib[None, None, :], _bf16_bits(rb), mask=mask)
+        ra = round_bf16(round_bf16(a * c) - round_bf16(b * s))
+        rb = round_bf16(round_bf16(b * c) + round_bf16(a * s))
+        tl.store(base_o + ia[None, None, :], bf16_bits(ra), mask=mask)
+        tl.store(base_o + ib[None, None, :], bf16_bits(rb), mask=mask)
     else:
         tl.store(base_o + ia[None, None, :], a * c - b * s, mask=mask)
         tl.store(base_o + ib[None, None, :], b * c + a * s, mask=mask)

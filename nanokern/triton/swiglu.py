@@ -12,21 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _round_bf16(x):
-    u = x.to(tl.uint32, bitcast=True)
-    r = (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
-    r = tl.where(x != x, u, r)
-    return r.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _bf16_bits(x):
-    u = x.to(tl.uint32, bitcast=True)
-    r = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-    r = tl.where(x != x, (u >> 16) | 0x40, r)
-    return r.to(tl.uint16).to(tl.int16, bitcast=True)
+from nanokern.triton.rounding import bf16_bits, round_bf16
 
 
 @triton.jit
@@ -45,7 +31,7 @@ def _swiglu_kernel(
     act = g / (1.0 + tl.exp(-g))
     optr = out_ptr + rows[:, None] * stride_out + cols[None, :]
     if BF16:
-        tl.store(optr, _bf16_bits(_round_bf16(act) * u), mask=mask)
+        tl.store(optr, bf16_bits(round_bf16(act) * u), mask=mask)
     else:
         tl.store(optr, act * u, mask=mask)
 
