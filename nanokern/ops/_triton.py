@@ -1,15 +1,18 @@
 """Launches the Triton gather_cast kernel; runs it under the Triton interpreter on machines
 without a CUDA device (TRITON_INTERPRET must be set before the kernel module is imported)."""
+import contextlib
 import functools
 import importlib.util
 import os
-import sys
+import threading
 
 import torch
 
 _KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
-_MODULE = "nanokern.triton.gather_cast"
+# Importing triton from two threads at once fails (a circular import inside triton), and the
+# interpreter patches triton.language globally while a kernel runs: both are serialised.
+_LOCK = threading.Lock()
 
 
 @functools.cache
@@ -17,22 +20,28 @@ def importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-@functools.cache
+_kernel_module = None  # set once the import has completed
+
+
 def kernel_module():
     """Imports the kernel module once, in interpreter mode when there is no CUDA device."""
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    import nanokern.triton.gather_cast as mod
+    global _kernel_module
+    with _LOCK:
+        if _kernel_module is None:
+            if not torch.cuda.is_available():
+                os.environ.setdefault("TRITON_INTERPRET", "1")
+            import nanokern.triton.gather_cast as mod
 
-    return mod
+            _kernel_module = mod
+        return _kernel_module
 
 
 def interpreted() -> bool:
     """Whether the kernel runs (or, not imported yet, will run) under the interpreter."""
-    if _MODULE in sys.modules:
+    if _kernel_module is not None:
         from triton.runtime.interpreter import InterpretedFunction
 
-        return isinstance(sys.modules[_MODULE].gather_cast_kernel, InterpretedFunction)
+        return isinstance(_kernel_module.gather_cast_kernel, InterpretedFunction)
     return os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available()
 
 
@@ -60,9 +69,10 @@ def gather_cast_triton(src: torch.Tensor, rows: torch.Tensor | None, out: torch.
     block_r, block_c = _blocks(n_rows, n_cols, interpret)
     n_col_blocks = -(-n_cols // block_c)
     grid = (-(-n_rows // block_r) * n_col_blocks,)
-    mod.gather_cast_kernel[grid](
-        src.view(_BITS[src.dtype]), rows, out.view(_BITS[out.dtype]), n_rows, n_cols,
-        src.stride(0), out.stride(0), n_col_blocks,
-        HAS_ROWS=rows is not None, SRC_KIND=_KIND[src.dtype], DST_KIND=_KIND[out.dtype],
-        BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
-    )
+    with _LOCK if interpret else contextlib.nullcontext():
+        mod.gather_cast_kernel[grid](
+            src.view(_BITS[src.dtype]), rows, out.view(_BITS[out.dtype]), n_rows, n_cols,
+            src.stride(0), out.stride(0), n_col_blocks,
+            HAS_ROWS=rows is not None, SRC_KIND=_KIND[src.dtype], DST_KIND=_KIND[out.dtype],
+            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
+        )
