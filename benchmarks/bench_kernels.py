@@ -46,7 +46,6 @@ class Case:
 
 def cases() -> list[Case]:
     l8 = (32, 8, 128)  # LLaMA-3-8B: hidden 4096, 32 q heads, 8 kv heads, ffn 14336
-    l70 = (64, 8, 128)  # LLaMA-3-70B: hidden 8192, 64 q heads, 8 kv heads, ffn 28672
     return [
         Case("8B q from fused qkv, RoPE perm, TP1", (6144, 4096), "rope_q", (4096, 4096),
              (0, 4096), (0, 4096), heads=l8),

@@ -786,7 +786,7 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
 
 def format_table(res: Result) -> str:
     o = res.options
-    floor, nk = res.median("floor"), res.median("nanokern")
+    floor = res.median("floor")
     naive = res.median("naive")
     lines = [f"nanokern bench convert: {o['size']} {o['dtype']} TP{o['tp']}xPP{o['pp']} -> {o['to']} ({o['out_dtype']}), "
              f"{o['reps']} rep(s), medians; {machine()}",

@@ -14,7 +14,7 @@ import torch
 from nanokern.errors import NanokernError
 from nanokern.formats import tokenizer as tok
 from nanokern.formats.safetensors_io import read_header
-from nanokern.model import EMBED, LM_HEAD, LlamaSpec, LogicalTensor, Model, hf_tensor_shapes, whole_block
+from nanokern.model import LM_HEAD, LlamaSpec, LogicalTensor, Model, hf_tensor_shapes, whole_block
 from nanokern.plan import OutFile, OutTensor, Plan, Source, resolve
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
