@@ -28,7 +28,8 @@ class _Pool(threading.local):
         if len(maps) < count or len(maps[0]) < nbytes:
             for m in maps:
                 m.close()
-            maps = self.maps = [mmap.mmap(-1, nbytes) for _ in range(count)]
+            # private anonymous memory: counted in RssAnon, like any other buffer of the process
+            maps = self.maps = [mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) for _ in range(count)]
         return maps[:count]
 
 
