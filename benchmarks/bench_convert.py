@@ -4,7 +4,7 @@
     python benchmarks/bench_convert.py               # 1 GB fp32, TP2 x PP2 -> HF, --dtype keep, 3 reps
     python benchmarks/bench_convert.py --size 4GB    # any `nanokern bench convert` option overrides
 
-A thin wrapper over `nanokern bench convert` (nanokern/bench.py): same options, same CSV row.
+A thin wrapper over `nanokern bench convert` (nanokern/bench/): same options, same CSV row.
 """
 
 import sys

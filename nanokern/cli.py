@@ -10,8 +10,8 @@ from pathlib import Path
 import click
 
 from nanokern import __version__
-from nanokern.errors import NanokernError
 from nanokern.bench import bench
+from nanokern.errors import NanokernError
 from nanokern.parity.cli import parity
 
 DTYPES = click.Choice(["bf16", "fp16", "fp32", "keep"])

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from nt_reference import write_nanotron
 from safetensors import safe_open
 
-from nanokern import bench
-from nt_reference import write_nanotron
+from nanokern.bench.common import CSV_COLUMNS, parse_size
+from nanokern.bench.harness import Options, append_csv, format_table, run_convert_bench
+from nanokern.bench.synthetic import choose_shape
 
 
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -29,8 +31,8 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("size", ["1GB", "4GB", "20MB"])
 def test_shape_choice(size):
-    nbytes = bench.parse_size(size)
-    s = bench.choose_shape(nbytes, "fp32", 2)
+    nbytes = parse_size(size)
+    s = choose_shape(nbytes, "fp32", 2)
     assert 0.9 * nbytes <= s.params() * 4 <= nbytes
     assert s.vocab % 256 == 0
     if nbytes >= 10**9:  # real LLaMA-3-8B shapes
@@ -40,16 +42,16 @@ def test_shape_choice(size):
 def test_bench_convert_tiny(tmp_path):
     csv_path = tmp_path / "convert.csv"
     keep = tmp_path / "outputs"
-    opts = bench.Options(size="20MB", tp=2, pp=2, dtype="fp32", reps=1, cache_dir=str(tmp_path / "cache"),
+    opts = Options(size="20MB", tp=2, pp=2, dtype="fp32", reps=1, cache_dir=str(tmp_path / "cache"),
                          csv_path=str(csv_path), keep_outputs=str(keep), settle=0)
-    res = bench.run_convert_bench(opts, echo=lambda *_: None)
-    bench.append_csv(csv_path, res.row)
-    table = bench.format_table(res)
+    res = run_convert_bench(opts, echo=lambda *_: None)
+    append_csv(csv_path, res.row)
+    table = format_table(res)
     assert "nanokern" in table and "naive" in table and "cp+sync" in table
 
     # the CSV row
     rows = list(csv.DictReader(csv_path.open()))
-    assert len(rows) == 1 and list(rows[0]) == bench.CSV_COLUMNS
+    assert len(rows) == 1 and list(rows[0]) == CSV_COLUMNS
     r = rows[0]
     assert (r["size"], r["tp"], r["pp"], r["dtype"], r["out_dtype"], r["nproc"]) == ("20MB", "2", "2", "fp32", "keep", "1")
     assert r["device"] == "cpu" and r["commit"] and r["machine"] and not r["machine"].startswith("unknown")

@@ -1,0 +1,30 @@
+"""Constants and size parsing shared by the benchmark modules."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+GEN_VERSION = 1  # bump when the generated checkpoint changes: invalidates the cache
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CSV_COLUMNS = [
+    "timestamp", "machine", "device", "commit", "size", "tp", "pp", "dtype", "out_dtype", "workers",
+    "backend", "nproc", "floor_s", "nanokern_s", "naive_s", "ratio_floor", "speedup_naive",
+    "peak_anon_mb", "baseline_anon_mb", "largest_tensor_mb", "mem_ratio",
+]
+ST_DTYPES = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}
+ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2}
+_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "B": 1}
+MB = 1e6
+
+
+def parse_size(text: str) -> int:
+    """'1GB' -> 10**9, '512MiB' -> 2**29 (decimal units like huggingface_hub; *iB binary)."""
+    s = str(text).strip().upper().replace(" ", "")
+    m = re.fullmatch(r"([0-9]*\.?[0-9]+)([KMGT]I?B|B)?", s)
+    if not m:
+        raise click.BadParameter(f"size {text!r}: use e.g. 20MB, 1GB, 4GB, 1.5GiB")
+    return int(float(m.group(1)) * _UNITS[m.group(2) or "B"])
