@@ -1,11 +1,12 @@
 """Execute a plan: stream bytes from memory-mapped sources into output files, atomically.
 
-Every output file's header is known from the plan, so each file is created at full size, its
-header written, and every tensor's bytes written in place (through a shared mapping of the
-output file) by the fused gather_cast kernel reading the memory-mapped sources: no
-intermediate copy of a tensor, no save_file. While a tensor's bytes are hot, their CRC32 is
-recorded (for `nanokern verify`) and they are checked for NaN/inf. Files are written in
-parallel threads, and across processes under torchrun. The output is built in a
+Every output file's header and tensor offsets are known from the plan, so each file is
+produced front to back: the fused gather_cast kernel reads the memory-mapped sources and
+writes each chunk of rows straight into a reused, aligned staging buffer that writer threads
+send to disk (O_DIRECT where allowed, direct_io.py): every byte is written once, no tensor is
+ever whole in memory, no save_file. While a chunk is hot its CRC32 is accumulated (for
+`nanokern verify`) and it is checked for NaN/inf. Files are written in parallel threads, and
+across processes under torchrun. The output is built in a
 `DST.partial-*` folder beside DST, fsynced, and renamed into place when complete; a killed run
 leaves DST untouched and the next identical run reuses the files it had finished.
 """
