@@ -98,7 +98,13 @@ def _all_finite(t: torch.Tensor) -> bool:
     return bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))
 
 
-CHUNK_BYTES = 16 << 20  # bytes handed to the writer threads at a time
+# Bytes handed to the writer threads at a time. Few large O_DIRECT writes measured fastest on
+# the development VMs (1 GB: 128 MB x 2 in flight 2.1 s, 16 MB x 4 in flight 3.0 s, medians of
+# 3); the chunk is also capped at the largest output tensor / (2 x workers), so that the staging
+# memory, workers x (depth + 1) chunks, stays within about 1.5x the largest tensor.
+CHUNK_BYTES = 128 << 20
+MIN_CHUNK_BYTES = 16 << 20
+WRITE_DEPTH = 2
 
 
 def _fill_rows(t, r0: int, r1: int, out: torch.Tensor, sources: _Sources, backend: str, stager) -> None:
@@ -122,7 +128,7 @@ def _fill_rows(t, r0: int, r1: int, out: torch.Tensor, sources: _Sources, backen
 
 
 def write_file(f: OutFile, path: Path, sources: _Sources, backend: str, on_bytes=None, stager: Stager | None = None,
-               direct: bool = True) -> dict:
+               direct: bool = True, chunk: int = CHUNK_BYTES) -> dict:
     """Write one output file; return its manifest entry (size, header and tensor CRC32s, non-finite).
 
     The file is produced front to back: each tensor in row chunks, gathered and cast by the
@@ -130,7 +136,7 @@ def write_file(f: OutFile, path: Path, sources: _Sources, backend: str, on_bytes
     while hot, and handed to the writer threads (O_DIRECT where the filesystem allows it).
     """
     max_row = max((t.shape2d[1] * t.dtype.itemsize for t in f.tensors), default=0)
-    w = SequentialWriter(path, f.size, CHUNK_BYTES, max(max_row, len(f.header)), direct=direct)
+    w = SequentialWriter(path, f.size, chunk, max(max_row, len(f.header)), depth=WRITE_DEPTH, direct=direct)
     entry = {"size": f.size, "header_crc32": zlib.crc32(f.header), "tensors": {}, "nonfinite": []}
     try:
         w.region(len(f.header)).numpy()[:] = memoryview(f.header)
@@ -253,6 +259,8 @@ def execute(
         bar.update(sum(f.size for f in mine if f.path in done))
     lock = threading.Lock()
     sources = _Sources()
+    largest = max((t.nbytes for f in plan.files for t in f.tensors), default=0)
+    chunk = max(MIN_CHUNK_BYTES, min(CHUNK_BYTES, largest // (2 * workers)))
     stager = None
     if device == "cuda" or staging_bytes is not None:
         stager = Stager(device, (staging_bytes or 1 << 30) // workers, backend)
@@ -266,7 +274,7 @@ def execute(
     def run(f: OutFile):
         target = work / f.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        entry = write_file(f, target, sources, backend, tick, stager, direct_io)
+        entry = write_file(f, target, sources, backend, tick, stager, direct_io, chunk)
         if strict and entry["nonfinite"]:
             raise NanokernError(f"non-finite values (NaN/inf) in {', '.join(entry['nonfinite'][:3])} (--strict)", plan.source.path)
         with lock:
