@@ -172,3 +172,28 @@ def random_hf(cfg: dict, dtype=torch.float32, seed: int = 0, scale: float = 0.5)
     if not cfg.get("tie_word_embeddings"):
         w["lm_head.weight"] = r(V, H)
     return w
+
+
+def hf_from_nt(nt: dict[str, torch.Tensor], cfg: dict, vocab: int | None = None) -> dict[str, torch.Tensor]:
+    """HF tensors from re-assembled Nanotron params (half-split RoPE: no q/k permutation);
+    `vocab` trims the embedding and lm_head rows; no lm_head when the checkpoint has none."""
+    H, nq, nkv, L, I = (cfg[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads",
+                                         "num_hidden_layers", "intermediate_size"))
+    d = H // nq
+    out = {"model.embed_tokens.weight": nt["model.token_position_embeddings.pp_block.token_embedding.weight"][:vocab]}
+    for i in range(L):
+        p, n = f"model.layers.{i}.", f"model.decoder.{i}.pp_block."
+        qkv = nt[n + "attn.qkv_proj.weight"]
+        out[p + "self_attn.q_proj.weight"] = qkv[: nq * d]
+        out[p + "self_attn.k_proj.weight"] = qkv[nq * d : (nq + nkv) * d]
+        out[p + "self_attn.v_proj.weight"] = qkv[(nq + nkv) * d :]
+        out[p + "self_attn.o_proj.weight"] = nt[n + "attn.o_proj.weight"]
+        gu = nt[n + "mlp.gate_up_proj.weight"]
+        out[p + "mlp.gate_proj.weight"], out[p + "mlp.up_proj.weight"] = gu[:I], gu[I:]
+        out[p + "mlp.down_proj.weight"] = nt[n + "mlp.down_proj.weight"]
+        out[p + "input_layernorm.weight"] = nt[n + "input_layernorm.weight"]
+        out[p + "post_attention_layernorm.weight"] = nt[n + "post_attention_layernorm.weight"]
+    out["model.norm.weight"] = nt["model.final_layer_norm.pp_block.weight"]
+    if "model.lm_head.pp_block.weight" in nt:
+        out["lm_head.weight"] = nt["model.lm_head.pp_block.weight"][:vocab]
+    return out

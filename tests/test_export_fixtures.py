@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from fixtures_path import NANOTRON_FIXTURES, fixture
-from nt_reference import assemble
+from nt_reference import assemble, hf_from_nt
 from safetensors.torch import load_file
 
 from nanokern.convert import convert
@@ -17,27 +17,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 def expected_hf(step, cfg, vocab=None):
     """HF tensors from independently re-assembled shards (no RoPE permutation: fixtures are half-split)."""
-    nt = assemble(step)
-    H, nq, nkv, L, I = cfg["hidden_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["num_hidden_layers"], cfg["intermediate_size"]
-    d = H // nq
-    V = vocab or cfg["vocab_size"]
-    out = {"model.embed_tokens.weight": nt["model.token_position_embeddings.pp_block.token_embedding.weight"][:V]}
-    for i in range(L):
-        p, n = f"model.layers.{i}.", f"model.decoder.{i}.pp_block."
-        qkv = nt[n + "attn.qkv_proj.weight"]
-        out[p + "self_attn.q_proj.weight"] = qkv[: nq * d]
-        out[p + "self_attn.k_proj.weight"] = qkv[nq * d : (nq + nkv) * d]
-        out[p + "self_attn.v_proj.weight"] = qkv[(nq + nkv) * d :]
-        out[p + "self_attn.o_proj.weight"] = nt[n + "attn.o_proj.weight"]
-        gu = nt[n + "mlp.gate_up_proj.weight"]
-        out[p + "mlp.gate_proj.weight"], out[p + "mlp.up_proj.weight"] = gu[:I], gu[I:]
-        out[p + "mlp.down_proj.weight"] = nt[n + "mlp.down_proj.weight"]
-        out[p + "input_layernorm.weight"] = nt[n + "input_layernorm.weight"]
-        out[p + "post_attention_layernorm.weight"] = nt[n + "post_attention_layernorm.weight"]
-    out["model.norm.weight"] = nt["model.final_layer_norm.pp_block.weight"]
-    if not cfg["tie_word_embeddings"]:
-        out["lm_head.weight"] = nt["model.lm_head.pp_block.weight"][:V]
-    return out
+    return hf_from_nt(assemble(step), cfg, vocab)
 
 
 def load_dir(d):

@@ -24,7 +24,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
-from nt_reference import interleave_rows, random_hf, write_nanotron
+from nt_reference import hf_from_nt, interleave_rows, random_hf, write_nanotron
 from safetensors import safe_open
 
 from nanokern.errors import NanokernError
@@ -402,33 +402,12 @@ def oracle_assemble(step: Path) -> dict[str, torch.Tensor] | None:
     return out
 
 
-def oracle_hf(nt: dict[str, torch.Tensor], cfg: dict) -> dict[str, torch.Tensor]:
-    H, nq, nkv, L, I = (cfg[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads", "num_hidden_layers", "intermediate_size"))
-    d = H // nq
-    out = {"model.embed_tokens.weight": nt["model.token_position_embeddings.pp_block.token_embedding.weight"]}
-    for i in range(L):
-        p, n = f"model.layers.{i}.", f"model.decoder.{i}.pp_block."
-        qkv = nt[n + "attn.qkv_proj.weight"]
-        out[p + "self_attn.q_proj.weight"] = qkv[: nq * d]
-        out[p + "self_attn.k_proj.weight"] = qkv[nq * d : (nq + nkv) * d]
-        out[p + "self_attn.v_proj.weight"] = qkv[(nq + nkv) * d :]
-        out[p + "self_attn.o_proj.weight"] = nt[n + "attn.o_proj.weight"]
-        gu = nt[n + "mlp.gate_up_proj.weight"]
-        out[p + "mlp.gate_proj.weight"], out[p + "mlp.up_proj.weight"] = gu[:I], gu[I:]
-        out[p + "mlp.down_proj.weight"] = nt[n + "mlp.down_proj.weight"]
-        out[p + "input_layernorm.weight"] = nt[n + "input_layernorm.weight"]
-        out[p + "post_attention_layernorm.weight"] = nt[n + "post_attention_layernorm.weight"]
-    out["model.norm.weight"] = nt["model.final_layer_norm.pp_block.weight"]
-    out["lm_head.weight"] = nt["model.lm_head.pp_block.weight"]
-    return out
-
-
 def _expected_hf_or_none(step: Path, cfg: dict):
     try:
         nt = oracle_assemble(step)
     except (ValueError, TypeError, IndexError, RuntimeError):  # Python itself cannot read the metadata
         return "unreadable"
-    return None if nt is None else oracle_hf(nt, cfg)
+    return None if nt is None else hf_from_nt(nt, cfg)
 
 
 @READER
