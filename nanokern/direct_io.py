@@ -6,6 +6,12 @@ page-cache fill now and no writeback storm at fsync). Each buffer is written up 
 4 KiB boundary and the remainder carried into the next; the last block is zero-padded and the
 file truncated to its size. Where O_DIRECT is refused (tmpfs, some FUSE mounts) or not wanted,
 the same pipeline uses ordinary pwrite. Memory: (depth + 1) buffers, reused across files.
+
+The first buffers are small and each next one twice as large, up to `chunk`, so that the disk
+starts writing within milliseconds rather than after a whole chunk has been produced. Work that
+only reads a filled buffer (checksums, NaN scans: `check(fn)`) runs on one checker thread, in
+submission order, while the buffer is being written, off the producer's critical path; a
+buffer is reused once both its write and its checks are done.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import threading
 import torch
 
 ALIGN = 4096
+FIRST_CHUNK = 4 << 20  # the ramp's first buffer: about 5 ms of producing, then the disk has work
 
 
 class _Pool(threading.local):
@@ -39,7 +46,8 @@ _pool = _Pool()
 class SequentialWriter:
     """Write a file front to back through `region(n)` / `advance(n)`, then `close()`."""
 
-    def __init__(self, path, size: int, chunk: int = 16 << 20, max_region: int = 0, depth: int = 4, direct: bool = True):
+    def __init__(self, path, size: int, chunk: int = 16 << 20, max_region: int = 0, depth: int = 4, direct: bool = True,
+                 first_chunk: int = FIRST_CHUNK):
         self.direct = False
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         if direct and hasattr(os, "O_DIRECT"):
@@ -64,9 +72,15 @@ class SequentialWriter:
         for i in range(1, depth + 1):
             self.free.put(i)
         self.cur, self.fill, self.base = 0, 0, 0  # buffer being filled, bytes in it, its file offset
+        self.target = min(self.chunk, max(ALIGN, first_chunk))  # submit at this fill; doubles per buffer
+        self.checks: list[list] = [[] for _ in self.maps]  # per buffer: callables to run once it is filled
+        self.busy = [0] * len(self.maps)  # per buffer: its write and its checks not yet done
+        self.busy_lock = threading.Lock()
         self.jobs: queue.Queue = queue.Queue()
+        self.check_jobs: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
         self.threads = [threading.Thread(target=self._write_jobs, daemon=True) for _ in range(depth)]
+        self.threads.append(threading.Thread(target=self._check_jobs, daemon=True))
         for t in self.threads:
             t.start()
 
@@ -86,7 +100,34 @@ class SequentialWriter:
                         view, off = view[k:], off + k
             except OSError as e:
                 self.error = e
-            self.free.put(i)
+            self._release(i)
+
+    def _check_jobs(self) -> None:
+        while (job := self.check_jobs.get()) is not None:
+            i, fns = job
+            try:
+                if self.error is None:
+                    for fn in fns:
+                        fn()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the producer
+                self.error = e
+            self._release(i)
+
+    def _release(self, i: int) -> None:
+        with self.busy_lock:
+            self.busy[i] -= 1
+            if self.busy[i] == 0:
+                self.free.put(i)
+
+    @property
+    def room(self) -> int:
+        """Bytes to produce before the current buffer is handed to the writers."""
+        return max(0, self.target - self.fill)
+
+    def check(self, fn) -> None:
+        """Run fn() on the checker thread once the current buffer is submitted (so after
+        everything filled so far is final), in submission order; fn only reads the buffer."""
+        self.checks[self.cur].append(fn)
 
     def region(self, nbytes: int) -> torch.Tensor:
         """A uint8 view of the next `nbytes` of the file, to fill before `advance(nbytes)`."""
@@ -96,8 +137,9 @@ class SequentialWriter:
 
     def advance(self, nbytes: int) -> None:
         self.fill += nbytes
-        if self.fill >= self.chunk:
+        if self.fill >= self.target:
             self._submit(final=False)
+            self.target = min(self.chunk, self.target * 2)
 
     def _submit(self, final: bool) -> None:
         n = self.fill if final else self.fill - self.fill % ALIGN
@@ -111,13 +153,17 @@ class SequentialWriter:
             raise self.error
         if tail:
             self.bufs[nxt][:tail].copy_(self.bufs[self.cur][n : n + tail])
+        self.busy[self.cur] = 2
         self.jobs.put((self.cur, n, self.base))
+        self.check_jobs.put((self.cur, self.checks[self.cur]))
+        self.checks[self.cur] = []
         self.base += n
         self.cur, self.fill = nxt, tail
 
     def _stop(self) -> None:
-        for _ in self.threads:
+        for _ in self.threads[:-1]:
             self.jobs.put(None)
+        self.check_jobs.put(None)
         for t in self.threads:
             t.join()
 

@@ -4,8 +4,8 @@ Every output file's header and tensor offsets are known from the plan, so each f
 produced front to back: the fused gather_cast kernel reads the memory-mapped sources and
 writes each chunk of rows straight into a reused, aligned staging buffer that writer threads
 send to disk (O_DIRECT where allowed, direct_io.py): every byte is written once, no tensor is
-ever whole in memory, no save_file. While a chunk is hot its CRC32 is accumulated (for
-`nanokern verify`) and it is checked for NaN/inf. Files are written in parallel threads, and
+ever whole in memory, no save_file. While a chunk is being written, a checker thread
+accumulates its CRC32 (for `nanokern verify`) and checks it for NaN/inf. Files are written in parallel threads, and
 across processes under torchrun. The output is built in a
 `DST.partial-*` folder beside DST, fsynced, and renamed into place when complete; a killed run
 leaves DST untouched and the next identical run reuses the files it had finished.
@@ -13,6 +13,7 @@ leaves DST untouched and the next identical run reuses the files it had finished
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -132,12 +133,18 @@ def write_file(f: OutFile, path: Path, sources: _Sources, backend: str, on_bytes
     """Write one output file; return its manifest entry (size, header and tensor CRC32s, non-finite).
 
     The file is produced front to back: each tensor in row chunks, gathered and cast by the
-    fused kernel straight into the writer's staging buffer, checksummed and checked for NaN/inf
-    while hot, and handed to the writer threads (O_DIRECT where the filesystem allows it).
+    fused kernel straight into the writer's staging buffer and handed to the writer threads
+    (O_DIRECT where the filesystem allows it); the writer's checker thread takes each chunk's
+    CRC32 and NaN/inf scan while it is being written.
     """
     max_row = max((t.shape2d[1] * t.dtype.itemsize for t in f.tensors), default=0)
     w = SequentialWriter(path, f.size, chunk, max(max_row, len(f.header)), depth=WRITE_DEPTH, direct=direct)
-    entry = {"size": f.size, "header_crc32": zlib.crc32(f.header), "tensors": {}, "nonfinite": []}
+    sums = {t.name: {"offset": t.offset, "nbytes": t.nbytes, "crc32": 0, "finite": True} for t in f.tensors}
+
+    def digest(raw: torch.Tensor, out: torch.Tensor, s: dict) -> None:
+        s["finite"] = s["finite"] and _all_finite(out)
+        s["crc32"] = zlib.crc32(raw.numpy(), s["crc32"])
+
     try:
         w.region(len(f.header)).numpy()[:] = memoryview(f.header)
         w.advance(len(f.header))
@@ -146,30 +153,28 @@ def write_file(f: OutFile, path: Path, sources: _Sources, backend: str, on_bytes
             rows, cols = t.shape2d
             row_bytes = cols * t.dtype.itemsize
             covered = sum(p.nrows * p.ncols for p in t.pieces) == rows * cols
-            crc, finite, r0 = 0, True, 0
+            r0 = 0
             while row_bytes and r0 < rows:
-                r1 = min(rows, r0 + max(1, (w.chunk - w.fill) // row_bytes))
+                r1 = min(rows, r0 + max(1, w.room // row_bytes))
                 raw = w.region((r1 - r0) * row_bytes)
                 out = raw.view(t.dtype).view(r1 - r0, cols)
                 if not covered:
                     out.zero_()  # rows no piece covers (vocab padding) are zero
                 _fill_rows(t, r0, r1, out, sources, backend, stager)
-                finite = finite and _all_finite(out)
-                crc = zlib.crc32(raw.numpy(), crc)
+                w.check(functools.partial(digest, raw, out, sums[t.name]))
                 w.advance(raw.numel())
                 if on_bytes:
                     on_bytes(raw.numel())
                 r0 = r1
-            if not finite:
-                entry["nonfinite"].append(t.name)
-            entry["tensors"][t.name] = {"offset": t.offset, "nbytes": t.nbytes, "crc32": crc}
         w.close()
     except BaseException:
         w.abort()
         raise
     if on_bytes:
         on_bytes(len(f.header))
-    return entry
+    return {"size": f.size, "header_crc32": zlib.crc32(f.header),
+            "tensors": {n: {k: v for k, v in s.items() if k != "finite"} for n, s in sums.items()},
+            "nonfinite": [n for n, s in sums.items() if not s["finite"]]}
 
 
 def _fsync_dir(path: Path) -> None:
