@@ -86,3 +86,25 @@ def test_bench_convert_tiny(tmp_path):
             assert list(ha.keys()) == list(hb.keys()) == ["data"]
             assert torch.equal(_bits(ha.get_tensor("data")), _bits(hb.get_tensor("data"))), rel
         assert a.stat().st_size == b.stat().st_size, rel
+
+
+def test_bench_backends_tiny(tmp_path):
+    from click.testing import CliRunner
+
+    from nanokern.bench import bench
+    from nanokern.bench.backends import CSV_COLUMNS as BACKEND_COLUMNS
+
+    csv_path = tmp_path / "backends.csv"
+    r = CliRunner().invoke(bench, ["backends", "--size", "20MB", "--reps", "2", "--settle", "0", "--backends", "cpu,torch",
+                                   "--cache-dir", str(tmp_path / "cache"), "--csv", str(csv_path)])
+    assert r.exit_code == 0, r.output
+    assert "identical, bit for bit: yes" in r.output
+    rows = list(csv.DictReader(csv_path.open()))
+    assert [row["backend"] for row in rows] == ["cpu", "torch"] and list(rows[0]) == BACKEND_COLUMNS
+    for row in rows:
+        runs = [float(x) for x in row["seconds_all"].split()]
+        assert len(runs) == 2 and all(t > 0 for t in runs)
+        assert float(row["seconds_median"]) == pytest.approx(sorted(runs)[0] + (sorted(runs)[1] - sorted(runs)[0]) / 2, abs=2e-3)
+    torch_row = rows[1]
+    assert float(torch_row["vs_torch"]) == 1.0
+    assert float(rows[0]["vs_torch"]) == pytest.approx(float(torch_row["seconds_median"]) / float(rows[0]["seconds_median"]), rel=0.01)

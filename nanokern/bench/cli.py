@@ -1,4 +1,4 @@
-"""The click group: `nanokern bench convert`, `nanokern bench kernels`."""
+"""The click group: `nanokern bench convert`, `nanokern bench backends`, `nanokern bench kernels`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from nanokern.bench.harness import Options, append_csv, format_table, run_conver
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def bench():
-    """Benchmarks: conversions against the cp+sync floor and a naive script, kernels."""
+    """Benchmarks: conversions against the cp+sync floor and a naive script, backends against each other, kernels."""
 
 
 @bench.command("convert")
@@ -59,6 +59,39 @@ def convert_cmd(size, tp, pp, dtype, to, out_dtype, reps, workers, backend, npro
         Path(json_path).write_text(json.dumps({**asdict(res), "table": format_table(res)}, indent=2, default=str) + "\n")
     if res.identical is False:
         raise click.ClickException("nanokern and naive outputs differ")
+
+
+@bench.command("backends")
+@click.option("--size", default="1GB", show_default=True, help="Synthetic checkpoint size (20MB, 1GB, 4GB, ...).")
+@click.option("--tp", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--pp", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Source dtype.")
+@click.option("--out-dtype", type=click.Choice(["keep", "fp32", "bf16", "fp16"]), default="bf16", show_default=True)
+@click.option("--backends", default="cpu,torch", show_default=True, help="Comma-separated backends to compare.")
+@click.option("--reps", type=click.IntRange(1), default=5, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="torch / OpenMP threads per process.")
+@click.option("--settle", type=click.FloatRange(0), default=8.0, show_default=True, help="Idle seconds before each run.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Synthetic checkpoints [default: .bench-cache/].")
+@click.option("--scratch-dir", type=click.Path(file_okay=False), default=None,
+              help="Where outputs go [default: the cache dir]; a tmpfs here takes the disk out of the comparison.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Append rows here [default: benchmarks/results/backends.csv].")
+@click.option("--no-csv", is_flag=True, help="Do not append CSV rows.")
+def backends_cmd(size, tp, pp, dtype, out_dtype, backends, reps, device, threads, settle, cache_dir, scratch_dir, csv_path, no_csv):
+    """Time the same conversion with each gather_cast backend (order rotating each rep, outputs
+    checked identical): medians, and torch's median over each backend's."""
+    from nanokern.bench.backends import append_rows, format_rows, run_backend_bench
+
+    parse_size(size)
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    if not names:
+        raise click.BadParameter("name at least one backend", param_hint="--backends")
+    rows = run_backend_bench(size, tp, pp, dtype, out_dtype, names, reps, device, threads, settle, cache_dir, scratch_dir, click.echo)
+    click.echo(format_rows(rows))
+    if not no_csv:
+        path = Path(csv_path) if csv_path else REPO_ROOT / "benchmarks" / "results" / "backends.csv"
+        append_rows(path, rows)
+        click.echo(f"appended {len(rows)} rows to {path}")
 
 
 @bench.command("kernels", add_help_option=False, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
