@@ -155,8 +155,8 @@ def test_cpu_backend_parallel_chunks(threads):
                                      (torch.float16, torch.float32), (torch.float32, torch.bfloat16)],
                          ids=["bf16-bf16", "bf16-f32", "f16-f32", "f32-bf16"])
 def test_cpu_backend_large_outputs(sdt, ddt):
-    """Outputs over 8 MB take the non-temporal-store path (same dtype, widening): unaligned
-    column slices exercise its head and tail handling."""
+    """Outputs over 8 MB take the non-temporal-store paths (same dtype, widening, fp32 -> bf16):
+    unaligned column slices exercise their head and tail handling."""
     src = random_values((1100, 4099), sdt, seed=14)
     rows = torch.randperm(1100, generator=torch.Generator().manual_seed(15))
     big = torch.zeros(1100, 4101, dtype=ddt)

@@ -136,3 +136,26 @@ def test_cpu_backends_available():
     """The extension and the Triton interpreter path must be there: CI runs the backends above."""
     assert available_backends("cpu")[:1] == ["cpu"]
     assert "triton" in available_backends("cpu") or torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("offset", [0, 1, 7])
+def test_cpu_large_narrowing_output_matches_small_spans(offset):
+    """Outputs over 8 MB take the cpu backend's vectorised non-temporal path (fp32 -> bf16): the
+    same bits, NaN payloads included, as the scalar path on small spans, and torch's casts."""
+    if "cpu" not in available_backends("cpu"):
+        pytest.skip("the cpu backend is not built")
+    g = torch.Generator().manual_seed(21)
+    special = torch.cat([from_bits(F32_EDGES, torch.float32), midpoints(torch.bfloat16), nan_sources()[torch.float32]])
+    n = (1 << 22) + 333  # 8 MB of bf16 and an odd tail
+    src = from_bits(torch.randint(0, 2**32, (n,), generator=g), torch.float32)
+    src[: special.numel()] = special
+    src[-special.numel():] = special
+    big = torch.zeros(n + 16, dtype=torch.bfloat16)
+    out = big[offset : offset + n]  # start not 32-byte aligned for offset > 0: scalar head
+    gather_cast(src.view(1, -1), None, out.view(1, -1), backend="cpu")
+    small = torch.empty(n, dtype=torch.bfloat16)
+    for a in range(0, n, 4096):
+        gather_cast(src[a : a + 4096].view(1, -1), None, small[a : a + 4096].view(1, -1), backend="cpu")
+    assert_same_bits(out, small, context=f"streamed vs small spans, offset {offset}")
+    assert_same_bits(out, src.to(torch.bfloat16), nan_payload=False, context=f"streamed vs torch, offset {offset}")
+    assert (big[:offset] == 0).all() and (big[offset + n :] == 0).all()

@@ -2,15 +2,21 @@
 // compiled with -fopenmp), each row span either a memcpy (same dtype) or a conversion loop that
 // the compiler vectorises; the loops are cloned for AVX2 and picked at load time (ifunc).
 // Large outputs (written once, not read back soon: a converter's output file) are written with
-// non-temporal stores when writes are at least half the traffic (same dtype: ~1.5x, widening:
-// ~1.2x on the dev machine; narrowing measured slower, so it keeps plain stores), through a small
-// L1-resident staging buffer for conversions.
+// non-temporal stores: same dtype and widening through a small L1-resident staging buffer
+// (~1.5x and ~1.2x on the dev machine), fp32 -> bf16 by an explicit AVX2 loop that converts in
+// registers and streams 32 bytes at a time (the staged variant measured slower for narrowing;
+// this one 10-20% faster than plain stores into cold 64 MB buffers). fp32 -> fp16 keeps plain
+// stores.
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstring>
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define NK_X86_AVX2 1
 #endif
 
 #include "gather_cast_check.h"
@@ -102,6 +108,40 @@ void stream_span(SpanFn fn, bool same, const char* s, char* d, int64_t n, int64_
   }
 }
 
+#if defined(NK_X86_AVX2)
+// fp32 -> bf16 of 8 values, the arithmetic of f32_to_bf16_bits (gather_cast.h) in AVX2 lanes.
+__attribute__((target("avx2"), always_inline)) inline __m256i bf16_bits8(__m256i u) {
+  const __m256i hi = _mm256_srli_epi32(u, 16);
+  const __m256i lsb = _mm256_and_si256(hi, _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), lsb), 16);
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7FFFFFFF)),
+                                         _mm256_set1_epi32(0x7F800000));
+  return _mm256_blendv_epi8(rounded, _mm256_or_si256(hi, _mm256_set1_epi32(0x40)), nan);
+}
+
+// Narrowing fp32 -> bf16 straight to non-temporal stores, 16 values per store: for large
+// outputs (a converter's staging buffer) this skips the read-for-ownership of the destination.
+__attribute__((target("avx2"))) void stream_f32_bf16_avx2(const char* s, char* d, int64_t n) {
+  const uint32_t* sp = reinterpret_cast<const uint32_t*>(s);
+  uint16_t* dp = reinterpret_cast<uint16_t*>(d);
+  int64_t j = 0;
+  for (; j < n && (reinterpret_cast<uintptr_t>(dp + j) & 31) != 0; ++j) dp[j] = f32_to_bf16_bits(sp[j]);
+  for (; j + 16 <= n; j += 16) {
+    const __m256i a = bf16_bits8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + j)));
+    const __m256i b = bf16_bits8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sp + j + 8)));
+    // packus interleaves 128-bit lanes (a0-3 b0-3 a4-7 b4-7); the permute puts them in order
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8);
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(dp + j), packed);
+  }
+  for (; j < n; ++j) dp[j] = f32_to_bf16_bits(sp[j]);
+}
+
+bool have_avx2() {
+  static const bool yes = __builtin_cpu_supports("avx2");
+  return yes;
+}
+#endif
+
 }  // namespace
 
 void gather_cast_cpu(const at::Tensor& src, const std::optional<at::Tensor>& rows_in,
@@ -138,6 +178,11 @@ void gather_cast_cpu(const at::Tensor& src, const std::optional<at::Tensor>& row
 
   const bool same = skind == dkind;
   const bool stream = dsz >= ssz && nrows * ncols * dsz >= kStreamBytes;
+#if defined(NK_X86_AVX2)
+  const bool narrow_stream = skind == Kind::F32 && dkind == Kind::BF16 && nrows * ncols * dsz >= kStreamBytes && have_avx2();
+#else
+  const bool narrow_stream = false;
+#endif
   const int64_t chunk = std::min(cols_n, kChunkElems);
   const int64_t nchunks = (cols_n + chunk - 1) / chunk;
   const int64_t grain = std::max<int64_t>(1, kGrainBytes / (chunk * (ssz + dsz)));
@@ -149,13 +194,17 @@ void gather_cast_cpu(const at::Tensor& src, const std::optional<at::Tensor>& row
       const char* s = sbase + element_offset(r, sstride, c0) * ssz;
       char* d = dbase + element_offset(i, dstride, c0) * dsz;
       const int64_t n = std::min(chunk, cols_n - c0);
-      if (stream) {
+      if (narrow_stream) {
+#if defined(NK_X86_AVX2)
+        stream_f32_bf16_avx2(s, d, n);
+#endif
+      } else if (stream) {
         stream_span(fn, same, s, d, n, ssz, dsz);
       } else {
         fn(s, d, n);
       }
     }
-    if (stream) stream_fence();
+    if (stream || narrow_stream) stream_fence();
   });
 }
 
