@@ -96,11 +96,12 @@ def test_bench_backends_tiny(tmp_path):
 
     csv_path = tmp_path / "backends.csv"
     r = CliRunner().invoke(bench, ["backends", "--size", "20MB", "--reps", "2", "--settle", "0", "--backends", "cpu,torch",
-                                   "--cache-dir", str(tmp_path / "cache"), "--csv", str(csv_path)])
+                                   "--rope-interleaved", "--cache-dir", str(tmp_path / "cache"), "--csv", str(csv_path)])
     assert r.exit_code == 0, r.output
-    assert "identical, bit for bit: yes" in r.output
+    assert "identical, bit for bit: yes" in r.output and "q/k rows permuted" in r.output
     rows = list(csv.DictReader(csv_path.open()))
     assert [row["backend"] for row in rows] == ["cpu", "torch"] and list(rows[0]) == BACKEND_COLUMNS
+    assert all(row["rope_interleaved"] == "True" for row in rows)
     for row in rows:
         runs = [float(x) for x in row["seconds_all"].split()]
         assert len(runs) == 2 and all(t > 0 for t in runs)

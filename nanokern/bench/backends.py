@@ -20,8 +20,8 @@ from nanokern.bench.measure import _rm, _run_measured
 from nanokern.bench.naive import compare_hf
 from nanokern.bench.synthetic import cached_checkpoint
 
-CSV_COLUMNS = ["timestamp", "machine", "device", "commit", "size", "tp", "pp", "dtype", "out_dtype", "scratch_fs",
-               "reps", "backend", "seconds_median", "seconds_all", "vs_torch"]
+CSV_COLUMNS = ["timestamp", "machine", "device", "commit", "size", "tp", "pp", "dtype", "out_dtype", "rope_interleaved",
+               "scratch_fs", "reps", "backend", "seconds_median", "seconds_all", "vs_torch"]
 
 
 def _fs_type(path: Path) -> str:
@@ -31,9 +31,11 @@ def _fs_type(path: Path) -> str:
 
 def run_backend_bench(size: str, tp: int, pp: int, dtype: str, out_dtype: str, backends: list[str], reps: int,
                       device: str, threads: int, settle: float, cache_dir: str | None, scratch_dir: str | None,
-                      echo) -> list[dict]:
+                      echo, rope_interleaved: bool = False) -> list[dict]:
     """Convert the cached synthetic checkpoint with each backend, `reps` rounds, the backend
-    order rotating each round; every output is compared with the first backend's, bit for bit."""
+    order rotating each round; every output is compared with the first backend's, bit for bit.
+    rope_interleaved: read the source as trained with interleaved RoPE, so that q and k rows are
+    permuted on the way (a row-map gather, as for such real checkpoints)."""
     cache = Path(cache_dir) if cache_dir else REPO_ROOT / ".bench-cache"
     src, _ = cached_checkpoint(cache, parse_size(size), tp, pp, dtype, echo)
     parent = Path(scratch_dir) if scratch_dir else cache
@@ -53,7 +55,8 @@ def run_backend_bench(size: str, tp: int, pp: int, dtype: str, out_dtype: str, b
                 result = scratch / f"{b}.result.json"
                 spec.write_text(json.dumps({"approach": "nanokern", "src": str(src), "dst": str(out), "to": "hf",
                                             "out_dtype": out_dtype, "backend": b, "device": device, "workers": None,
-                                            "threads": threads, "result": str(result)}))
+                                            "threads": threads, "result": str(result),
+                                            "plan_options": {"rope_interleaved": rope_interleaved}}))
                 time.sleep(settle)  # same memory state before every run (see harness.measure)
                 run = _run_measured([sys.executable, "-m", "nanokern.bench", "_worker", str(spec)], env, result)
                 times[b].append(run.seconds)
@@ -74,7 +77,8 @@ def run_backend_bench(size: str, tp: int, pp: int, dtype: str, out_dtype: str, b
     for b, ts in times.items():
         med = statistics.median(ts)
         rows.append({"timestamp": stamp, "machine": machine(), "device": device_name(device), "commit": commit(),
-                     "size": size, "tp": tp, "pp": pp, "dtype": dtype, "out_dtype": out_dtype, "scratch_fs": fs,
+                     "size": size, "tp": tp, "pp": pp, "dtype": dtype, "out_dtype": out_dtype,
+                     "rope_interleaved": rope_interleaved, "scratch_fs": fs,
                      "reps": reps, "backend": b, "seconds_median": round(med, 3),
                      "seconds_all": " ".join(f"{t:.3f}" for t in ts),
                      "vs_torch": round(torch_median / med, 3) if torch_median else ""})
@@ -83,7 +87,8 @@ def run_backend_bench(size: str, tp: int, pp: int, dtype: str, out_dtype: str, b
 
 def format_rows(rows: list[dict]) -> str:
     r0 = rows[0]
-    lines = [f"nanokern bench backends: {r0['size']} {r0['dtype']} TP{r0['tp']}xPP{r0['pp']} -> hf ({r0['out_dtype']}), "
+    rope = ", RoPE-interleaved source (q/k rows permuted)" if r0["rope_interleaved"] else ""
+    lines = [f"nanokern bench backends: {r0['size']} {r0['dtype']} TP{r0['tp']}xPP{r0['pp']} -> hf ({r0['out_dtype']}){rope}, "
              f"output on {r0['scratch_fs']}, {r0['reps']} rep(s), medians; {r0['machine']}",
              f"{'backend':<8} {'median s':>9} {'torch / backend':>16}  all runs (s)"]
     for r in rows:

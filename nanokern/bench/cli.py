@@ -68,6 +68,7 @@ def convert_cmd(size, tp, pp, dtype, to, out_dtype, reps, workers, backend, npro
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Source dtype.")
 @click.option("--out-dtype", type=click.Choice(["keep", "fp32", "bf16", "fp16"]), default="bf16", show_default=True)
 @click.option("--backends", default="cpu,torch", show_default=True, help="Comma-separated backends to compare.")
+@click.option("--rope-interleaved", is_flag=True, help="Read the source as trained with interleaved RoPE: q/k rows are permuted (row-map gathers).")
 @click.option("--reps", type=click.IntRange(1), default=5, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="torch / OpenMP threads per process.")
@@ -77,7 +78,8 @@ def convert_cmd(size, tp, pp, dtype, to, out_dtype, reps, workers, backend, npro
               help="Where outputs go [default: the cache dir]; a tmpfs here takes the disk out of the comparison.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Append rows here [default: benchmarks/results/backends.csv].")
 @click.option("--no-csv", is_flag=True, help="Do not append CSV rows.")
-def backends_cmd(size, tp, pp, dtype, out_dtype, backends, reps, device, threads, settle, cache_dir, scratch_dir, csv_path, no_csv):
+def backends_cmd(size, tp, pp, dtype, out_dtype, backends, rope_interleaved, reps, device, threads, settle, cache_dir, scratch_dir,
+                 csv_path, no_csv):
     """Time the same conversion with each gather_cast backend (order rotating each rep, outputs
     checked identical): medians, and torch's median over each backend's."""
     from nanokern.bench.backends import append_rows, format_rows, run_backend_bench
@@ -86,7 +88,8 @@ def backends_cmd(size, tp, pp, dtype, out_dtype, backends, reps, device, threads
     names = [b.strip() for b in backends.split(",") if b.strip()]
     if not names:
         raise click.BadParameter("name at least one backend", param_hint="--backends")
-    rows = run_backend_bench(size, tp, pp, dtype, out_dtype, names, reps, device, threads, settle, cache_dir, scratch_dir, click.echo)
+    rows = run_backend_bench(size, tp, pp, dtype, out_dtype, names, reps, device, threads, settle, cache_dir, scratch_dir,
+                             click.echo, rope_interleaved)
     click.echo(format_rows(rows))
     if not no_csv:
         path = Path(csv_path) if csv_path else REPO_ROOT / "benchmarks" / "results" / "backends.csv"

@@ -86,7 +86,8 @@ def _worker_main(spec_file: str) -> None:
 
         def go():
             convert(spec["src"], spec["dst"], to=spec["to"], dtype=spec["out_dtype"], backend=spec["backend"],
-                    device=spec["device"], workers=spec["workers"], force=True, progress=False)
+                    device=spec["device"], workers=spec["workers"], force=True, progress=False,
+                    **spec.get("plan_options", {}))
     elif spec["approach"] == "naive":
         import safetensors.torch  # noqa: F401
 
