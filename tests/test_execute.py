@@ -149,6 +149,26 @@ def test_staged_pipeline_with_a_budget_smaller_than_a_tensor(tmp_path):
             assert tree_bytes(tmp_path / f"direct-{dtype}") == tree_bytes(tmp_path / f"staged-{dtype}-{budget}")
 
 
+@pytest.mark.parametrize("dtype", ["keep", "bf16"])
+def test_parallel_workers_and_small_chunks_give_the_single_worker_torch_bytes(tmp_path, monkeypatch, dtype):
+    """Several files written by 3 workers with the cpu backend through 8 KB staging chunks (many
+    buffers, unaligned tails carried between them, checks on the checker thread) are byte for
+    byte the single-worker torch-backend output, manifest included."""
+    import nanokern.execute as ex
+    from nanokern.convert import make_plan
+
+    c = dict(num_hidden_layers=3, hidden_size=96, intermediate_size=160, num_attention_heads=6, num_key_value_heads=2,
+             vocab_size=250, tie_word_embeddings=False)
+    src = write_nanotron(tmp_path / "nt", random_hf(c, dtype=torch.float32), c, tp=2, pp=2, interleaved=True)
+    plan = make_plan(src, "hf", dtype, max_shard_size="100KB")
+    assert len(plan.files) >= 4
+    ex.execute(plan, tmp_path / "one", backend="torch", workers=1, progress=False)
+    monkeypatch.setattr(ex, "CHUNK_BYTES", 8 << 10)
+    monkeypatch.setattr(ex, "MIN_CHUNK_BYTES", 8 << 10)
+    ex.execute(plan, tmp_path / "three", backend="cpu", workers=3, progress=False)
+    assert tree_bytes(tmp_path / "three") == tree_bytes(tmp_path / "one")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("budget", [None, 64 * 1024])
