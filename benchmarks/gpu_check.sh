@@ -8,12 +8,16 @@
 #   bash benchmarks/gpu_check.sh                 # PYTHON=python3 by default
 #   PYTHON=/path/to/python OUT=/tmp/out bash benchmarks/gpu_check.sh
 #
-# Environment: PYTHON, OUT, BUILD_TIMEOUT (s, 300), TEST_TIMEOUT (150), BENCH_TIMEOUT (150),
-# BENCH_ARGS (extra bench_kernels.py arguments, e.g. --quick), GPU_TESTS (test files).
+# Environment: PYTHON, OUT, TOTAL_BUDGET (s for the whole script, 560: under a 600 s lease call;
+# each step's timeout is cut to what is left, and steps that would start with under 20 s left are
+# skipped), BUILD_TIMEOUT (s, 300), TEST_TIMEOUT (150), BENCH_TIMEOUT (150), BENCH_ARGS (extra
+# bench_kernels.py arguments, e.g. --quick), GPU_TESTS (test files). Logs and benchmarks/results
+# are copied to $OUT after every step, so a cut-off run still brings back what it measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
+TOTAL_BUDGET="${TOTAL_BUDGET:-560}"
 BUILD_TIMEOUT="${BUILD_TIMEOUT:-300}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-150}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-150}"
@@ -23,10 +27,26 @@ LOGS="$(mktemp -d)"
 SUMMARY=()
 FAILED=0
 
-# run_step NAME TIMEOUT_S CMD...: runs CMD with a timeout, logs to $LOGS/NAME.log, records a row.
+save_outputs() {
+  [[ -n "${OUT:-}" ]] || return 0
+  mkdir -p "$OUT/gpu_check"
+  cp "$LOGS"/*.log "$LOGS"/*.txt "$OUT/gpu_check/" 2>/dev/null
+  cp -r benchmarks/results "$OUT/gpu_check/" 2>/dev/null
+  return 0
+}
+
+# run_step NAME TIMEOUT_S CMD...: runs CMD with a timeout (cut to the time left), logs to
+# $LOGS/NAME.log, records a row, saves the outputs so far.
 run_step() {
   local name="$1" limit="$2"
   shift 2
+  local left=$((TOTAL_BUDGET - SECONDS))
+  if (( left < 20 )); then
+    FAILED=1
+    skip_step "$name" "out of time (TOTAL_BUDGET ${TOTAL_BUDGET}s)"
+    return 1
+  fi
+  (( limit > left )) && limit=$left
   echo "=== $name (timeout ${limit}s): $*"
   local start=$SECONDS status
   timeout --kill-after=15 "$limit" "$@" 2>&1 | tee "$LOGS/$name.log"
@@ -34,6 +54,7 @@ run_step() {
   if [[ $rc -eq 0 ]]; then status=ok; elif [[ $rc -eq 124 || $rc -eq 137 ]]; then status=TIMEOUT; else status="FAIL($rc)"; fi
   [[ $status == ok ]] || FAILED=1
   SUMMARY+=("$(printf '%-28s %-10s %5ss' "$name" "$status" "$((SECONDS - start))")")
+  save_outputs
   return $rc
 }
 
@@ -118,15 +139,16 @@ fi
 # shellcheck disable=SC2086
 run_step bench-kernels "$BENCH_TIMEOUT" "$PYTHON" benchmarks/bench_kernels.py --device cuda $BENCH_ARGS
 
-# ---- 4. other GPU benchmarks ------------------------------------------------------------------
-# >>> LEAD: add the parity / convert GPU benchmarks here, one line each:
-#     "name|timeout_s|command" (run from the repository root, output under benchmarks/results/).
+# ---- 4. other GPU benchmarks, most wanted first --------------------------------------------------
+# One line each: "name|timeout_s|command" (run from the repository root; results under
+# benchmarks/results/). bench-convert-cuda: 1 GB fp32 TP2xPP2 -> HF with --device cuda against
+# cp+sync and the naive script (its output checked bit for bit), issue 6's GPU figure.
 EXTRA_BENCHMARKS=(
+  "bench-convert-cuda|150|$PYTHON -m nanokern.bench convert --device cuda --size 1GB --reps 1 --settle 1"
   "parity-kernels|120|$PYTHON -m nanokern parity --kernels --backend triton"
   "bench-parity-kernels|150|$PYTHON benchmarks/bench_parity_kernels.py"
   "demo-parity-triton|180|$PYTHON -m nanokern demo --backend triton"
 )
-# <<< LEAD
 for entry in "${EXTRA_BENCHMARKS[@]}"; do
   IFS='|' read -r name limit cmd <<< "$entry"
   # shellcheck disable=SC2086
@@ -141,11 +163,10 @@ grep -E "passed|failed|error|skipped|no tests" "$LOGS/gpu-tests.log" 2>/dev/null
 if [[ -f "$LOGS/bench-kernels.log" ]]; then
   sed -n '/^case /,/^GB\/s/p' "$LOGS/bench-kernels.log"
 fi
-
-if [[ -n "${OUT:-}" ]]; then
-  mkdir -p "$OUT/gpu_check"
-  cp "$LOGS"/*.log "$LOGS"/*.txt "$OUT/gpu_check/" 2>/dev/null
-  cp -r benchmarks/results "$OUT/gpu_check/results" 2>/dev/null
-  echo "copied logs and benchmarks/results to $OUT/gpu_check"
+if [[ -f "$LOGS/bench-convert-cuda.log" ]]; then
+  sed -n '/^approach /,/^targets/p' "$LOGS/bench-convert-cuda.log"
 fi
+
+save_outputs
+[[ -n "${OUT:-}" ]] && echo "copied logs and benchmarks/results to $OUT/gpu_check"
 exit $FAILED
