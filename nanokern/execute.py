@@ -5,10 +5,10 @@ produced front to back: the fused gather_cast kernel reads the memory-mapped sou
 writes each chunk of rows straight into a reused, aligned staging buffer that writer threads
 send to disk (O_DIRECT where allowed, direct_io.py): every byte is written once, no tensor is
 ever whole in memory, no save_file. While a chunk is being written, a checker thread
-accumulates its CRC32 (for `nanokern verify`) and checks it for NaN/inf. Files are written in parallel threads, and
-across processes under torchrun. The output is built in a
-`DST.partial-*` folder beside DST, fsynced, and renamed into place when complete; a killed run
-leaves DST untouched and the next identical run reuses the files it had finished.
+accumulates its CRC32 (for `nanokern verify`) and checks it for NaN/inf. Files are written in
+parallel threads, and across processes under torchrun. The output is built in a `DST.partial-*`
+folder beside DST, fsynced, and renamed into place when complete; a killed run leaves DST
+untouched and the next identical run reuses the files it had finished.
 """
 
 from __future__ import annotations
