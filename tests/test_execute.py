@@ -61,6 +61,22 @@ def test_bad_source_is_one_line_and_no_dst(tmp_path):
     assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
 
 
+def test_manifest_crcs_are_the_stdlib_crc32_of_the_bytes(tmp_path):
+    import zlib
+
+    dst = tmp_path / "out"
+    r = run("convert", fixture("nanotron", "tp2_pp2"), dst, "-q", "--max-shard-size", "20KB")
+    assert r.returncode == 0, r.stderr
+    files = json.loads((dst / "nanokern-manifest.json").read_text())["files"]
+    assert len(files) > 1
+    for rel, entry in files.items():
+        data = (dst / rel).read_bytes()
+        assert len(data) == entry["size"]
+        assert zlib.crc32(data[: min(t["offset"] for t in entry["tensors"].values())]) == entry["header_crc32"]
+        for name, t in entry["tensors"].items():
+            assert zlib.crc32(data[t["offset"] : t["offset"] + t["nbytes"]]) == t["crc32"], (rel, name)
+
+
 def test_verify_detects_a_flipped_byte_in_any_tensor(tmp_path):
     dst = tmp_path / "hf"
     assert run("convert", fixture("nanotron", "tp2_pp1_tied"), dst, "-q", "--max-shard-size", "100KB").returncode == 0
