@@ -98,7 +98,7 @@ class SequentialWriter:
                     while view:
                         k = os.pwrite(self.fd, view, off)
                         view, off = view[k:], off + k
-            except OSError as e:
+            except BaseException as e:  # noqa: BLE001 - re-raised in the producer
                 self.error = e
             self._release(i)
 
@@ -170,8 +170,10 @@ class SequentialWriter:
     def close(self) -> None:
         """Write what is left, truncate to size, fsync, close."""
         try:
-            self._submit(final=True)
-            self._stop()
+            try:
+                self._submit(final=True)
+            finally:
+                self._stop()  # on every path: no thread left waiting, none writing after the fd closes
             if self.error is not None:
                 raise self.error
             os.ftruncate(self.fd, self.size)

@@ -1,6 +1,8 @@
 """SequentialWriter: the bytes on disk are the bytes produced, whatever the region sizes, the
 ramp of buffer sizes, O_DIRECT or not; checks see each region's final bytes, in order."""
 
+import functools
+import time
 import zlib
 
 import numpy as np
@@ -57,16 +59,54 @@ def test_ramp_starts_small_and_grows_to_the_chunk(tmp_path):
     assert rooms[:5] == [1 << 20, 2 << 20, 4 << 20, 8 << 20, 8 << 20]
 
 
+def test_a_buffer_is_not_reused_before_its_checks_are_done(tmp_path):
+    """Slow checks: the producer must wait for them, not refill a buffer they still read."""
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    w = SequentialWriter(tmp_path / "f", len(data), chunk=64 << 10, max_region=16 << 10, first_chunk=64 << 10, depth=2)
+    seen = []
+
+    def slow_crc(region, at):
+        time.sleep(0.01)
+        seen.append((at, zlib.crc32(region.numpy())))
+
+    for at in range(0, len(data), 16 << 10):
+        region = w.region(16 << 10)
+        region.numpy()[:] = np.frombuffer(data, np.uint8, 16 << 10, at)
+        w.check(functools.partial(slow_crc, region, at))
+        w.advance(16 << 10)
+    w.close()
+    assert seen == [(at, zlib.crc32(data[at : at + (16 << 10)])) for at in range(0, len(data), 16 << 10)]
+
+
+def _boom():
+    raise RuntimeError("check failed")
+
+
 def test_a_failing_check_is_raised_and_the_writer_stops(tmp_path):
     w = SequentialWriter(tmp_path / "f", 1 << 20, chunk=64 << 10, max_region=ALIGN, first_chunk=64 << 10, depth=2)
-
-    def boom():
-        raise RuntimeError("check failed")
-
-    w.check(boom)
+    w.check(_boom)
     with pytest.raises(RuntimeError, match="check failed"):
         for _ in range(256):
             w.region(ALIGN).zero_()
             w.advance(ALIGN)
         w.close()
     w.abort()
+    assert not any(t.is_alive() for t in w.threads)
+
+
+def test_an_error_met_by_close_stops_the_threads(tmp_path):
+    """The check of an earlier buffer failed; close() finds it on its final submit."""
+    w = SequentialWriter(tmp_path / "f", 3 * ALIGN, chunk=2 * ALIGN, max_region=ALIGN, first_chunk=ALIGN, depth=2)
+    w.check(_boom)
+    w.region(ALIGN).zero_()
+    w.advance(ALIGN)  # a full buffer: submitted, its check fails on the checker thread
+    deadline = time.monotonic() + 10
+    while w.error is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    w.region(ALIGN).zero_()
+    w.advance(ALIGN)  # half of the next (2-block) buffer: nothing submitted until close()
+    with pytest.raises(RuntimeError, match="check failed"):
+        w.close()
+    w.abort()
+    assert not any(t.is_alive() for t in w.threads)
