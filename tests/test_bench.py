@@ -58,7 +58,9 @@ def test_bench_convert_tiny(tmp_path):
     for k in ("floor_s", "nanokern_s", "naive_s", "ratio_floor", "speedup_naive", "peak_anon_mb", "baseline_anon_mb", "largest_tensor_mb"):
         assert math.isfinite(float(r[k])) and float(r[k]) > 0, k
     assert float(r["peak_anon_mb"]) >= float(r["baseline_anon_mb"]) > 10  # python + torch
-    assert abs(float(r["ratio_floor"]) - float(r["nanokern_s"]) / float(r["floor_s"])) < 0.01 * float(r["ratio_floor"]) + 1e-3
+    # the CSV's times are rounded to 1 ms: at this size that alone moves their ratio by ~1%
+    nk_s, floor_s, ratio = float(r["nanokern_s"]), float(r["floor_s"]), float(r["ratio_floor"])
+    assert abs(ratio - nk_s / floor_s) <= ratio * (0.0005 / nk_s + 0.0005 / floor_s) * 1.01 + 1e-3
     assert float(r["largest_tensor_mb"]) == pytest.approx(1792 * 512 * 4 / 1e6, abs=0.1)  # gate_proj at hidden 512
 
     # the naive baseline is a real conversion: bit-exact with nanokern, tensor for tensor
