@@ -13,12 +13,9 @@ benchmarks/results/kernels.csv.
     python benchmarks/bench_kernels.py --device cuda
 """
 import argparse
-import csv
 import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -70,32 +67,6 @@ def rope_rows(torch, n_heads, head_dim, first_row):
     """Interleaved -> half-split RoPE order within each head, starting at `first_row`."""
     per_head = torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)])
     return torch.cat([first_row + h * head_dim + per_head for h in range(n_heads)])
-
-
-def machine_description() -> str:
-    """CPU model and core count (the format of benchmarks/results/convert.csv), no hostname."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{model} x{os.cpu_count()}"
-
-
-def device_description(torch, device: str) -> str:
-    return torch.cuda.get_device_name() if device == "cuda" else "cpu"
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                              capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=ROOT,
-                               capture_output=True).returncode != 0
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def timed(torch, fns: dict, device: str, reps: int) -> dict:
@@ -157,6 +128,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
 
+    from nanokern.bench.common import append_csv_rows, commit, device_name, machine
     from nanokern.ops import available_backends, gather_cast
 
     torch.set_num_threads(args.threads)
@@ -171,9 +143,9 @@ def main(argv=None) -> int:
             print(f"bench_kernels: not available on {args.device}: {', '.join(missing)}", file=sys.stderr)
         backends = [b for b in wanted if b in backends]
     reps = args.reps or (3 if args.quick else 7)
-    machine, device_name, rev = machine_description(), device_description(torch, args.device), commit()
+    mach, dev_name, rev = machine(), device_name(args.device), commit()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    print(f"bench_kernels: device={device_name!r} machine={machine!r} threads="
+    print(f"bench_kernels: device={dev_name!r} machine={mach!r} threads="
           f"{torch.get_num_threads()} commit={rev} backends={','.join(backends)} reps={reps}")
 
     dtype_pairs = [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16)]
@@ -206,7 +178,7 @@ def main(argv=None) -> int:
                 gbps = b_bytes / secs[b] / 1e9
                 cells.append(f"{gbps:7.2f}{'*' if b == interp else ' '}{gbps / copy_gbps:5.2f}")
                 rows_out.append({
-                    "timestamp": stamp, "commit": rev, "machine": machine, "device": device_name,
+                    "timestamp": stamp, "commit": rev, "machine": mach, "device": dev_name,
                     "threads": torch.get_num_threads(), "case": case.name,
                     "src_dtype": short[sdt], "dst_dtype": short[ddt], "out_rows": b_rows,
                     "cols": out.size(1), "bytes": b_bytes, "backend": b,
@@ -222,13 +194,7 @@ def main(argv=None) -> int:
           + ("; * = Triton interpreter, first rows only" if "triton" in backends
              and args.device == "cpu" else ""))
     if not args.no_csv:
-        os.makedirs(os.path.dirname(CSV_PATH), exist_ok=True)
-        new = not os.path.exists(CSV_PATH)
-        with open(CSV_PATH, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            if new:
-                w.writeheader()
-            w.writerows(rows_out)
+        append_csv_rows(CSV_PATH, CSV_FIELDS, rows_out)
         print(f"appended {len(rows_out)} rows to {os.path.relpath(CSV_PATH, ROOT)}")
     return 0
 

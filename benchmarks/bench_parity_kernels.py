@@ -17,12 +17,9 @@ dim 128, intermediate 28672). Appends rows to benchmarks/results/parity_kernels.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
-import platform
 import statistics
-import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,24 +27,6 @@ CSV_PATH = os.path.join(ROOT, "benchmarks", "results", "parity_kernels.csv")
 CSV_FIELDS = ["timestamp", "machine", "device", "commit", "kernel", "shape", "dtype", "bytes", "median_ms",
               "gbps", "copy_gbps", "ratio", "target", "meets_target"]
 TARGETS = {"rms_norm": 0.75, "rope": 0.75, "swiglu": 0.85}
-
-
-def commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True, capture_output=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, text=True,
-                               capture_output=True).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine(torch) -> str:
-    host = platform.node() or "unknown"
-    if torch.cuda.is_available():
-        return f"{host}: {torch.cuda.get_device_name()}"
-    return f"{host}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def time_ms(torch, fn, warmup: int, reps: int) -> float:
@@ -97,6 +76,7 @@ def main(argv=None) -> int:
         return 0
     if not cuda:
         os.environ["TRITON_INTERPRET"] = "1"
+    from nanokern.bench.common import append_csv_rows, commit, machine
     from nanokern.parity import kernels as K
 
     T = K.triton_ops()
@@ -138,7 +118,7 @@ def main(argv=None) -> int:
         assert torch.equal(sw_out, K.swiglu_ref(gu))
 
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    mach, rev = machine(torch), commit()
+    mach, rev = machine(), commit()
     device = torch.cuda.get_device_name() if cuda else "cpu (Triton interpreter)"
     print(f"bench_parity_kernels: {device}, commit {rev}, bf16, median of {reps}")
     print(f"{'kernel':9s} {'shape':34s} {'MB':>8s} {'ms':>8s} {'GB/s':>8s} {'copy GB/s':>10s} {'ratio':>6s} {'target':>7s}")
@@ -162,13 +142,7 @@ def main(argv=None) -> int:
                      "target": target, "meets_target": ok})
     if args.smoke or args.no_csv:
         return 0
-    os.makedirs(os.path.dirname(CSV_PATH), exist_ok=True)
-    new = not os.path.exists(CSV_PATH)
-    with open(CSV_PATH, "a", newline="") as f:
-        wr = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        if new:
-            wr.writeheader()
-        wr.writerows(rows)
+    append_csv_rows(CSV_PATH, CSV_FIELDS, rows)
     print(f"appended {len(rows)} rows to {os.path.relpath(CSV_PATH, ROOT)}")
     return 0
 

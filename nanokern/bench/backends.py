@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import os
@@ -14,8 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nanokern.bench.common import REPO_ROOT, parse_size
-from nanokern.bench.harness import commit, device_name, machine
+from nanokern.bench.common import REPO_ROOT, append_csv_rows, commit, device_name, machine, parse_size
 from nanokern.bench.measure import _rm, _run_measured
 from nanokern.bench.naive import compare_hf
 from nanokern.bench.synthetic import cached_checkpoint
@@ -99,10 +97,4 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    append_csv_rows(path, CSV_COLUMNS, rows)

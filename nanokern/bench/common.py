@@ -1,8 +1,11 @@
-"""Constants and size parsing shared by the benchmark modules."""
+"""Constants, size parsing, machine/commit stamps and CSV appending shared by the benchmarks."""
 
 from __future__ import annotations
 
+import csv
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import click
@@ -28,3 +31,48 @@ def parse_size(text: str) -> int:
     if not m:
         raise click.BadParameter(f"size {text!r}: use e.g. 20MB, 1GB, 4GB, 1.5GiB")
     return int(float(m.group(1)) * _UNITS[m.group(2) or "B"])
+
+
+def machine() -> str:
+    """CPU model x core count, no hostname."""
+    model = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} x{os.cpu_count()}"
+
+
+def commit() -> str:
+    """Short HEAD, with -dirty when tracked files differ from it."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                               check=False).returncode != 0
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(device: str) -> str:
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else device
+
+
+def append_csv_rows(path: str | os.PathLike, columns: list[str], rows: list[dict]) -> None:
+    """Append rows to a results CSV, writing the header first when the file is new or empty."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file() or path.stat().st_size == 0
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        if new:
+            w.writeheader()
+        w.writerows(rows)

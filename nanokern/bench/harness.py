@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import datetime as _dt
 import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -17,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from nanokern.bench.common import CSV_COLUMNS, ITEMSIZE, MB, REPO_ROOT, parse_size
+from nanokern.bench.common import CSV_COLUMNS, ITEMSIZE, MB, REPO_ROOT, append_csv_rows, commit, device_name, machine, parse_size
 from nanokern.bench.measure import Run, _rm, _run_measured, _torchrun_supported
 from nanokern.bench.naive import compare_hf
 from nanokern.bench.synthetic import cached_checkpoint
@@ -67,35 +65,6 @@ class Result:
 
     def baseline(self, approach: str) -> int:
         return int(statistics.median(r.baseline_anon for r in self.runs[approach]))
-
-
-def machine() -> str:
-    model = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} x{os.cpu_count()}"
-
-
-def commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO_ROOT, capture_output=True).returncode != 0
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def device_name(device: str) -> str:
-    if device == "cpu":
-        return "cpu"
-    import torch
-
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else device
 
 
 def run_convert_bench(opts: Options, echo=click.echo) -> Result:
@@ -229,10 +198,4 @@ def format_table(res: Result) -> str:
 
 
 def append_csv(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.is_file() or path.stat().st_size == 0
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    append_csv_rows(path, CSV_COLUMNS, [row])
