@@ -11,6 +11,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / ".." / "shared" / "fixtures"
 NANOTRON_FIXTURES = ["tp1_pp1", "tp1_pp1_fp32", "tp2_pp2", "tp2_pp1_tied"]
+# Qwen2Config checkpoints (is_qwen2_config), README "Qwen2Config set": name -> (TP, PP).
+QWEN2_FIXTURES = {"qwen2_dense_tp1_pp1": (1, 1), "qwen2_dense_tp1_pp1_bf16": (1, 1), "qwen2_bias_tp1_pp2": (1, 2),
+                  "smollm3_nope_tp1_pp1_tied": (1, 1), "qwen2_swa_tp2_pp1": (2, 1), "qwen2_moe_tp1_pp2": (1, 2)}
 
 
 def fixture(*parts: str) -> Path:

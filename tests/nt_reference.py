@@ -20,11 +20,23 @@ def _slice(text: str) -> slice:
     return slice(a, b, c)
 
 
+_RANKS = re.compile(r"_pp-rank-\d+-of-\d+_tp-rank-\d+-of-\d+(_exp-rank-\d+-of-\d+)?\.safetensors$")
+
+
+def _stem(file_name: str) -> str:
+    """Last component of the parameter name: `model_weight_pp-rank-..` -> weight,
+    `model_bias_..` -> bias, `model_merged_gate_up_proj.safetensors` -> merged_gate_up_proj
+    (the 2024 `model_model_weight.safetensors_pp-..` naming gives weight too)."""
+    stem = _RANKS.sub("", file_name).removesuffix(".safetensors").removesuffix(".safetensors")
+    stem = stem.removeprefix("model_")
+    return stem.removeprefix("model_") if stem.startswith("model_weight") else stem
+
+
 def assemble(folder: Path) -> dict[str, torch.Tensor]:
     """{nanotron param name: full tensor} for every parameter under a step folder's model/."""
     shards: dict[str, list] = {}
     for f in sorted((folder / "model").rglob("*.safetensors")):
-        name = ".".join(f.parent.relative_to(folder / "model").parts) + ".weight"
+        name = ".".join(f.parent.relative_to(folder / "model").parts + (_stem(f.name),))
         with safe_open(str(f), "pt") as h:
             t = h.get_tensor("data")
             md = h.metadata() or {}
@@ -197,3 +209,208 @@ def hf_from_nt(nt: dict[str, torch.Tensor], cfg: dict, vocab: int | None = None)
     if "model.lm_head.pp_block.weight" in nt:
         out["lm_head.weight"] = nt["model.lm_head.pp_block.weight"][:vocab]
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Qwen2Config checkpoints (nanotron-format.md §11): Nanotron -> HF mapping per family, the HF
+# config that reproduces Nanotron's forward, and a hand-mapped transformers forward.
+
+HF_CONFIG_CLASS = {"LlamaForCausalLM": "LlamaConfig", "Qwen2ForCausalLM": "Qwen2Config",
+                   "SmolLM3ForCausalLM": "SmolLM3Config", "Qwen2MoeForCausalLM": "Qwen2MoeConfig"}
+
+
+def moe_layers(mc: dict) -> list[int]:
+    """Layers that are MoE in a Qwen2Config (`[-1]` means all, §11.6); [] without moe_config."""
+    moe = mc.get("moe_config")
+    if not moe:
+        return []
+    layers = moe.get("layers", [-1])
+    return list(range(mc["num_hidden_layers"])) if layers == [-1] else sorted(layers)
+
+
+def hf_arch_for(mc: dict) -> str:
+    """The transformers class §11.7 pairs with a Nanotron model config."""
+    if mc.get("moe_config"):
+        return "Qwen2MoeForCausalLM"
+    if mc.get("no_rope_layer"):
+        return "SmolLM3ForCausalLM"
+    if mc.get("attention_bias") or mc.get("sliding_window_size"):
+        return "Qwen2ForCausalLM"
+    return "LlamaForCausalLM"
+
+
+def hf_config_kwargs(mc: dict, arch: str) -> dict:
+    """Keyword arguments for the transformers config class of `arch` that make it compute what
+    Nanotron computes for `mc` (padded vocab kept)."""
+    L = mc["num_hidden_layers"]
+    kw = dict(vocab_size=mc["vocab_size"], hidden_size=mc["hidden_size"], intermediate_size=mc["intermediate_size"],
+              num_hidden_layers=L, num_attention_heads=mc["num_attention_heads"],
+              num_key_value_heads=mc["num_key_value_heads"], rms_norm_eps=mc["rms_norm_eps"],
+              hidden_act=mc["hidden_act"], max_position_embeddings=mc["max_position_embeddings"],
+              tie_word_embeddings=mc["tie_word_embeddings"], bos_token_id=mc["bos_token_id"],
+              eos_token_id=mc["eos_token_id"], pad_token_id=mc["pad_token_id"],
+              rope_parameters={"rope_type": "default", "rope_theta": float(mc.get("rope_theta", 10000.0))})
+    w = mc.get("sliding_window_size")
+    if arch == "LlamaForCausalLM":
+        kw.update(attention_bias=False, mlp_bias=False)
+    elif arch == "Qwen2ForCausalLM":
+        if w:  # HF windows the layers i >= max_window_layers; Nanotron all of them, w keys each
+            kw.update(use_sliding_window=True, sliding_window=w, max_window_layers=0, layer_types=["sliding_attention"] * L)
+        else:
+            kw.update(use_sliding_window=False, layer_types=["full_attention"] * L)
+    elif arch == "SmolLM3ForCausalLM":
+        n = mc["no_rope_layer"]
+        rope = [int((i + 1) % n != 0) for i in range(L)]
+        kw.update(no_rope_layer_interval=n, no_rope_layers=rope, attention_bias=bool(mc.get("attention_bias")),
+                  use_sliding_window=bool(w), sliding_window=w,
+                  layer_types=["sliding_attention" if (w and r) else "full_attention" for r in rope])
+    elif arch == "Qwen2MoeForCausalLM":
+        moe, layers = mc["moe_config"], moe_layers(mc)
+        assert moe.get("enable_shared_expert", True), "reference covers the shared-expert case only"
+        kw.update(num_experts=moe["num_experts"], num_experts_per_tok=moe["top_k"], norm_topk_prob=False,
+                  moe_intermediate_size=moe["moe_intermediate_size"],
+                  shared_expert_intermediate_size=moe["shared_expert_intermediate_size"], decoder_sparse_step=1,
+                  mlp_only_layers=[i for i in range(L) if i not in layers], qkv_bias=bool(mc.get("attention_bias")),
+                  use_sliding_window=False)
+    return kw
+
+
+def hf_from_nt_qwen2(nt: dict[str, torch.Tensor], mc: dict, arch: str | None = None,
+                     vocab: int | None = None) -> dict[str, torch.Tensor]:
+    """HF tensors, named as `save_pretrained` writes them, from re-assembled Qwen2Config params.
+    `arch` defaults to hf_arch_for(mc); Qwen2ForCausalLM on a bias-free checkpoint gets zero
+    q/k/v biases (HF Qwen2 attention always has them)."""
+    arch = arch or hf_arch_for(mc)
+    H, nq, nkv, L, I = (mc[k] for k in ("hidden_size", "num_attention_heads", "num_key_value_heads",
+                                        "num_hidden_layers", "intermediate_size"))
+    d = H // nq
+    sizes = [nq * d, nkv * d, nkv * d]
+    moe = set(moe_layers(mc))
+    out = {"model.embed_tokens.weight": nt["model.token_position_embeddings.pp_block.token_embedding.weight"][:vocab]}
+    for i in range(L):
+        p, n = f"model.layers.{i}.", f"model.decoder.{i}.pp_block."
+        for x, t in zip("qkv", nt[n + "attn.qkv_proj.weight"].split(sizes)):
+            out[p + f"self_attn.{x}_proj.weight"] = t
+        bias = nt.get(n + "attn.qkv_proj.bias")
+        if bias is None and arch == "Qwen2ForCausalLM":
+            bias = torch.zeros(sum(sizes), dtype=out[p + "self_attn.q_proj.weight"].dtype)
+        if bias is not None:
+            for x, t in zip("qkv", bias.split(sizes)):
+                out[p + f"self_attn.{x}_proj.bias"] = t
+        out[p + "self_attn.o_proj.weight"] = nt[n + "attn.o_proj.weight"]
+        if i in moe:
+            out.update(_hf_moe_mlp(nt, n + "mlp.", p + "mlp.", mc["moe_config"]))
+        else:
+            out.update(_hf_dense_mlp(nt, n + "mlp.", p + "mlp.", I))
+        out[p + "input_layernorm.weight"] = nt[n + "input_layernorm.weight"]
+        out[p + "post_attention_layernorm.weight"] = nt[n + "post_attention_layernorm.weight"]
+    out["model.norm.weight"] = nt["model.final_layer_norm.pp_block.weight"]
+    if "model.lm_head.pp_block.weight" in nt:
+        out["lm_head.weight"] = nt["model.lm_head.pp_block.weight"][:vocab]
+    return out
+
+
+def _hf_dense_mlp(nt, n, p, inter):
+    gate, up = nt[n + "gate_up_proj.weight"].split([inter, inter])
+    return {p + "gate_proj.weight": gate, p + "up_proj.weight": up, p + "down_proj.weight": nt[n + "down_proj.weight"]}
+
+
+def _hf_moe_mlp(nt, n, p, moe):
+    """Router -> gate; input-major experts [E, hidden, 2I] / [E, I, hidden] -> per-expert
+    nn.Linear weights (transposed, gate = first I columns); shared expert and its gate."""
+    inter = moe["moe_intermediate_size"]
+    out = {p + "gate.weight": nt[n + "router.weight"]}
+    gate_up, down = nt[n + "experts.merged_gate_up_proj"], nt[n + "experts.merged_down_proj"]
+    for e in range(moe["num_experts"]):
+        out[p + f"experts.{e}.gate_proj.weight"] = gate_up[e, :, :inter].T.contiguous()
+        out[p + f"experts.{e}.up_proj.weight"] = gate_up[e, :, inter:].T.contiguous()
+        out[p + f"experts.{e}.down_proj.weight"] = down[e].T.contiguous()
+    out.update(_hf_dense_mlp(nt, n + "shared_expert.", p + "shared_expert.", moe["shared_expert_intermediate_size"]))
+    out[p + "shared_expert_gate.weight"] = nt[n + "shared_expert_gate.weight"]
+    return out
+
+
+_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(gate|up|down)_proj\.weight$")
+
+
+def hf_module_state(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The on-disk (per-expert) names -> the in-memory state_dict of transformers 5.24, whose MoE
+    experts are fused: gate_up_proj [E, 2I, hidden] (gate rows first), down_proj [E, hidden, I]."""
+    out, experts = {}, {}
+    for k, v in sd.items():
+        m = _EXPERT.match(k)
+        if m:
+            experts.setdefault(m[1], {}).setdefault(int(m[2]), {})[m[3]] = v
+        else:
+            out[k] = v
+    for prefix, per in experts.items():
+        ids = sorted(per)
+        assert ids == list(range(len(ids))), prefix
+        out[prefix + ".gate_up_proj"] = torch.stack([torch.cat([per[e]["gate"], per[e]["up"]]) for e in ids])
+        out[prefix + ".down_proj"] = torch.stack([per[e]["down"] for e in ids])
+    return out
+
+
+def hf_model(arch: str, kwargs: dict, sd: dict[str, torch.Tensor], dtype=torch.float32):
+    """A transformers model of class `arch` built in code, holding `sd` (strict load)."""
+    import transformers
+
+    cfg = getattr(transformers, HF_CONFIG_CLASS[arch])(**kwargs)
+    cfg._attn_implementation = "eager"
+    model = getattr(transformers, arch)(cfg).to(dtype)
+    state = {k: v.to(dtype) for k, v in hf_module_state(sd).items()}
+    if kwargs.get("tie_word_embeddings") and "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def forward_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids).logits.float()
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparing two Nanotron checkpoints (files under model/, tensors, metadata as values).
+
+def step_dir(root: Path) -> Path:
+    return root / (root / "latest.txt").read_text().strip()
+
+
+def model_files(root: Path) -> dict[str, Path]:
+    """{path relative to model/: file} of a checkpoints_path (follows latest.txt)."""
+    model = step_dir(root) / "model"
+    return {str(p.relative_to(model)): p for p in sorted(model.rglob("*.safetensors"))}
+
+
+def read_shard(path: Path):
+    with safe_open(str(path), "pt") as f:
+        assert list(f.keys()) == ["data"], path
+        return f.get_tensor("data"), f.metadata() or {}
+
+
+def _slice_values(text: str) -> tuple:
+    sl = _slice(text)
+    return (sl.start, sl.stop, sl.step)
+
+
+def metadata_values(md: dict) -> dict:
+    """Shard metadata as values: slice pairs parsed, `unsharded_shape` as ints (np.int64(N) allowed)."""
+    if not md:
+        return {}
+    shape = tuple(int(re.sub(r"np\.int64\((\d+)\)", r"\1", s).strip())
+                  for s in md["unsharded_shape"].strip().removeprefix("(").removesuffix(")").split(",") if s.strip())
+    pairs = sorted(tuple(tuple(_slice_values(s) for s in side.split("|")) for side in pair.split("#"))
+                   for pair in md["local_global_slices_pairs"].split(";"))
+    return {"keys": sorted(md), "version": md["version"], "unsharded_shape": shape, "pairs": pairs}
+
+
+def assert_same_weights(got: Path, want: Path):
+    """Same files under model/, bit-identical tensors of the same dtype and shape, same metadata values."""
+    g, w = model_files(got), model_files(want)
+    assert sorted(g) == sorted(w), (sorted(set(g) ^ set(w)))
+    for rel in w:
+        (tg, mg), (tw, mw) = read_shard(g[rel]), read_shard(w[rel])
+        assert tg.dtype == tw.dtype and tg.shape == tw.shape, (rel, tg.dtype, tw.dtype, tg.shape, tw.shape)
+        assert torch.equal(tg.contiguous().view(torch.uint8), tw.contiguous().view(torch.uint8)), rel
+        assert metadata_values(mg) == metadata_values(mw), (rel, mg, mw)
