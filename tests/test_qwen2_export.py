@@ -197,3 +197,18 @@ def test_export_dense_as_qwen2_class(export):
     model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     assert type(model).__name__ == "Qwen2ForCausalLM"
     assert_logits_match_fixture(lambda ids: forward_logits(model, ids), name)
+
+
+def test_cli_hf_arch(tmp_path):
+    """`nanokern convert SRC OUT --to hf --dtype keep --hf-arch Qwen2ForCausalLM` = the API's hf_arch."""
+    from click.testing import CliRunner
+
+    from nanokern.cli import cli
+
+    name = "qwen2_dense_tp1_pp1"
+    res = CliRunner().invoke(cli, ["convert", str(fixture("nanotron", name)), str(tmp_path / "hf"), "--to", "hf",
+                                   "--dtype", "keep", "--hf-arch", "Qwen2ForCausalLM", "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == ["Qwen2ForCausalLM"]
+    got, want = load_dir(tmp_path / "hf"), reference(name, "Qwen2ForCausalLM")
+    assert sorted(got) == sorted(want) and all(torch.equal(bits(got[k]), bits(want[k])) for k in want)

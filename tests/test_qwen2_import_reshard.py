@@ -95,3 +95,22 @@ def test_reshard_round_trips_to_fixture(name, via, tmp_path):
     convert(cur, tmp_path / "back", to="nanotron", tp=tp, pp=pp, progress=False)
     assert_same_weights(tmp_path / "back", src)
     assert_same_model_config(tmp_path / "back", src)
+
+
+def test_cli_nanotron_config(tmp_path):
+    """`--nanotron-config qwen2|llama` chooses the Nanotron class for a LlamaForCausalLM source."""
+    from click.testing import CliRunner
+
+    from nanokern.cli import cli
+
+    name = "qwen2_dense_tp1_pp1"
+    convert(fixture("nanotron", name), tmp_path / "hf", to="hf", dtype="keep", progress=False)
+    for choice, marker in (("qwen2", "is_qwen2_config"), ("llama", "is_llama_config")):
+        out = tmp_path / choice
+        res = CliRunner().invoke(cli, ["convert", str(tmp_path / "hf"), str(out), "--to", "nanotron", "--tp", "1",
+                                       "--pp", "1", "--nanotron-config", choice, "-q"])
+        assert res.exit_code == 0, res.output
+        mc = json.loads((step_dir(out) / "model_config.json").read_text())
+        assert mc.get(marker) is True and len([k for k in mc if k.startswith("is_")]) == 1, mc
+    assert_same_model_config(tmp_path / "qwen2", fixture("nanotron", name))
+    assert_same_weights(tmp_path / "qwen2", fixture("nanotron", name))
