@@ -255,7 +255,8 @@ def hf_config_kwargs(mc: dict, arch: str) -> dict:
         kw.update(attention_bias=False, mlp_bias=False)
     elif arch == "Qwen2ForCausalLM":
         if w:  # HF windows the layers i >= max_window_layers; Nanotron all of them, w keys each
-            kw.update(use_sliding_window=True, sliding_window=w, max_window_layers=0, layer_types=["sliding_attention"] * L)
+            kw.update(use_sliding_window=True, sliding_window=w, max_window_layers=0,
+                      layer_types=["sliding_attention"] * L)
         else:
             kw.update(use_sliding_window=False, layer_types=["full_attention"] * L)
     elif arch == "SmolLM3ForCausalLM":
