@@ -16,6 +16,7 @@ from nanokern.parity.cli import parity
 
 DTYPES = click.Choice(["bf16", "fp16", "fp32", "keep"])
 BACKENDS = click.Choice(["auto", "torch", "cpu", "cuda", "triton"])
+HF_CLASSES = ["LlamaForCausalLM", "Qwen2ForCausalLM", "SmolLM3ForCausalLM", "Qwen2MoeForCausalLM"]
 
 
 def _warn(msg: str) -> None:
@@ -66,8 +67,9 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="nanokern")
 def cli():
-    """Move LLaMA weights between Nanotron's TP x PP training layout and HuggingFace
-    transformers, with fused kernels, and prove each conversion with a parity check.
+    """Move weights of every model family Nanotron trains (LLaMA; Qwen2Config: q/k/v bias,
+    SmolLM3 NoPE layers, sliding window, MoE) between Nanotron's TP x PP training layout and
+    HuggingFace transformers, with fused kernels, and prove each conversion with a parity check.
 
     \b
     nanokern convert CKPT OUT              Nanotron -> HF (any TP x PP layout)
@@ -95,6 +97,12 @@ def cli():
 @click.option("--tp", type=int, default=None, help="Nanotron output: tensor-parallel size.")
 @click.option("--pp", type=int, default=None, help="Nanotron output: pipeline-parallel size.")
 @click.option("--make-vocab-size-divisible-by", type=int, default=1, show_default=True, help="Nanotron output: pad vocab to a multiple of this x TP.")
+@click.option("--hf-arch", type=click.Choice(HF_CLASSES), default=None,
+              help="HF output: the transformers class [default: the first that holds the model exactly: "
+                   "Llama, then Qwen2 (q/k/v bias, sliding window), SmolLM3 (NoPE layers), Qwen2Moe (MoE)].")
+@click.option("--nanotron-config", type=click.Choice(["qwen2", "llama"]), default=None,
+              help="Nanotron output: Qwen2Config (what Nanotron builds by default) or LlamaConfig (older Nanotron) "
+                   "[default: a Nanotron source keeps its class; HF Llama -> llama, other families -> qwen2].")
 @click.option("--workers", type=int, default=None, help="Files written in parallel [default: min(4, cores)].")
 @click.option("--buffered-io", is_flag=True, help="Write through the page cache instead of O_DIRECT.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
@@ -104,11 +112,11 @@ def cli():
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, tokenizer, rope_interleaved, max_shard_size, tp, pp,
-            make_vocab_size_divisible_by, workers, buffered_io, force, dry_run, json_path, strict, quiet, debug):
+            make_vocab_size_divisible_by, hf_arch, nanotron_config, workers, buffered_io, force, dry_run, json_path, strict, quiet, debug):
     """Convert checkpoint SRC into DST (written beside DST, renamed into place when complete).
 
     SRC is a Nanotron checkpoints_path (with latest.txt) or step folder, in any TP x PP layout,
-    or a HF LlamaForCausalLM folder. Under torchrun (or srun with torch.distributed's
+    or a HF folder (LlamaForCausalLM, Qwen2ForCausalLM, SmolLM3ForCausalLM, Qwen2MoeForCausalLM). Under torchrun (or srun with torch.distributed's
     environment) the output files are spread over the processes; the result is the same bytes.
     """
     from nanokern.convert import make_plan
@@ -125,7 +133,8 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
         if Path(dst).exists() and not force and not dry_run:
             raise NanokernError("output exists (use --force to replace it)", dst)
         plan = make_plan(src, to, dtype, vocab_size=vocab_size, tokenizer=tokenizer, rope_interleaved=rope_interleaved,
-                         max_shard_size=max_shard_size, tp=tp, pp=pp, make_vocab_size_divisible_by=make_vocab_size_divisible_by)
+                         max_shard_size=max_shard_size, tp=tp, pp=pp, make_vocab_size_divisible_by=make_vocab_size_divisible_by,
+                         hf_arch=hf_arch, nanotron_config=nanotron_config)
         for w in plan.warnings:
             warn(w)
         info = {"ok": True, "source": src, "source_format": plan.source.origin, "target": plan.target, "dst": dst,
@@ -196,13 +205,15 @@ def verify(path, against, json_path, debug):
 @cli.command()
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Keep the demo's files here (default: a temporary folder).")
 @click.option("--backend", type=BACKENDS, default="auto", show_default=True)
+@click.option("--arch", "arch_name", type=click.Choice(["llama", "qwen2", "smollm3", "moe"]), default="llama", show_default=True,
+              help="qwen2: q/k/v bias + sliding window; smollm3: NoPE layers; moe: Qwen2-MoE with a shared expert.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def demo(workdir, backend, debug):
-    """Build a tiny LLaMA in Nanotron layout (TP=2, PP=2), convert it to HF, load it with
+def demo(workdir, backend, arch_name, debug):
+    """Build a tiny model in Nanotron layout (TP=2, PP=2), convert it to HF, load it with
     transformers and check parity. Works offline."""
     from nanokern.demo import run_demo
 
-    ok = run_guarded(None, debug, lambda: run_demo(workdir, backend))
+    ok = run_guarded(None, debug, lambda: run_demo(workdir, backend, arch_name))
     sys.exit(0 if ok else 1)
 
 

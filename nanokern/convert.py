@@ -26,13 +26,14 @@ def parse_tristate(value: str | bool | None) -> bool | None:
     raise ValueError(f"expected auto, true or false, got {value!r}")
 
 
-def load_source(src: str | os.PathLike, rope_interleaved: bool | None = None) -> Model:
-    """Read a Nanotron checkpoint (checkpoints_path or step folder) or a HF folder."""
+def load_source(src: str | os.PathLike, rope_interleaved: bool | None = None, hf_arch: str | None = None) -> Model:
+    """Read a Nanotron checkpoint (checkpoints_path or step folder) or a HF folder. hf_arch: the
+    HF class a Nanotron checkpoint's tensors are named for (default: the first that holds it)."""
     p = Path(src)
     if not p.exists():
         raise NanokernError("does not exist", p)
     if nanotron.is_nanotron(p):
-        return nanotron.to_model(nanotron.read_checkpoint(p), rope_interleaved)
+        return nanotron.to_model(nanotron.read_checkpoint(p), rope_interleaved, hf_arch)
     if hf.is_hf(p):
         return hf.read_hf(p)
     if p.is_dir() and not any(p.iterdir()):
@@ -51,10 +52,16 @@ def make_plan(
     tp: int | None = None,
     pp: int | None = None,
     make_vocab_size_divisible_by: int = 1,
+    hf_arch: str | None = None,
+    nanotron_config: str | None = None,
 ) -> Plan:
     interleaved = parse_tristate(rope_interleaved)
-    model = load_source(src, interleaved if _source_is_nanotron(src) else None)
-    target = to or ("hf" if model.origin == "nanotron" else "nanotron")
+    target = to or ("hf" if _source_is_nanotron(src) else "nanotron")
+    if hf_arch and target != "hf":
+        raise NanokernError("--hf-arch names the HF class of a HF output (--to hf)", src)
+    if nanotron_config and target != "nanotron":
+        raise NanokernError("--nanotron-config names the config class of a Nanotron output (--to nanotron)", src)
+    model = load_source(src, interleaved if _source_is_nanotron(src) else None, hf_arch)
     if target == "hf":
         if tp not in (None, 1) or pp not in (None, 1):
             raise NanokernError("--tp/--pp describe Nanotron output; HF output is unsharded by layers", src)
@@ -65,7 +72,8 @@ def make_plan(
         out_interleaved = interleaved if interleaved is not None else False
         if model.origin == "nanotron" and interleaved is None:
             out_interleaved = bool(model.layout.get("rope_interleaved"))
-        return plan_nanotron(model, tp or 1, pp or 1, dtype or "keep", vocab_size, make_vocab_size_divisible_by, out_interleaved)
+        return plan_nanotron(model, tp or 1, pp or 1, dtype or "keep", vocab_size, make_vocab_size_divisible_by, out_interleaved,
+                             nanotron_config)
     raise ValueError(f"unknown target {target!r}: choose hf or nanotron")
 
 

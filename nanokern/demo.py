@@ -18,31 +18,49 @@ from pathlib import Path
 import click
 import torch
 
-from nanokern.formats.hf import dump_json, generation_config, hf_config
-from nanokern.model import LlamaSpec, hf_tensor_shapes
+from nanokern import arch
+from nanokern.arch.family import Family
+from nanokern.arch.spec import ModelSpec, MoeSpec
+from nanokern.formats.hf import dump_json, generation_config
 
 DEMO_SPEC = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=8,
                  num_key_value_heads=4, vocab_size=500, rms_norm_eps=1e-5, max_position_embeddings=256)
+# the features of each --arch on top of DEMO_SPEC
+DEMO_ARCHS = {
+    "llama": {},
+    "qwen2": {"attention_bias": True, "sliding_window": 5},
+    "smollm3": {"no_rope_layer": 2, "rope_theta": 50000.0},
+    "moe": {"attention_bias": True, "moe": MoeSpec(4, 2, 64, 96, [0, 2])},
+}
 
 
-def tiny_weights(spec: LlamaSpec, seed: int = 0) -> dict[str, torch.Tensor]:
+def demo_spec(name: str) -> ModelSpec:
+    try:
+        return ModelSpec(**DEMO_SPEC, **DEMO_ARCHS[name])
+    except KeyError:
+        raise ValueError(f"unknown demo architecture {name!r}: choose {', '.join(DEMO_ARCHS)}") from None
+
+
+def tiny_weights(family: Family, spec: ModelSpec, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random fp32 weights with enough structure that a wrong layout changes the logits."""
     g = torch.Generator().manual_seed(seed)
     out = {}
-    for name, shape in hf_tensor_shapes(spec).items():
-        if len(shape) == 1:
+    for name, shape, *_ in family.hf_tensors(spec):
+        if name.endswith(".bias"):
+            out[name] = 0.1 * torch.randn(shape, generator=g)
+        elif len(shape) == 1:
             out[name] = 1 + 0.1 * torch.randn(shape, generator=g)
         else:
             out[name] = torch.randn(shape, generator=g) * (1.0 / shape[1] ** 0.5) * 2
     return out
 
 
-def write_hf(folder: Path, spec: LlamaSpec, weights: dict[str, torch.Tensor]) -> None:
+def write_hf(folder: Path, family: Family, spec: ModelSpec, weights: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_bytes(dump_json(hf_config(spec, torch.float32, spec.vocab_size)))
+    (folder / "config.json").write_bytes(dump_json(family.hf_config(spec, "float32", spec.vocab_size)))
     (folder / "generation_config.json").write_bytes(dump_json(generation_config(spec)))
 
 
@@ -56,7 +74,7 @@ def _logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
         return model(ids).logits
 
 
-def run_demo(workdir: str | None = None, backend: str = "auto") -> bool:
+def run_demo(workdir: str | None = None, backend: str = "auto", arch_name: str = "llama") -> bool:
     from nanokern.convert import convert
 
     tmp = None
@@ -66,11 +84,13 @@ def run_demo(workdir: str | None = None, backend: str = "auto") -> bool:
     root = Path(workdir)
     try:
         device = "cuda" if backend in ("cuda", "triton") and torch.cuda.is_available() else "cpu"
-        spec = LlamaSpec(**DEMO_SPEC)
-        weights = tiny_weights(spec)
-        click.echo(f"1. tiny LLaMA: {spec.num_hidden_layers} layers, hidden {spec.hidden_size}, "
-                   f"{spec.num_attention_heads} heads / {spec.num_key_value_heads} KV heads, vocab {spec.vocab_size}")
-        write_hf(root / "generated-hf", spec, weights)
+        spec = demo_spec(arch_name)
+        family = arch.choose(spec, None, "demo")
+        weights = tiny_weights(family, spec)
+        extra = "".join(f", {f}" for f in spec.features())
+        click.echo(f"1. tiny {family.hf_class}: {spec.num_hidden_layers} layers, hidden {spec.hidden_size}, "
+                   f"{spec.num_attention_heads} heads / {spec.num_key_value_heads} KV heads, vocab {spec.vocab_size}{extra}")
+        write_hf(root / "generated-hf", family, spec, weights)
         nt = root / "nanotron-tp2-pp2"
         _, rep = convert(root / "generated-hf", nt, to="nanotron", tp=2, pp=2, rope_interleaved="true",
                          make_vocab_size_divisible_by=8, backend=backend, device=device, force=True, progress=False)

@@ -66,7 +66,7 @@ def plan_fingerprint(plan: Plan) -> str:
                 if p.ref.path not in stats:
                     st = os.stat(p.ref.path)
                     stats[p.ref.path] = f"{st.st_size}:{st.st_mtime_ns}"
-                h.update(f"{p.ref.path}:{stats[p.ref.path]}:{p.ref.offset}:{p.row0}:{p.nrows}:{p.col0}:{p.ncols}:{p.dst_row0}:{p.dst_col0}".encode())
+                h.update(f"{p.ref.path}:{stats[p.ref.path]}:{p.ref.offset}:{p.row0}:{p.nrows}:{p.col0}:{p.ncols}:{p.dst_row0}:{p.dst_col0}:{p.transpose}".encode())
                 if p.rows is not None:
                     h.update(p.rows.tobytes())
     for name in sorted(plan.aux):
@@ -116,12 +116,18 @@ def _fill_rows(t, r0: int, r1: int, out: torch.Tensor, sources: _Sources, backen
         a, b = max(p.dst_row0, r0), min(p.dst_row0 + p.nrows, r1)
         if a >= b:
             continue
-        src = sources.tensor(p.ref)[:, p.col0 : p.col0 + p.ncols]
+        src = sources.tensor(p.ref)
+        if p.transpose:
+            src = src.t()
+        src = src[:, p.col0 : p.col0 + p.ncols]
         dst = out[a - r0 : b - r0, p.dst_col0 : p.dst_col0 + p.ncols]
         k0, k1 = a - p.dst_row0, b - p.dst_row0
         rows = None if p.rows is None else p.rows[k0:k1]
         if rows is None:
             src = src[p.row0 + k0 : p.row0 + k1]
+        if p.transpose:  # a transposed view (expert matrices): gathered into a contiguous copy first
+            src = (src if rows is None else src[torch.from_numpy(rows)]).contiguous()
+            rows = None
         if stager is not None:
             stager.run_piece(src, rows, dst)
         else:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from nanokern.formats.safetensors_io import TensorRef, build_header
-from nanokern.model import LogicalTensor, Model
+from nanokern.model import LogicalTensor, Model, shape2d
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Source:
     ncols: int
     dst_row0: int = 0
     dst_col0: int = 0
+    transpose: bool = False  # out[dst_row0 + i, dst_col0 + j] = logical[col0 + j, rows[i]]
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Piece:
     ncols: int
     dst_row0: int
     dst_col0: int
+    transpose: bool = False  # the source's 2-D view is transposed (rows/cols index its transpose)
 
     @property
     def src_bytes(self) -> int:
@@ -62,7 +64,7 @@ class OutTensor:
 
     @property
     def shape2d(self) -> tuple[int, int]:
-        return (1, self.shape[0]) if len(self.shape) == 1 else (self.shape[0], self.shape[1])
+        return shape2d(self.shape)
 
 
 @dataclass
@@ -110,15 +112,42 @@ def _runs(idx: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _piece(ref, src_rows, col0, ncols, dst_row0, dst_col0) -> Piece:
+def _piece(ref, src_rows, col0, ncols, dst_row0, dst_col0, transpose=False) -> Piece:
     n = int(src_rows.size)
     r0 = int(src_rows[0])
     if n == 1 or np.array_equal(src_rows, np.arange(r0, r0 + n)):
-        return Piece(ref, None, r0, n, col0, ncols, dst_row0, dst_col0)
-    return Piece(ref, src_rows, 0, n, col0, ncols, dst_row0, dst_col0)
+        return Piece(ref, None, r0, n, col0, ncols, dst_row0, dst_col0, transpose)
+    return Piece(ref, src_rows, 0, n, col0, ncols, dst_row0, dst_col0, transpose)
+
+
+def _resolve_transposed(t: LogicalTensor, src: Source) -> list[Piece]:
+    """out[dst_row0 + i, dst_col0 + j] = t[col0 + j, rows[i]]: the logical rows asked for must be
+    a contiguous run of source rows within each block (true of whole tensors, e.g. experts)."""
+    pieces, covered = [], 0
+    for b in t.blocks:
+        lo, hi = max(src.col0, int(b.dst_rows.min())), min(src.col0 + src.ncols, int(b.dst_rows.max()) + 1)
+        if lo >= hi:
+            continue
+        pos = np.nonzero((b.dst_rows >= lo) & (b.dst_rows < hi))[0]
+        order = pos[np.argsort(b.dst_rows[pos])]
+        srows = b.src_rows[order]
+        if not (np.array_equal(b.dst_rows[order], np.arange(lo, hi)) and np.array_equal(srows, np.arange(srows[0], srows[0] + hi - lo))):
+            raise AssertionError(f"plan error: {t.name}: a transposed read needs contiguous rows")
+        sel = np.nonzero((src.rows >= b.dst_col0) & (src.rows < b.dst_col0 + b.ncols))[0]
+        for s0, s1 in _runs(sel):
+            out_rows = sel[s0:s1]
+            cols = src.rows[out_rows] - b.dst_col0 + b.src_col0  # columns of the block's source = rows of its transpose
+            pieces.append(_piece(b.ref, cols, int(srows[0]), hi - lo, src.dst_row0 + int(out_rows[0]),
+                                 src.dst_col0 + lo - src.col0, not b.transpose))
+            covered += (s1 - s0) * (hi - lo)
+    if covered != src.rows.size * src.ncols:
+        raise AssertionError(f"plan error: {t.name} covers {covered} of {src.rows.size * src.ncols} requested elements")
+    return pieces
 
 
 def resolve_source(t: LogicalTensor, src: Source) -> list[Piece]:
+    if src.transpose:
+        return _resolve_transposed(t, src)
     nrows_logical = t.shape2d[0]
     pieces = []
     covered = 0
@@ -135,7 +164,8 @@ def resolve_source(t: LogicalTensor, src: Source) -> list[Piece]:
             out_rows = sel[s0:s1]
             src_rows = b.src_rows[k[out_rows]]
             pieces.append(
-                _piece(b.ref, src_rows, b.src_col0 + (a - b.dst_col0), e - a, src.dst_row0 + int(out_rows[0]), src.dst_col0 + (a - src.col0))
+                _piece(b.ref, src_rows, b.src_col0 + (a - b.dst_col0), e - a, src.dst_row0 + int(out_rows[0]),
+                       src.dst_col0 + (a - src.col0), b.transpose)
             )
             covered += (s1 - s0) * (e - a)
     if covered != src.rows.size * src.ncols:
@@ -150,12 +180,6 @@ def resolve(plan: Plan) -> Plan:
             t.pieces = [p for s in t.sources for p in resolve_source(plan.source.tensors[s.tensor], s)]
         f.layout()
     return plan
-
-
-def whole(t: LogicalTensor, rows: int | None = None) -> Source:
-    """All columns of the first `rows` rows of a logical tensor (all rows by default)."""
-    n = t.shape2d[0] if rows is None else rows
-    return Source(t.name, np.arange(n, dtype=np.int64), 0, t.shape2d[1])
 
 
 def describe(plan: Plan, limit: int | None = None) -> str:

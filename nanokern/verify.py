@@ -26,7 +26,8 @@ def materialize(t: LogicalTensor, maps: dict) -> torch.Tensor:
     rows, cols = t.shape2d
     out = torch.empty((rows, cols), dtype=t.dtype)
     for b in t.blocks:
-        src = map_tensor(b.ref, maps)[:, b.src_col0 : b.src_col0 + b.ncols]
+        src = map_tensor(b.ref, maps)
+        src = (src.t() if b.transpose else src)[:, b.src_col0 : b.src_col0 + b.ncols]
         out[torch.from_numpy(b.dst_rows), b.dst_col0 : b.dst_col0 + b.ncols] = src[torch.from_numpy(b.src_rows)]
     return out.view(t.shape)
 

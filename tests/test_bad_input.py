@@ -466,8 +466,8 @@ def config_yaml_garbage(ck):
     return f, ["YAML"]
 
 
-def qwen2(ck):
-    edit_config(ck / "0", is_qwen2_config=True, is_llama_config=False)
+def starcoder2(ck):
+    edit_config(ck / "0", is_starcoder2_config=True, is_llama_config=False)
     return ck / "0" / "model_config.json", ["unsupported architecture"]
 
 
@@ -585,7 +585,7 @@ NANOTRON_CASES = [
     config_kv_heads_not_divisor, config_vocab, config_fewer_layers, config_more_layers, config_zero_heads,
     config_string_size, config_missing_field, config_bad_rope_theta, config_rope_interleaved_string,
     config_rope_scaling_string, config_odd_head_dim, config_yaml_garbage,
-    qwen2, attention_bias, dtype_i32, dtype_f64, dtype_unknown, dtype_mixed_siblings, dtype_mixed_params,
+    starcoder2, attention_bias, dtype_i32, dtype_f64, dtype_unknown, dtype_mixed_siblings, dtype_mixed_params,
     empty_model_folder, no_model_folder, latest_missing_step, latest_path, latest_empty, latest_binary,
     unexpected_file, rank_out_of_range, duplicate_rank_bad_naming, extra_bias, directory_named_like_shard,
 ]

@@ -9,6 +9,7 @@ from nt_reference import random_hf, write_nanotron
 from safetensors.torch import load_file
 
 from nanokern.convert import convert, make_plan
+from nanokern.arch.spec import ModelSpec
 from nanokern.formats.nanotron_layout import parse_file_name, pp_stage_blocks
 from nanokern.formats.slices import format_pairs, parse_pairs, parse_unsharded_shape
 
@@ -36,7 +37,8 @@ def layers(a, b):
     ],
 )
 def test_pp_stage_ownership(L, H, I, nq, V, P, expected):
-    assert stages(pp_stage_blocks(L, H, I, nq, H // nq, V, P), P) == expected
+    spec = ModelSpec(hidden_size=H, intermediate_size=I, num_hidden_layers=L, num_attention_heads=nq, num_key_value_heads=nq, vocab_size=V)
+    assert stages(pp_stage_blocks(spec, V, P), P) == expected
 
 
 def test_slice_metadata_encoding():

@@ -1,20 +1,24 @@
-"""HuggingFace LlamaForCausalLM folders: read them, and plan them as save_pretrained writes them."""
+"""HuggingFace folders of every family in the architecture table: read them, and plan them as
+save_pretrained writes them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import math
 import os
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nanokern import arch
+from nanokern.arch.family import Family
+from nanokern.arch.hf_config import transformers_version
+from nanokern.arch.spec import ModelSpec
 from nanokern.errors import NanokernError
 from nanokern.formats import tokenizer as tok
 from nanokern.formats.safetensors_io import read_header
-from nanokern.model import LM_HEAD, LlamaSpec, LogicalTensor, Model, hf_tensor_shapes, whole_block
+from nanokern.model import LogicalTensor, Model, shape2d, whole_block
 from nanokern.plan import OutFile, OutTensor, Plan, Source, resolve
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -34,13 +38,6 @@ def parse_size(text: str | int) -> int:
     return int(float(s[:-2]) * SIZE_UNITS[unit])
 
 
-def transformers_version() -> str:
-    try:
-        return version("transformers")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def is_hf(path: str | os.PathLike) -> bool:
     p = Path(path)
     return (p / "config.json").is_file()
@@ -50,47 +47,7 @@ def is_hf(path: str | os.PathLike) -> bool:
 # config.json / generation_config.json
 
 
-def rope_parameters(spec: LlamaSpec) -> dict:
-    params = {"rope_theta": float(spec.rope_theta), "rope_type": "default"}
-    if spec.rope_scaling:
-        extra = dict(spec.rope_scaling)
-        params["rope_type"] = extra.pop("rope_type", extra.pop("type", "default"))
-        params.update(extra)
-    return params
-
-
-def hf_config(spec: LlamaSpec, dtype: torch.dtype, vocab_size: int) -> dict:
-    """config.json as transformers' LlamaConfig.save_pretrained writes it (5.x keys)."""
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "attention_bias": False,
-        "attention_dropout": 0.0,
-        "bos_token_id": spec.bos_token_id,
-        "dtype": DTYPE_NAMES[dtype],
-        "eos_token_id": spec.eos_token_id,
-        "head_dim": spec.head_dim,
-        "hidden_act": spec.hidden_act,
-        "hidden_size": spec.hidden_size,
-        "initializer_range": spec.initializer_range,
-        "intermediate_size": spec.intermediate_size,
-        "max_position_embeddings": spec.max_position_embeddings,
-        "mlp_bias": False,
-        "model_type": "llama",
-        "num_attention_heads": spec.num_attention_heads,
-        "num_hidden_layers": spec.num_hidden_layers,
-        "num_key_value_heads": spec.num_key_value_heads,
-        "pad_token_id": spec.pad_token_id,
-        "pretraining_tp": 1,
-        "rms_norm_eps": spec.rms_norm_eps,
-        "rope_parameters": rope_parameters(spec),
-        "tie_word_embeddings": spec.tie_word_embeddings,
-        "transformers_version": transformers_version(),
-        "use_cache": True,
-        "vocab_size": vocab_size,
-    }
-
-
-def generation_config(spec: LlamaSpec) -> dict:
+def generation_config(spec: ModelSpec) -> dict:
     g = {"_from_model_config": True, "bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id}
     if spec.pad_token_id is not None:
         g["pad_token_id"] = spec.pad_token_id
@@ -106,89 +63,24 @@ def dump_json(obj: dict) -> bytes:
 # reading
 
 
-def _pos_int(x) -> bool:
-    return type(x) is int and x > 0
-
-
-def _number(x) -> bool:
-    return type(x) in (int, float) and math.isfinite(x)
-
-
-_REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-_OPTIONAL = (  # key, check, what it must be (absent or null means the default)
-    ("num_key_value_heads", _pos_int, "a positive integer"),
-    ("head_dim", _pos_int, "a positive integer"),
-    ("max_position_embeddings", _pos_int, "a positive integer"),
-    ("rms_norm_eps", lambda x: _number(x) and x > 0, "a positive number"),
-    ("rope_theta", lambda x: _number(x) and x > 0, "a positive number"),
-    ("rope_scaling", lambda x: isinstance(x, dict), "an object or null"),
-    ("rope_parameters", lambda x: isinstance(x, dict), "an object or null"),
-    ("tie_word_embeddings", lambda x: isinstance(x, bool), "true or false"),
-    ("hidden_act", lambda x: isinstance(x, str), "a string"),
-)
-
-
-def spec_from_hf_config(cfg: dict, where: Path) -> LlamaSpec:
+def family_of(cfg, where: Path) -> Family:
+    """The family of a config.json, by its architectures (else model_type)."""
     if not isinstance(cfg, dict):
         raise NanokernError("not a JSON object", where)
-    archs = cfg.get("architectures") or ["LlamaForCausalLM"]
-    arch = archs[0] if isinstance(archs, list) else archs
-    if cfg.get("model_type") not in ("llama", None) or arch != "LlamaForCausalLM":
-        raise NanokernError(f"unsupported architecture {cfg.get('architectures')} / {cfg.get('model_type')!r} (only LlamaForCausalLM)", where)
-    if cfg.get("attention_bias") or cfg.get("mlp_bias"):
-        raise NanokernError("unsupported: attention_bias / mlp_bias (Nanotron's LLaMA has no biases)", where)
-    missing = [k for k in _REQUIRED if k not in cfg]
-    if missing:
-        raise NanokernError(f"config.json lacks {', '.join(map(repr, missing))}", where)
-    bad = [k for k in _REQUIRED if not _pos_int(cfg[k])]
-    if bad:
-        raise NanokernError(f"{bad[0]} must be a positive integer, not {cfg[bad[0]]!r}", where)
-    for key, ok, what in _OPTIONAL:
-        if cfg.get(key) is not None and not ok(cfg[key]):
-            raise NanokernError(f"{key} must be {what}, not {cfg[key]!r}", where)
-    if cfg.get("hidden_act") not in (None, "silu"):
-        raise NanokernError(f"unsupported hidden_act {cfg['hidden_act']!r} (only silu)", where)
-    rp = dict(cfg.get("rope_parameters") or {})
-    theta = rp.pop("rope_theta", None)
-    if theta is None:
-        theta = cfg.get("rope_theta")
-    if theta is None:
-        theta = 10000.0
-    if not (_number(theta) and theta > 0):
-        raise NanokernError(f"rope_theta must be a positive number, not {theta!r}", where)
-    rtype = rp.pop("rope_type", "default")
-    scaling = cfg.get("rope_scaling") or (None if rtype == "default" else {"rope_type": rtype, **rp})
-    try:
-        spec = LlamaSpec(
-            hidden_size=cfg["hidden_size"],
-            intermediate_size=cfg["intermediate_size"],
-            num_hidden_layers=cfg["num_hidden_layers"],
-            num_attention_heads=cfg["num_attention_heads"],
-            num_key_value_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
-            vocab_size=cfg["vocab_size"],
-            rms_norm_eps=cfg.get("rms_norm_eps") or 1e-6,
-            rope_theta=float(theta),
-            rope_scaling=scaling,
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            max_position_embeddings=cfg.get("max_position_embeddings") or 2048,
-            bos_token_id=cfg.get("bos_token_id"),
-            eos_token_id=cfg.get("eos_token_id"),
-            pad_token_id=cfg.get("pad_token_id"),
-            hidden_act=cfg.get("hidden_act") or "silu",
-            initializer_range=cfg.get("initializer_range", 0.02),
-            head_dim=cfg.get("head_dim"),
-        )
-    except KeyError as e:
-        raise NanokernError(f"config.json lacks {e.args[0]!r}", where) from None
-    if spec.head_dim * spec.num_attention_heads != spec.hidden_size:
-        raise NanokernError("head_dim * num_attention_heads != hidden_size: Nanotron cannot represent this model", where)
-    if spec.num_attention_heads % spec.num_key_value_heads:
-        raise NanokernError(
-            f"num_attention_heads {spec.num_attention_heads} is not a multiple of num_key_value_heads {spec.num_key_value_heads}", where
-        )
-    if spec.head_dim % 2:
-        raise NanokernError(f"head dimension {spec.head_dim} must be even for RoPE", where)
-    return spec
+    archs = cfg.get("architectures") or []
+    name = archs[0] if isinstance(archs, list) and archs else archs if isinstance(archs, str) else None
+    by_type = {f.model_type: f for f in arch.FAMILIES}
+    f = arch.BY_CLASS.get(name) if name else by_type.get(cfg.get("model_type", "llama"))
+    if f is None or cfg.get("model_type", f.model_type) != f.model_type:
+        known = ", ".join(arch.BY_CLASS)
+        raise NanokernError(f"unsupported architectures {cfg.get('architectures')} / model_type {cfg.get('model_type')!r} "
+                            f"(supported: {known})", where)
+    return f
+
+
+def spec_from_hf_config(cfg: dict, where: Path) -> tuple[Family, ModelSpec]:
+    f = family_of(cfg, where)
+    return f, f.spec_from_hf(cfg, where)
 
 
 def _read_json(f: Path, what: str):
@@ -206,7 +98,7 @@ def read_hf(path: str | os.PathLike) -> Model:
     d = Path(path)
     cfg_file = d / "config.json"
     cfg = _read_json(cfg_file, "config.json")
-    spec = spec_from_hf_config(cfg, cfg_file)
+    family, spec = spec_from_hf_config(cfg, cfg_file)
     index = d / "model.safetensors.index.json"
     if index.is_file():
         idx = _read_json(index, "index")
@@ -228,7 +120,7 @@ def read_hf(path: str | os.PathLike) -> Model:
             if wm is not None and wm.get(name) != f:
                 continue
             refs[name] = ref
-    want = hf_tensor_shapes(spec)
+    want = {t[0]: t[1] for t in family.hf_tensors(spec)}
     tensors: dict[str, LogicalTensor] = {}
     warnings = []
     wrong = [(n, refs[n], s) for n, s in want.items() if n in refs and refs[n].shape != s]
@@ -251,22 +143,28 @@ def read_hf(path: str | os.PathLike) -> Model:
         if ref.dtype not in DTYPE_NAMES:
             raise NanokernError(f"{name}: unsupported dtype {str(ref.dtype).replace('torch.', '')} (supported: fp32, bf16, fp16)", ref.path)
         tensors[name] = LogicalTensor(name, shape, ref.dtype, [whole_block(ref)])
-    if spec.tie_word_embeddings and LM_HEAD in refs:
+    if spec.tie_word_embeddings and "lm_head.weight" in refs:
         warnings.append("tie_word_embeddings is true: the stored lm_head.weight is ignored")
     layout = {"format": "hf", "files": len(files), "sharded": wm is not None}
-    return Model(spec, tensors, "hf", str(d), warnings, layout)
+    return Model(spec, family, tensors, "hf", str(d), warnings, layout)
 
 
 # ---------------------------------------------------------------------------------------------
 # planning HF output
 
 
+DTYPE_ALIASES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+                 "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+
+
 def resolve_dtype(name: str, source: torch.dtype) -> torch.dtype:
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "keep": source}
+    """An output dtype by its name (bf16 or torch's bfloat16, ...); keep: the source's."""
+    if name == "keep":
+        return source
     try:
-        return table[name]
+        return DTYPE_ALIASES[name]
     except KeyError:
-        raise ValueError(f"dtype {name!r}: choose bf16, fp16, fp32 or keep") from None
+        raise ValueError(f"dtype {name!r}: choose bf16, fp16, fp32 (or torch's bfloat16, float16, float32) or keep") from None
 
 
 def plan_hf(
@@ -283,7 +181,7 @@ def plan_hf(
         raise NanokernError(f"--vocab-size {V} must be in 1..{spec.vocab_size} (the rows stored)", model.path)
     warnings = list(model.warnings)
     aux: dict[str, bytes] = {}
-    out_spec = LlamaSpec(**{**spec.__dict__})
+    out_spec = dataclasses.replace(spec)
     if tokenizer is not None:
         files = tok.tokenizer_files(tokenizer)
         ids, tok_vocab = tok.special_token_ids(files)
@@ -295,14 +193,21 @@ def plan_hf(
                 warnings.append(f"{k}_token_id {have} in the model config disagrees with the tokenizer ({v}): using {v}")
                 setattr(out_spec, f"{k}_token_id", v)
         aux.update(files)
-    aux["config.json"] = dump_json(hf_config(out_spec, out_dtype, V))
+    aux["config.json"] = dump_json(model.family.hf_config(out_spec, DTYPE_NAMES[out_dtype], V))
     aux["generation_config.json"] = dump_json(generation_config(out_spec))
 
-    tensors = []
-    for name, shape in hf_tensor_shapes(spec, V).items():
-        t = model.tensors[name]
-        rows = np.arange(shape[0] if len(shape) == 2 else 1, dtype=np.int64)
-        tensors.append(OutTensor(name, shape, out_dtype, [Source(name, rows, 0, t.shape2d[1])]))
+    tensors, zeros = [], []
+    for name, shape, *_ in model.family.hf_tensors(spec, V):
+        t = model.tensors.get(name)
+        if t is None:  # the HF class has it, the source has not (e.g. Qwen2's q/k/v bias): zeros
+            zeros.append(name)
+            tensors.append(OutTensor(name, shape, out_dtype, []))
+            continue
+        rows, cols = shape2d(shape)
+        tensors.append(OutTensor(name, shape, t.dtype if dtype == "keep" else out_dtype,
+                                 [Source(name, np.arange(rows, dtype=np.int64), 0, cols)]))
+    if zeros:
+        warnings.append(f"{model.family.hf_class} has {len(zeros)} tensor(s) the source does not ({zeros[0]}, ...): written as zeros")
 
     limit = parse_size(max_shard_size)
     shards: list[list[OutTensor]] = []
@@ -331,5 +236,6 @@ def plan_hf(
             "weight_map": {t.name: f.path for f in files for t in f.tensors},
         }
         aux["model.safetensors.index.json"] = dump_json(index)
-    summary = {"dtype": DTYPE_NAMES[out_dtype], "vocab_size": V, "shards": n, "tied": spec.tie_word_embeddings}
+    summary = {"dtype": DTYPE_NAMES[out_dtype], "vocab_size": V, "shards": n, "tied": spec.tie_word_embeddings,
+               "hf_class": model.family.hf_class}
     return resolve(Plan(model, "hf", files, aux, warnings, summary))

@@ -1,9 +1,11 @@
-"""Read a Nanotron LLaMA checkpoint (any TP x PP layout) into the logical model.
+"""Read a Nanotron checkpoint (LlamaConfig or Qwen2Config, any TP x PP layout) into the logical model.
 
-Only metadata is read here: safetensors headers, model_config.json and config.yaml. Shards are
-assembled from their slice metadata (never from assumptions about contiguous splits), coverage
-is checked (no holes, no overlaps), and qkv_proj / gate_up_proj are split into HF tensors with
-the RoPE row permutation applied when the checkpoint is interleaved.
+Only metadata is read here: safetensors headers, model_config.json and config.yaml. Which
+parameters must exist, and what HF tensors each holds, comes from the architecture table
+(nanokern/arch). Shards are assembled from their slice metadata (never from assumptions about
+contiguous splits), coverage is checked (no holes, no overlaps), and every parameter is cut into
+HF tensors by its kind: fused parts split (with the RoPE row permutation on q/k weights and
+biases when the checkpoint is interleaved), experts transposed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nanokern import rope
+from nanokern import arch, rope
+from nanokern.arch import decoder, nanotron_config
+from nanokern.arch.kinds import Kind, Param
+from nanokern.arch.spec import ModelSpec
 from nanokern.errors import NanokernError
 from nanokern.formats import nanotron_layout as L
 from nanokern.formats.safetensors_io import TensorRef, read_header
@@ -31,7 +36,7 @@ from nanokern.formats.slices import (
     parse_pairs,
     parse_unsharded_shape,
 )
-from nanokern.model import EMBED, FINAL_NORM, LM_HEAD, Block, LlamaSpec, LogicalTensor, Model, as_2d, hf_layer_names
+from nanokern.model import Block, LogicalTensor, Model, as_2d, expert_view
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -66,7 +71,8 @@ class NtParam:
 class NanotronCheckpoint:
     step_dir: Path
     config: dict  # model_config.json as stored
-    spec: LlamaSpec
+    config_class: str  # "llama" (LlamaConfig) or "qwen2" (Qwen2Config)
+    spec: ModelSpec
     rope_interleaved: bool
     params: dict[str, NtParam]
     tp: int
@@ -125,68 +131,8 @@ def read_model_config(step_dir: Path) -> dict:
         raise NanokernError(f"not valid JSON ({e})", f) from None
     if not isinstance(cfg, dict):
         raise NanokernError("not a JSON object", f)
-    if cfg.get("is_qwen2_config") or cfg.get("is_starcoder2_config"):
-        raise NanokernError("unsupported architecture: only LLaMA checkpoints (is_llama_config) are supported", f)
-    need = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
-    missing = [k for k in need if not _pos_int(cfg.get(k))]
-    if cfg.get("num_key_value_heads") is not None and not _pos_int(cfg["num_key_value_heads"]):
-        missing.append("num_key_value_heads")
-    if missing:
-        raise NanokernError(f"missing or not a positive integer: {', '.join(missing)}", f)
-    for key, ok, what in _OPTIONAL_FIELDS:
-        if cfg.get(key) is not None and not ok(cfg[key]):
-            raise NanokernError(f"{key} must be {what}, not {cfg[key]!r}", f)
-    if cfg.get("attention_bias"):
-        raise NanokernError("unsupported: attention_bias=true (LLaMA export supports bias-free models)", f)
-    if _or(cfg.get("hidden_act"), "silu") != "silu":
-        raise NanokernError(f"unsupported hidden_act {cfg['hidden_act']!r} (only silu)", f)
+    nanotron_config.check(cfg, f)
     return cfg
-
-
-def _pos_int(x) -> bool:
-    return type(x) is int and x > 0
-
-
-def _number(x) -> bool:
-    return type(x) in (int, float) and math.isfinite(x)
-
-
-_OPTIONAL_FIELDS = (  # key, check, what it must be (None always means "the default")
-    ("rope_interleaved", lambda x: isinstance(x, bool), "true or false"),
-    ("tie_word_embeddings", lambda x: isinstance(x, bool), "true or false"),
-    ("attention_bias", lambda x: isinstance(x, bool), "true or false"),
-    ("rope_theta", lambda x: _number(x) and x > 0, "a positive number"),
-    ("rms_norm_eps", lambda x: _number(x) and x > 0, "a positive number"),
-    ("rope_scaling", lambda x: isinstance(x, dict), "an object or null"),
-    ("hidden_act", lambda x: isinstance(x, str), "a string"),
-    ("max_position_embeddings", _pos_int, "a positive integer"),
-)
-
-
-def spec_from_config(cfg: dict) -> LlamaSpec:
-    nkv = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-    return LlamaSpec(
-        hidden_size=cfg["hidden_size"],
-        intermediate_size=cfg["intermediate_size"],
-        num_hidden_layers=cfg["num_hidden_layers"],
-        num_attention_heads=cfg["num_attention_heads"],
-        num_key_value_heads=nkv,
-        vocab_size=cfg["vocab_size"],
-        rms_norm_eps=_or(cfg.get("rms_norm_eps"), 1e-6),
-        rope_theta=float(_or(cfg.get("rope_theta"), 10000.0)),
-        rope_scaling=cfg.get("rope_scaling"),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        max_position_embeddings=_or(cfg.get("max_position_embeddings"), 2048),
-        bos_token_id=cfg.get("bos_token_id", 1),
-        eos_token_id=cfg.get("eos_token_id", 2),
-        pad_token_id=cfg.get("pad_token_id"),
-        hidden_act=_or(cfg.get("hidden_act"), "silu"),
-        initializer_range=cfg.get("initializer_range", 0.02),
-    )
-
-
-def _or(value, default):
-    return default if value is None else value
 
 
 def _uses_mup(step_dir: Path) -> bool:
@@ -303,14 +249,20 @@ def _box(box) -> str:
     return "[" + ", ".join(f"{a}:{b}" for a, b in box) + "]"
 
 
+def nt_params(spec: ModelSpec) -> dict[str, tuple[Param, int | None]]:
+    """{Nanotron parameter name: (its Param, its layer)} of every parameter the checkpoint holds."""
+    return {name: (p, i) for name, p, i in decoder.nanotron_params(spec)}
+
+
 def read_checkpoint(path: str | os.PathLike) -> NanotronCheckpoint:
     step_dir = find_step_dir(path)
     cfg = read_model_config(step_dir)
-    spec = spec_from_config(cfg)
     cfg_file = step_dir / "model_config.json"
+    cls = nanotron_config.config_class(cfg, cfg_file)
+    spec = nanotron_config.spec_from_config(cfg, cfg_file)
     _check_heads(spec, cfg_file)
     want = expected_shapes(spec)
-    warnings: list[str] = []
+    warnings: list[str] = nanotron_config.warnings_for(cfg)
     model_dir = step_dir / "model"
     if not model_dir.is_dir():
         raise NanokernError("no model/ folder: checkpoint is empty", step_dir)
@@ -322,11 +274,11 @@ def read_checkpoint(path: str | os.PathLike) -> NanotronCheckpoint:
     for f in files:
         info = L.parse_file_name(f.name)
         if info is None:
-            raise NanokernError("unexpected file name (not a Nanotron weight file; MoE/expert shards are unsupported)", f)
-        if info["kind"] != "weight":
-            raise NanokernError("unexpected bias file: LLaMA has no biases", f)
+            raise NanokernError("unexpected file name (not a Nanotron weight file)", f)
+        if info["ep_size"] not in (None, 1):
+            raise NanokernError(f"expert-parallel shard (exp-rank of {info['ep_size']}): Nanotron writes experts once", f)
         rel = f.parent.relative_to(model_dir).parts
-        name = ".".join([*rel, "weight"])
+        name = ".".join([*rel, info["kind"]])
         found.setdefault(name, []).append(_read_shard(f, info))
         bad_naming |= info["bad_naming"]
 
@@ -361,11 +313,11 @@ def read_checkpoint(path: str | os.PathLike) -> NanotronCheckpoint:
         interleaved = True
         warnings.append("model_config.json has no rope_interleaved: older Nanotron, treated as interleaved (GPT-J) RoPE")
     if spec.rope_scaling:
-        warnings.append(f"rope_scaling {spec.rope_scaling} is set, but Nanotron's LLaMA ignores it: the HF model will apply it")
+        warnings.append(f"rope_scaling {spec.rope_scaling} is set, but Nanotron ignores it: the HF model will apply it")
     if _uses_mup(step_dir):
         warnings.append("config.yaml uses muP (use_mup): Nanotron's attention scale is 1/d, HF's is 1/sqrt(d); logits will differ")
     tp, pp = main_layout or (1, 1)
-    return NanotronCheckpoint(step_dir, cfg, spec, interleaved, params, tp, pp, warnings, bad_naming)
+    return NanotronCheckpoint(step_dir, cfg, cls, spec, interleaved, params, tp, pp, warnings, bad_naming)
 
 
 def _agree(shards: list[Shard], attr: str, expected, what: str):
@@ -380,22 +332,17 @@ def _agree(shards: list[Shard], attr: str, expected, what: str):
     raise NanokernError(f"{what} {show(getattr(bad, attr))} disagrees with its sibling shards ({show(good)})", bad.ref.path)
 
 
-def expected_shapes(spec: LlamaSpec) -> dict[str, tuple[int, ...]]:
-    H, I, V = spec.hidden_size, spec.intermediate_size, spec.vocab_size
-    shapes = {L.EMBED_NT: (V, H)}
-    for i in range(spec.num_hidden_layers):
-        shapes[L.layer_param(i, "input_layernorm")] = (H,)
-        shapes[L.layer_param(i, "attn.qkv_proj")] = (spec.q_rows + 2 * spec.kv_rows, H)
-        shapes[L.layer_param(i, "attn.o_proj")] = (H, spec.q_rows)
-        shapes[L.layer_param(i, "post_attention_layernorm")] = (H,)
-        shapes[L.layer_param(i, "mlp.gate_up_proj")] = (2 * I, H)
-        shapes[L.layer_param(i, "mlp.down_proj")] = (H, I)
-    shapes[L.FINAL_NORM_NT] = (H,)
-    shapes[L.LM_HEAD_NT] = (V, H)
+def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Unsharded shape of every parameter the checkpoint holds (lm_head also when tied: a
+    pre-v0.2 checkpoint may have one)."""
+    shapes = {}
+    for name, p, _i in decoder.nanotron_params(spec):
+        shapes[name] = (sum(p.sizes(spec)),) if name.endswith(".bias") else p.nt_shape(spec)
+    shapes.setdefault(L.LM_HEAD_NT, decoder.LM_HEAD.nt_shape(spec))
     return shapes
 
 
-def _check_heads(spec: LlamaSpec, cfg_file: Path) -> None:
+def _check_heads(spec: ModelSpec, cfg_file: Path) -> None:
     H, nq, nkv = spec.hidden_size, spec.num_attention_heads, spec.num_key_value_heads
     if H % nq or nq % nkv:
         raise NanokernError(
@@ -407,7 +354,7 @@ def _check_heads(spec: LlamaSpec, cfg_file: Path) -> None:
         raise NanokernError(f"head dimension {spec.head_dim} (hidden_size / num_attention_heads) must be even for RoPE", cfg_file)
 
 
-def _check_params(params: dict[str, NtParam], spec: LlamaSpec, want: dict[str, tuple[int, ...]], step_dir: Path) -> None:
+def _check_params(params: dict[str, NtParam], spec: ModelSpec, want: dict[str, tuple[int, ...]], step_dir: Path) -> None:
     cfg_file = step_dir / "model_config.json"
     wrong = [(name, p) for name, p in params.items() if name in want and p.shape != want[name]]
     if len(wrong) == 1:
@@ -431,12 +378,19 @@ def _check_params(params: dict[str, NtParam], spec: LlamaSpec, want: dict[str, t
     extra = sorted(set(params) - set(want))
     if extra:
         raise NanokernError(
-            f"parameter {extra[0]} does not belong to the {spec.num_hidden_layers}-layer LLaMA of model_config.json",
+            f"parameter {extra[0]} does not belong to the {spec.num_hidden_layers}-layer model of model_config.json"
+            + (f" ({', '.join(spec.features())})" if spec.features() else " (no bias, no MoE)"),
             params[extra[0]].shards[0].ref.path,
         )
-    dtypes = Counter(p.dtype for p in params.values())
+    table = nt_params(spec)
+    fp32 = {name for name, (p, _i) in table.items() if p.fp32}
+    for name in fp32 & set(params):
+        if params[name].dtype != torch.float32:
+            raise NanokernError(f"{name} must be float32 (Nanotron keeps the MoE router in float32), not "
+                                f"{str(params[name].dtype).replace('torch.', '')}", params[name].shards[0].ref.path)
+    dtypes = Counter(p.dtype for n, p in params.items() if n not in fp32)
     if len(dtypes) > 1:
-        odd = next(p for p in params.values() if p.dtype != dtypes.most_common(1)[0][0])
+        odd = next(p for n, p in params.items() if n not in fp32 and p.dtype != dtypes.most_common(1)[0][0])
         raise NanokernError(
             f"mixed dtypes across parameters: {odd.name} is {str(odd.dtype).replace('torch.', '')}, "
             f"the others {str(dtypes.most_common(1)[0][0]).replace('torch.', '')}",
@@ -445,20 +399,27 @@ def _check_params(params: dict[str, NtParam], spec: LlamaSpec, want: dict[str, t
 
 
 # ---------------------------------------------------------------------------------------------
-# Nanotron parameters -> logical HF tensors
+# Nanotron parameters -> logical HF tensors (by parameter kind)
 
 
-def _split_rows(p: NtParam, parts: list[tuple[str, int, int, np.ndarray | None, int]], dtype) -> dict[str, LogicalTensor]:
+def _pairs_2d(s: Shard):
+    """The shard's slice pairs over 2-D views (1-D tensors as [N, 1] columns)."""
+    for loc, glo in s.pairs:
+        yield ((loc[0], (0, 1)), (glo[0], (0, 1))) if len(loc) == 1 else (loc, glo)
+
+
+def _split_rows(p: NtParam, parts: list[tuple[str, int, int, np.ndarray | None, int]]) -> dict[str, LogicalTensor]:
     """Split a row-fused Nanotron param into logical tensors.
 
     parts: (hf name, first global row, rows, per-head permutation table or None, head dim).
     """
     out = {}
+    cols = p.shape[1] if len(p.shape) == 2 else None
     for name, g0, n, table, d in parts:
-        t = LogicalTensor(name, (n, p.shape[1]), dtype)
+        t = LogicalTensor(name, (n,) if cols is None else (n, cols), p.dtype)
         for s in p.shards:
             ref = as_2d(s.ref)
-            for (lr, lc), (gr, gc) in s.pairs:
+            for (lr, lc), (gr, gc) in _pairs_2d(s):
                 a, b = max(gr[0], g0), min(gr[1], g0 + n)
                 if a >= b:
                     continue
@@ -473,54 +434,59 @@ def _split_rows(p: NtParam, parts: list[tuple[str, int, int, np.ndarray | None, 
 
 
 def _plain(p: NtParam, name: str) -> LogicalTensor:
-    shape = p.shape
-    t = LogicalTensor(name, shape, p.dtype)
+    t = LogicalTensor(name, p.shape, p.dtype)
     for s in p.shards:
         ref = as_2d(s.ref)
-        for loc, glo in s.pairs:
-            if len(shape) == 1:
-                (lc,), (gc,) = loc, glo
-                lr, gr = (0, 1), (0, 1)
-            else:
-                (lr, lc), (gr, gc) = loc, glo
+        for (lr, lc), (gr, gc) in _pairs_2d(s):
             rows = np.arange(lr[0], lr[1], dtype=np.int64)
             t.blocks.append(Block(ref, rows, lc[0], rows - lr[0] + gr[0], gc[0], lc[1] - lc[0]))
     return t
 
 
-def to_model(ck: NanotronCheckpoint, rope_interleaved: bool | None = None) -> Model:
-    """The logical HF-convention model of a checkpoint. rope_interleaved overrides the config."""
+def _experts(p: NtParam, param: Param, spec: ModelSpec, layer: int) -> dict[str, LogicalTensor]:
+    """[E, in, sum(parts)] input-major -> one [part, in] tensor per expert and part (transposed)."""
+    (s,) = p.shards
+    E, cols, _ = p.shape
+    out = {}
+    for e in range(E):
+        ref = expert_view(s.ref, e)
+        off = 0
+        for part, n in zip(param.parts, param.sizes(spec)):
+            name = param.hf_name(part, layer, e)
+            rows = np.arange(n, dtype=np.int64)
+            out[name] = LogicalTensor(name, (n, cols), p.dtype, [Block(ref, rows + off, 0, rows, 0, cols, transpose=True)])
+            off += n
+    return out
+
+
+def to_model(ck: NanotronCheckpoint, rope_interleaved: bool | None = None, hf_arch: str | None = None) -> Model:
+    """The logical HF-convention model of a checkpoint, named for the HF class that holds it
+    (hf_arch forces one). rope_interleaved overrides the config."""
     spec = ck.spec
+    family = arch.choose(spec, hf_arch, ck.step_dir / "model_config.json")
     interleaved = ck.rope_interleaved if rope_interleaved is None else rope_interleaved
     d = spec.head_dim
     table = rope.nt_from_hf(d) if interleaved else None
-    tensors: dict[str, LogicalTensor] = {EMBED: _plain(ck.params[L.EMBED_NT], EMBED)}
-    for i in range(spec.num_hidden_layers):
-        n = hf_layer_names(i)
-        qkv = ck.params[L.layer_param(i, "attn.qkv_proj")]
-        q, kv = spec.q_rows, spec.kv_rows
-        tensors.update(
-            _split_rows(qkv, [(n["q"], 0, q, table, d), (n["k"], q, kv, table, d), (n["v"], q + kv, kv, None, d)], qkv.dtype)
-        )
-        tensors[n["o"]] = _plain(ck.params[L.layer_param(i, "attn.o_proj")], n["o"])
-        gu = ck.params[L.layer_param(i, "mlp.gate_up_proj")]
-        I = spec.intermediate_size
-        tensors.update(_split_rows(gu, [(n["gate"], 0, I, None, d), (n["up"], I, I, None, d)], gu.dtype))
-        tensors[n["down"]] = _plain(ck.params[L.layer_param(i, "mlp.down_proj")], n["down"])
-        tensors[n["input_norm"]] = _plain(ck.params[L.layer_param(i, "input_layernorm")], n["input_norm"])
-        tensors[n["post_norm"]] = _plain(ck.params[L.layer_param(i, "post_attention_layernorm")], n["post_norm"])
-    tensors[FINAL_NORM] = _plain(ck.params[L.FINAL_NORM_NT], FINAL_NORM)
-    if not spec.tie_word_embeddings:
-        tensors[LM_HEAD] = _plain(ck.params[L.LM_HEAD_NT], LM_HEAD)
-    # order as HF's state_dict
-    from nanokern.formats.nanotron_writer import source_extras
-    from nanokern.model import hf_tensor_shapes
-
-    order = list(hf_tensor_shapes(spec))
-    tensors = {k: tensors[k] for k in order}
-    owner = L.pp_stage_blocks(
-        spec.num_hidden_layers, spec.hidden_size, spec.intermediate_size, spec.num_attention_heads, d, spec.vocab_size, ck.pp
-    )
+    tensors: dict[str, LogicalTensor] = {}
+    for name, (param, i) in nt_params(spec).items():
+        p = ck.params.get(name)
+        if p is None:  # lm_head of a tied checkpoint
+            continue
+        if param.kind is Kind.EXPERTS:
+            tensors.update(_experts(p, param, spec, i))
+        elif param.kind is Kind.COLUMN:
+            is_bias = name.endswith(".bias")
+            parts, g0 = [], 0
+            for part, n in zip(param.parts, param.sizes(spec)):
+                parts.append((param.hf_name(part, i, bias=is_bias), g0, n, table if part.rope else None, d))
+                g0 += n
+            tensors.update(_split_rows(p, parts))
+        else:
+            name_hf = param.hf_name(param.parts[0], i)
+            tensors[name_hf] = _plain(p, name_hf)
+    order = [t[0] for t in family.hf_tensors(spec)]
+    tensors = {k: tensors[k] for k in [*[n for n in order if n in tensors], *[n for n in tensors if n not in order]]}
+    owner = L.pp_stage_blocks(spec, spec.vocab_size, ck.pp)
     layout = {
         "format": "nanotron",
         "step_dir": str(ck.step_dir),
@@ -531,6 +497,27 @@ def to_model(ck: NanotronCheckpoint, rope_interleaved: bool | None = None) -> Mo
         "pp_owner": owner,
         "bad_naming": ck.bad_naming,
         "model_config": ck.config,
+        "config_class": ck.config_class,
         **source_extras(ck.step_dir),
     }
-    return Model(spec, tensors, "nanotron", str(ck.step_dir), list(ck.warnings), layout)
+    return Model(spec, family, tensors, "nanotron", str(ck.step_dir), list(ck.warnings), layout)
+
+
+def source_extras(step_dir: Path) -> dict:
+    """Facts of a Nanotron source that a reshard carries over (configs)."""
+    out = {"step": step_dir.name}
+    cm = step_dir / "checkpoint_metadata.json"
+    if cm.is_file():
+        try:
+            out["checkpoint_metadata"] = json.loads(cm.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            raise NanokernError(f"unreadable checkpoint metadata ({e})", cm) from None
+    cy = step_dir / "config.yaml"
+    if cy.is_file():
+        import yaml
+
+        try:
+            out["config_yaml"] = yaml.safe_load(cy.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+            raise NanokernError(f"unreadable config.yaml ({e})", cy) from None
+    return out

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from nanokern.errors import NanokernError
+from nanokern.arch import decoder as D
 from nanokern.formats import nanotron_layout as L
 from nanokern.formats.nanotron import NanotronCheckpoint, NtParam, Shard, read_checkpoint
 from nanokern.formats.safetensors_io import map_tensor
@@ -187,8 +188,8 @@ class NativeLlama:
         d, H = sp.head_dim, sp.hidden_size
         Q, KV = sp.q_rows, sp.kv_rows
         n_rep = sp.num_attention_heads // sp.num_key_value_heads
-        qkv = _by_rank(self.ck.params[L.layer_param(i, "attn.qkv_proj")])
-        o = _by_rank(self.ck.params[L.layer_param(i, "attn.o_proj")])
+        qkv = _by_rank(self.ck.params[D.qkv().nt_name(i)])
+        o = _by_rank(self.ck.params[D.O_PROJ.nt_name(i)])
         if set(qkv) != set(o):
             raise NanokernError(f"layer {i}: qkv_proj has TP ranks {sorted(qkv)} but o_proj {sorted(o)}", self.ck.step_dir)
         ranks = []
@@ -233,8 +234,8 @@ class NativeLlama:
     def _mlp(self, i: int) -> list[MlpRank]:
         sp = self.spec
         H, I = sp.hidden_size, sp.intermediate_size
-        gu = _by_rank(self.ck.params[L.layer_param(i, "mlp.gate_up_proj")])
-        dn = _by_rank(self.ck.params[L.layer_param(i, "mlp.down_proj")])
+        gu = _by_rank(self.ck.params[D.dense_mlp()[0].nt_name(i)])
+        dn = _by_rank(self.ck.params[D.dense_mlp()[1].nt_name(i)])
         if set(gu) != set(dn):
             raise NanokernError(f"layer {i}: gate_up_proj has TP ranks {sorted(gu)} but down_proj {sorted(dn)}", self.ck.step_dir)
         ranks = []
@@ -270,8 +271,8 @@ class NativeLlama:
         self.layers = []
         for i in range(sp.num_hidden_layers):
             self.layers.append(Layer(
-                self._norm(L.layer_param(i, "input_layernorm")),
-                self._norm(L.layer_param(i, "post_attention_layernorm")),
+                self._norm(D.INPUT_NORM.nt_name(i)),
+                self._norm(D.POST_NORM.nt_name(i)),
                 self._attn(i),
                 self._mlp(i),
             ))

@@ -1,0 +1,160 @@
+"""config.json keys every family shares (transformers 5.x spelling), both ways."""
+
+from __future__ import annotations
+
+import math
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from nanokern.arch.spec import ModelSpec
+from nanokern.errors import NanokernError
+
+
+def transformers_version() -> str:
+    try:
+        return version("transformers")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def rope_parameters(spec: ModelSpec) -> dict:
+    params = {"rope_theta": float(spec.rope_theta), "rope_type": "default"}
+    if spec.rope_scaling:
+        extra = dict(spec.rope_scaling)
+        params["rope_type"] = extra.pop("rope_type", extra.pop("type", "default"))
+        params.update(extra)
+    return params
+
+
+def write_common(spec: ModelSpec, hf_class: str, model_type: str, dtype: str, vocab: int) -> dict:
+    """The keys of a LLaMA-like config.json; a family adds and overrides its own."""
+    return {
+        "architectures": [hf_class],
+        "attention_dropout": 0.0,
+        "bos_token_id": spec.bos_token_id,
+        "dtype": dtype,
+        "eos_token_id": spec.eos_token_id,
+        "hidden_act": spec.hidden_act,
+        "hidden_size": spec.hidden_size,
+        "initializer_range": spec.initializer_range,
+        "intermediate_size": spec.intermediate_size,
+        "max_position_embeddings": spec.max_position_embeddings,
+        "model_type": model_type,
+        "num_attention_heads": spec.num_attention_heads,
+        "num_hidden_layers": spec.num_hidden_layers,
+        "num_key_value_heads": spec.num_key_value_heads,
+        "pad_token_id": spec.pad_token_id,
+        "rms_norm_eps": spec.rms_norm_eps,
+        "rope_parameters": rope_parameters(spec),
+        "tie_word_embeddings": spec.tie_word_embeddings,
+        "transformers_version": transformers_version(),
+        "use_cache": True,
+        "vocab_size": vocab,
+    }
+
+
+def _pos_int(x) -> bool:
+    return type(x) is int and x > 0
+
+
+def _number(x) -> bool:
+    return type(x) in (int, float) and math.isfinite(x)
+
+
+_REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+_OPTIONAL = (  # key, check, what it must be (absent or null means the default)
+    ("num_key_value_heads", _pos_int, "a positive integer"),
+    ("head_dim", _pos_int, "a positive integer"),
+    ("max_position_embeddings", _pos_int, "a positive integer"),
+    ("rms_norm_eps", lambda x: _number(x) and x > 0, "a positive number"),
+    ("rope_theta", lambda x: _number(x) and x > 0, "a positive number"),
+    ("rope_scaling", lambda x: isinstance(x, dict), "an object or null"),
+    ("rope_parameters", lambda x: isinstance(x, dict), "an object or null"),
+    ("tie_word_embeddings", lambda x: isinstance(x, bool), "true or false"),
+    ("hidden_act", lambda x: isinstance(x, str), "a string"),
+)
+
+
+def refuse_keys(cfg: dict, where: Path, keys: dict[str, str]) -> None:
+    """keys: {config key: why Nanotron cannot hold it}; refuse the first one that is set."""
+    for key, why in keys.items():
+        if cfg.get(key):
+            raise NanokernError(f"unsupported {key}={cfg[key]!r}: {why}", where)
+
+
+def read_common(cfg: dict, where: Path, **features) -> ModelSpec:
+    """The shared keys of a LLaMA-like config.json -> ModelSpec (features: the family's own)."""
+    missing = [k for k in _REQUIRED if k not in cfg]
+    if missing:
+        raise NanokernError(f"config.json lacks {', '.join(map(repr, missing))}", where)
+    bad = [k for k in _REQUIRED if not _pos_int(cfg[k])]
+    if bad:
+        raise NanokernError(f"{bad[0]} must be a positive integer, not {cfg[bad[0]]!r}", where)
+    for key, ok, what in _OPTIONAL:
+        if cfg.get(key) is not None and not ok(cfg[key]):
+            raise NanokernError(f"{key} must be {what}, not {cfg[key]!r}", where)
+    if cfg.get("hidden_act") not in (None, "silu"):
+        raise NanokernError(f"unsupported hidden_act {cfg['hidden_act']!r} (only silu)", where)
+    rp = dict(cfg.get("rope_parameters") or {})
+    theta = rp.pop("rope_theta", None)
+    if theta is None:
+        theta = cfg.get("rope_theta")
+    if theta is None:
+        theta = 10000.0
+    if not (_number(theta) and theta > 0):
+        raise NanokernError(f"rope_theta must be a positive number, not {theta!r}", where)
+    rtype = rp.pop("rope_type", "default")
+    scaling = cfg.get("rope_scaling") or (None if rtype == "default" else {"rope_type": rtype, **rp})
+    spec = ModelSpec(
+        hidden_size=cfg["hidden_size"],
+        intermediate_size=cfg["intermediate_size"],
+        num_hidden_layers=cfg["num_hidden_layers"],
+        num_attention_heads=cfg["num_attention_heads"],
+        num_key_value_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
+        vocab_size=cfg["vocab_size"],
+        rms_norm_eps=cfg.get("rms_norm_eps") or 1e-6,
+        rope_theta=float(theta),
+        rope_scaling=scaling,
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        max_position_embeddings=cfg.get("max_position_embeddings") or 2048,
+        bos_token_id=cfg.get("bos_token_id"),
+        eos_token_id=cfg.get("eos_token_id"),
+        pad_token_id=cfg.get("pad_token_id"),
+        hidden_act=cfg.get("hidden_act") or "silu",
+        initializer_range=cfg.get("initializer_range", 0.02),
+        head_dim=cfg.get("head_dim"),
+        **features,
+    )
+    if spec.head_dim * spec.num_attention_heads != spec.hidden_size:
+        raise NanokernError(
+            f"head_dim {spec.head_dim} x num_attention_heads {spec.num_attention_heads} != hidden_size {spec.hidden_size}: "
+            "Nanotron cannot represent this model (its head dim is hidden_size / num_attention_heads)", where)
+    if spec.num_attention_heads % spec.num_key_value_heads:
+        raise NanokernError(
+            f"num_attention_heads {spec.num_attention_heads} is not a multiple of num_key_value_heads {spec.num_key_value_heads}", where
+        )
+    if spec.head_dim % 2:
+        raise NanokernError(f"head dimension {spec.head_dim} must be even for RoPE", where)
+    return spec
+
+
+def sliding_from_hf(cfg: dict, where: Path, rope_layers: list[bool] | None = None) -> int | None:
+    """Window keys -> the window of the layers that slide (None: none slides). Nanotron slides
+    every RoPE layer (rope_layers: which layers apply RoPE; default all)."""
+    n = cfg["num_hidden_layers"]
+    if not cfg.get("use_sliding_window") or cfg.get("sliding_window") is None:
+        return None
+    w = cfg["sliding_window"]
+    if not _pos_int(w):
+        raise NanokernError(f"sliding_window must be a positive integer, not {w!r}", where)
+    types = cfg.get("layer_types")
+    if types is None:
+        mwl = cfg.get("max_window_layers") or 0
+        types = ["sliding_attention" if i >= mwl else "full_attention" for i in range(n)]
+    slides = [t == "sliding_attention" for t in types]
+    want = rope_layers if rope_layers is not None else [True] * n
+    if not any(slides):
+        return None
+    if slides != want:
+        raise NanokernError(f"layer_types {types}: Nanotron slides the window on exactly the RoPE layers", where)
+    return w
