@@ -545,7 +545,7 @@ def latest_binary(ck):
 def unexpected_file(ck):
     f = ck / "0" / LAYER0 / "attn" / "qkv_proj" / "model_weight_pp-rank-0-of-2_tp-rank-0-of-2_exp-rank-0-of-2.safetensors"
     shutil.copy(ck / "0" / QKV.format(0), f)
-    return f, ["unexpected file name"]
+    return f, ["expert-parallel"]
 
 
 def rank_out_of_range(ck):

@@ -12,6 +12,17 @@ from nanokern.arch.spec import ModelSpec
 
 
 @dataclass(frozen=True)
+class ZeroMeansAbsent:
+    """HF tensors the class always has but a Nanotron model may lack (Qwen2's q/k/v biases, Qwen2Moe's
+    shared expert): when every one is exactly +0.0, import turns the feature off instead of
+    writing zeros into Nanotron, so an export of such a model imports back to itself."""
+
+    what: str
+    names: Callable[[ModelSpec], list[str]]  # the HF tensors that must all be zero
+    off: Callable[[ModelSpec], ModelSpec]  # the spec without the feature
+
+
+@dataclass(frozen=True)
 class Family:
     name: str  # short name (demo --arch, bench --arch)
     hf_class: str  # config.json "architectures"
@@ -21,6 +32,7 @@ class Family:
     hf_config: Callable[[ModelSpec, str, int], dict]  # (spec, dtype name, vocab) -> config.json
     spec_from_hf: Callable[[dict, Path], ModelSpec]  # config.json -> spec (refusing what Nanotron cannot hold)
     layer_cost: Callable[[ModelSpec], int] = decoder.layer_cost  # PP cost of a decoder layer
+    zero_means_absent: tuple[ZeroMeansAbsent, ...] = ()
 
     def layer_params(self) -> list[Param]:
         return [p for p in self.params if p.layer]

@@ -3,10 +3,11 @@ optionally a sliding window on every layer."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from nanokern.arch import decoder as D
-from nanokern.arch.family import Family
+from nanokern.arch.family import Family, ZeroMeansAbsent
 from nanokern.arch.hf_config import read_common, refuse_keys, sliding_from_hf, write_common
 from nanokern.arch.spec import ModelSpec
 
@@ -40,4 +41,9 @@ def spec_from_hf(cfg: dict, where: Path) -> ModelSpec:
     return read_common(cfg, where, attention_bias=True, sliding_window=sliding_from_hf(cfg, where))
 
 
-FAMILY = Family("qwen2", "Qwen2ForCausalLM", "qwen2", PARAMS, refuses, hf_config, spec_from_hf)
+def _biases(spec: ModelSpec) -> list[str]:
+    return [f"model.layers.{i}.self_attn.{x}_proj.bias" for i in range(spec.num_hidden_layers) for x in "qkv"]
+
+
+NO_BIAS = ZeroMeansAbsent("q/k/v biases", _biases, lambda s: dataclasses.replace(s, attention_bias=False))
+FAMILY = Family("qwen2", "Qwen2ForCausalLM", "qwen2", PARAMS, refuses, hf_config, spec_from_hf, zero_means_absent=(NO_BIAS,))

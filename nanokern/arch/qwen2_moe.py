@@ -4,10 +4,11 @@ norm_topk_prob false); the other layers are dense MLPs (mlp_only_layers)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from nanokern.arch import decoder as D
-from nanokern.arch.family import Family
+from nanokern.arch.family import Family, ZeroMeansAbsent
 from nanokern.arch.hf_config import read_common, refuse_keys, sliding_from_hf, write_common
 from nanokern.arch.spec import ModelSpec, MoeSpec
 from nanokern.errors import NanokernError
@@ -66,4 +67,12 @@ def spec_from_hf(cfg: dict, where: Path) -> ModelSpec:
                        sliding_window=sliding_from_hf(cfg, where))
 
 
-FAMILY = Family("qwen2_moe", "Qwen2MoeForCausalLM", "qwen2_moe", PARAMS, refuses, hf_config, spec_from_hf)
+def _shared_expert(spec: ModelSpec) -> list[str]:
+    return [f"model.layers.{i}.mlp.{t}.weight" for i in spec.moe.layers
+            for t in ("shared_expert.gate_proj", "shared_expert.up_proj", "shared_expert.down_proj", "shared_expert_gate")]
+
+
+NO_SHARED_EXPERT = ZeroMeansAbsent("shared expert", _shared_expert, lambda s: dataclasses.replace(
+    s, moe=dataclasses.replace(s.moe, enable_shared_expert=False)))
+FAMILY = Family("qwen2_moe", "Qwen2MoeForCausalLM", "qwen2_moe", PARAMS, refuses, hf_config, spec_from_hf,
+                zero_means_absent=(NO_SHARED_EXPERT,))

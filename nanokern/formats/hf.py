@@ -94,6 +94,15 @@ def _read_json(f: Path, what: str):
         raise NanokernError(f"cannot read: {e.strerror or e}", f) from None
 
 
+def _all_zero_bits(ref) -> bool:
+    """Every element is +0.0 (bit pattern 0; -0.0 would not survive the round trip)."""
+    from nanokern.formats.safetensors_io import map_tensor
+
+    t = map_tensor(ref)
+    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return not bool(t.view(ints).any())
+
+
 def read_hf(path: str | os.PathLike) -> Model:
     d = Path(path)
     cfg_file = d / "config.json"
@@ -143,6 +152,13 @@ def read_hf(path: str | os.PathLike) -> Model:
         if ref.dtype not in DTYPE_NAMES:
             raise NanokernError(f"{name}: unsupported dtype {str(ref.dtype).replace('torch.', '')} (supported: fp32, bf16, fp16)", ref.path)
         tensors[name] = LogicalTensor(name, shape, ref.dtype, [whole_block(ref)])
+    for z in family.zero_means_absent:
+        names = z.names(spec)
+        if names and all(_all_zero_bits(tensors[n].blocks[0].ref) for n in names):
+            spec = z.off(spec)
+            for n in names:
+                del tensors[n]
+            warnings.append(f"every {z.what} tensor is zero: imported without them")
     if spec.tie_word_embeddings and "lm_head.weight" in refs:
         warnings.append("tie_word_embeddings is true: the stored lm_head.weight is ignored")
     layout = {"format": "hf", "files": len(files), "sharded": wm is not None}

@@ -282,6 +282,13 @@ def read_checkpoint(path: str | os.PathLike) -> NanotronCheckpoint:
         found.setdefault(name, []).append(_read_shard(f, info))
         bad_naming |= info["bad_naming"]
 
+    extra = sorted(set(found) - set(want))
+    if extra:
+        raise NanokernError(
+            f"parameter {extra[0]} does not belong to the {spec.num_hidden_layers}-layer model of model_config.json"
+            + (f" ({', '.join(spec.features())})" if spec.features() else " (no bias, no MoE)"),
+            found[extra[0]][0].ref.path,
+        )
     layouts = Counter(_layout(s) for shards in found.values() for s in shards if s.tp_size is not None)
     main_layout = layouts.most_common(1)[0][0] if layouts else None
     dtypes = Counter(s.ref.dtype for shards in found.values() for s in shards)
@@ -375,13 +382,6 @@ def _check_params(params: dict[str, NtParam], spec: ModelSpec, want: dict[str, t
                 continue
             where = step_dir / L.param_path(name).rsplit("/", 1)[0]
             raise NanokernError(f"missing parameter {name} (no model_weight*.safetensors here)", where)
-    extra = sorted(set(params) - set(want))
-    if extra:
-        raise NanokernError(
-            f"parameter {extra[0]} does not belong to the {spec.num_hidden_layers}-layer model of model_config.json"
-            + (f" ({', '.join(spec.features())})" if spec.features() else " (no bias, no MoE)"),
-            params[extra[0]].shards[0].ref.path,
-        )
     table = nt_params(spec)
     fp32 = {name for name, (p, _i) in table.items() if p.fp32}
     for name in fp32 & set(params):

@@ -10,7 +10,8 @@ transformers' own functions, over shapes and dtypes.
   interleaved RoPE into half-split RoPE (rope_i(x)[P] == rope_half(x[P])).
 - SwiGLU vs LlamaMLP's act_fn(gate) * up (ACT2FN["silu"]).
 - Attention vs transformers' eager_attention_forward (repeat_kv GQA, additive causal mask),
-  computed in fp32 on the same inputs.
+  computed in fp32 on the same inputs; windowed attention with the mask from transformers'
+  sliding_window_causal_mask_function (Qwen2's sliding window: w keys including the query's own).
 
 Tolerances: fp32 max|diff| <= 1e-5 x max(1, max|ref|) (fp32 rounding); bf16 two bf16 spacings of
 the largest value (2^-6 x max|ref|). The kernels do transformers' bf16 roundings, so against
@@ -63,6 +64,7 @@ RMS_SHAPES = [(64, 64), (37, 200), (8, 4096)]
 ROPE_SHAPES = [(2, 32, 4, 2, 16), (1, 17, 8, 2, 64), (2, 8, 2, 2, 128)]  # B, S, nq, nkv, d
 SWIGLU_SHAPES = [(64, 160), (33, 1000)]
 ATTN_SHAPES = [(2, 32, 4, 2, 16), (1, 50, 8, 2, 32), (1, 70, 4, 4, 64)]
+WINDOW_SHAPES = [(2, 32, 6, 2, 16, 6), (1, 50, 4, 2, 32, 7)]  # B, S, nq, nkv, d, window
 
 
 def _impls(backend: str) -> list[str]:
@@ -78,6 +80,7 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
     kernels (interpreted without CUDA)."""
     from transformers import LlamaConfig
     from transformers.activations import ACT2FN
+    from transformers.masking_utils import sliding_window_causal_mask_function
     from transformers.models.llama.modeling_llama import (
         LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb, eager_attention_forward,
     )
@@ -173,6 +176,18 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
             for impl in impls:
                 record("attention", impl, "eager_attention_forward (fp32)", dname, f"B{B} S{S} q{nq} kv{nkv} d{d}",
                        lambda: K.attention(q, k, v, True, impl), ref)
+        for B, S, nq, nkv, d, w in WINDOW_SHAPES:
+            q, k, v = randn(B, S, nq, d, dtype=dt), randn(B, S, nkv, d, dtype=dt), randn(B, S, nkv, d, dtype=dt)
+            pos = torch.arange(S, device=dev)
+            sees = sliding_window_causal_mask_function(w)(0, 0, pos[:, None], pos[None, :])
+            mask = torch.zeros(S, S, device=dev).masked_fill(~sees, float("-inf"))[None, None]
+            mod = SimpleNamespace(num_key_value_groups=nq // nkv, training=False)
+            ref, _ = eager_attention_forward(mod, q.transpose(1, 2).float(), k.transpose(1, 2).float(),
+                                             v.transpose(1, 2).float(), mask, d**-0.5)
+            ref = ref.to(dt)
+            for impl in impls:
+                record("attention window", impl, "eager + sliding_window mask (fp32)", dname,
+                       f"B{B} S{S} q{nq} kv{nkv} d{d} w{w}", lambda: K.attention(q, k, v, True, impl, window=w), ref)
     return rows
 
 

@@ -124,13 +124,38 @@ def swiglu_ref(gu: torch.Tensor) -> torch.Tensor:
     return F.silu(g) * u
 
 
-def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
+def attention_mask(S: int, causal: bool = True, window: int | None = None, device=None) -> torch.Tensor | None:
+    """[S, S] boolean mask, True where query i sees key j: j <= i (causal) and i - window < j
+    (window: the number of keys a query sees, itself included; flash-attn window_size=(w-1, 0),
+    transformers' sliding_window). None when nothing is masked."""
+    if window is None and not causal:
+        return None
+    i = torch.arange(S, device=device)[:, None]
+    j = torch.arange(S, device=device)[None, :]
+    m = torch.ones(S, S, dtype=torch.bool, device=device)
+    if causal:
+        m &= j <= i
+    if window is not None:
+        if window < 1 or not causal:
+            raise ValueError(f"a window (got {window}) must be >= 1 key and needs causal attention")
+        m &= j > i - window
+    return m
+
+
+def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                  window: int | None = None) -> torch.Tensor:
     """Causal GQA attention through SDPA in fp32, rounded once to the input dtype.
 
     q [B,S,nq,d], k/v [B,S,nkv,d] -> [B,S,nq,d]; q head h uses kv head h // (nq/nkv).
+    window w: query i sees keys i-w < j <= i (w keys including itself); None: all earlier keys.
     """
     qt, kt, vt = (t.transpose(1, 2).to(torch.float32) for t in (q, k, v))
-    o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=kt.shape[1] != qt.shape[1])
+    gqa = kt.shape[1] != qt.shape[1]
+    if window is None:
+        o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=gqa)
+    else:
+        mask = attention_mask(q.shape[1], causal, window, q.device)
+        o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=gqa)
     return o.transpose(1, 2).to(q.dtype).contiguous()
 
 
@@ -156,7 +181,7 @@ def swiglu(gu, backend="torch"):
     return swiglu_ref(gu)
 
 
-def attention(q, k, v, causal=True, backend="torch"):
+def attention(q, k, v, causal=True, backend="torch", window=None):
     if backend == "triton":
-        return triton_ops()["attention"].attention(q, k, v, causal=causal)
-    return attention_ref(q, k, v, causal)
+        return triton_ops()["attention"].attention(q, k, v, causal=causal, window=window)
+    return attention_ref(q, k, v, causal, window)

@@ -6,6 +6,11 @@ the rotated qk buffer and the fused qkv output); q head h attends with kv head h
 (IEEE fp32 dots on a GPU, not tf32); the output is rounded once to the input dtype.
 Output: [B, S, nq, d] contiguous.
 
+Sliding window (`window` w, causal only): query i sees keys i-w < j <= i, w keys including
+itself (flash-attn window_size=(w-1, 0), transformers' sliding_window). Key blocks wholly left
+of the window are skipped; a block in which a query row sees no key yet contributes nothing
+(the running max stays -inf and is replaced by 0 in the exponentials, so no NaN arises).
+
 Reductions are written tl.reduce(x, axis, tl.standard._sum_combine / _elementwise_max) (what
 tl.sum / tl.max expand to) and tl.full replaces tl.zeros: those tl functions are themselves
 @triton.jit functions, decorated when triton is first imported, so if anything (transformers
@@ -26,9 +31,10 @@ from nanokern.triton.rounding import bf16_bits
 
 @triton.jit
 def _attn_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, S, NQ, N_REP, scale,
+    q_ptr, k_ptr, v_ptr, o_ptr, S, NQ, N_REP, scale, WINDOW,
     sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, BF16: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -47,7 +53,11 @@ def _attn_kernel(
         hi = tl.minimum((pid_m + 1) * BLOCK_M, S)
     else:
         hi = S
-    for start_n in range(0, hi, BLOCK_N):
+    if HAS_WINDOW:
+        lo = tl.maximum(pid_m * BLOCK_M - WINDOW + 1, 0) // BLOCK_N * BLOCK_N
+    else:
+        lo = 0
+    for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         ncol = offs_n < S
         kt = tl.load(k_ptr + b * skb + offs_n[None, :] * sks + kvh * skh + offs_d[:, None], mask=ncol[None, :], other=0.0)
@@ -55,14 +65,20 @@ def _attn_kernel(
         valid = ncol[None, :]
         if CAUSAL:
             valid = valid & (offs_m[:, None] >= offs_n[None, :])
+        if HAS_WINDOW:
+            valid = valid & (offs_n[None, :] > offs_m[:, None] - WINDOW)
         qk = tl.where(valid, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.reduce(qk, 1, tl.standard._elementwise_max))  # = tl.max
+        if HAS_WINDOW:  # a row that sees no key yet: exp(-inf - 0) = 0 instead of exp(-inf + inf) = NaN
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp(qk - m_new[:, None])
         alpha = tl.exp(m_i - m_new)
         l_i = l_i * alpha + tl.reduce(p, 1, tl.standard._sum_combine)  # = tl.sum
         v = tl.load(v_ptr + b * svb + offs_n[:, None] * svs + kvh * svh + offs_d[None, :], mask=ncol[:, None], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p, v.to(tl.float32), input_precision="ieee")
         m_i = m_new
+    if HAS_WINDOW:  # padding rows past S may see no key at all: keep them finite (never stored)
+        l_i = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_i[:, None]
     optr = o_ptr + b * sob + offs_m[:, None] * sos + h * soh + offs_d[None, :]
     if BF16:
@@ -72,8 +88,10 @@ def _attn_kernel(
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True, scale: float | None = None,
-              config: str | None = None) -> torch.Tensor:
+              config: str | None = None, window: int | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + causal mask) v with GQA; q [B,S,nq,d], k/v [B,S,nkv,d] -> [B,S,nq,d].
+
+    window: keys a query sees, itself included (causal only); None: every earlier key.
 
     config: "gpu" (bandwidth tiles) or "cpu" (few large tiles for the interpreter), default by device.
     """
@@ -85,6 +103,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
         raise ValueError(f"shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not fit")
     if nq % nkv:
         raise ValueError(f"{nq} q heads are not a multiple of {nkv} kv heads")
+    if window is not None and (not causal or int(window) < 1):
+        raise ValueError(f"a window (got {window}) must be >= 1 key and needs causal attention")
     if d & (d - 1):
         raise ValueError(f"triton attention needs a power-of-two head_dim, got {d}")
     for t in (q, k, v):
@@ -101,9 +121,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     grid = (triton.cdiv(S, block), B * nq)
     _attn_kernel[grid](
-        q, k, v, out.view(torch.int16) if bf16 else out, S, nq, nq // nkv, float(scale),
+        q, k, v, out.view(torch.int16) if bf16 else out, S, nq, nq // nkv, float(scale), int(window or 0),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        D=d, BLOCK_M=block, BLOCK_N=block, CAUSAL=causal, BF16=bf16, **kw,
+        D=d, BLOCK_M=block, BLOCK_N=block, CAUSAL=causal, BF16=bf16, HAS_WINDOW=window is not None, **kw,
     )
     return out
