@@ -241,7 +241,7 @@ def test_check_kernels_passes_and_can_fail(monkeypatch):
     rows = check_kernels("auto", dtypes=("fp32", "bf16"))
     assert rows and all(r.passed for r in rows), format_checks(rows)
     kinds = {(r.kernel, r.impl, r.dtype) for r in rows}
-    for kernel in ("rms_norm", "rope half-split", "rope interleaved", "swiglu", "attention"):
+    for kernel in ("rms_norm", "rope half-split", "rope interleaved", "swiglu", "attention", "attention window"):
         for impl in ("torch", "triton"):
             assert (kernel, impl, "bf16") in kinds and (kernel, impl, "fp32") in kinds
     # a broken reference (up and gate swapped) is reported
@@ -289,3 +289,74 @@ def test_bench_script_skips_on_cpu_and_smoke_runs(capsys):
     assert bench.main(["--smoke"]) == 0  # tiny shapes through the timed code paths, results checked
     out = capsys.readouterr().out
     assert "rms_norm" in out and "swiglu" in out and "rope" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# sliding-window attention (Qwen2 sliding_window_size: w keys including the query's own)
+
+
+def _explicit_window_attention(q, k, v, w):
+    """Windowed causal GQA written out: query i sees keys j with i - w < j <= i."""
+    B, S, nq, d = q.shape
+    rep = nq // k.shape[2]
+    kk = k.float().repeat_interleave(rep, dim=2)
+    vv = v.float().repeat_interleave(rep, dim=2)
+    s = torch.einsum("bqhd,bkhd->bhqk", q.float(), kk) / d**0.5
+    i, j = torch.arange(S)[:, None], torch.arange(S)[None, :]
+    s = s.masked_fill(~((j <= i) & (j > i - w)), float("-inf"))
+    return torch.einsum("bhqk,bkhd->bqhd", s.softmax(-1), vv)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 32, 6, 2, 16), (1, 45, 4, 2, 32)])
+def test_attention_window_triton_matches_torch(dtype, shape):
+    B, S, nq, nkv, d = shape
+    g = _gen(11)
+    q, k, v = (_randn(B, S, n, d, dtype=dtype, g=g) for n in (nq, nkv, nkv))
+    tol = 2e-6 if dtype == torch.float32 else 2.0**-7
+    for w in (1, 5, 6, 7, 17):
+        ref = K.attention(q, k, v, True, "torch", window=w)
+        got = K.attention(q, k, v, True, "triton", window=w)
+        assert got.dtype == dtype and got.shape == (B, S, nq, d)
+        assert float((got.float() - ref.float()).abs().max()) <= tol, w
+        assert float((ref.float() - _explicit_window_attention(q, k, v, w)).abs().max()) <= tol, w
+        assert not torch.isnan(got).any()
+    # the window is real: w and w+1 differ, and a window of S keys is plain causal attention
+    a = K.attention(q, k, v, True, "triton", window=6)
+    b = K.attention(q, k, v, True, "triton", window=7)
+    assert float((a.float() - b.float()).abs().max()) > 0.05
+    assert float((a[:, :6].float() - b[:, :6].float()).abs().max()) == 0.0  # the first 6 queries see < 6 keys
+    full = K.attention(q, k, v, True, "triton")
+    assert float((K.attention(q, k, v, True, "triton", window=S).float() - full.float()).abs().max()) <= tol
+
+
+def test_attention_window_one_key_is_its_own_value():
+    q, k, v = (_randn(1, 20, n, 16, g=_gen(12)) for n in (4, 2, 2))
+    want = v.repeat_interleave(2, dim=2)
+    for backend in ("torch", "triton"):
+        assert float((K.attention(q, k, v, True, backend, window=1) - want).abs().max()) < 1e-6, backend
+
+
+def test_attention_window_is_transformers_sliding_window():
+    """The boolean mask is transformers' own sliding_window_causal_mask_function (kv_idx >
+    q_idx - sliding_window, causal), and the GPU tiling (64-row blocks, key blocks skipped
+    left of the window) gives the same result in the interpreter."""
+    from transformers.masking_utils import sliding_window_causal_mask_function
+
+    S, w = 100, 6
+    i, j = torch.arange(S)[:, None], torch.arange(S)[None, :]
+    hf = sliding_window_causal_mask_function(w)(0, 0, i, j)
+    assert torch.equal(K.attention_mask(S, True, w), hf)
+    assert int(K.attention_mask(S, True, w).sum(1).max()) == w
+    q, k, v = (_randn(1, S, n, 32, g=_gen(13)) for n in (4, 2, 2))
+    got = K.triton_ops()["attention"].attention(q, k, v, window=w, config="gpu")
+    assert float((got - _explicit_window_attention(q, k, v, w)).abs().max()) < 2e-6
+
+
+def test_attention_window_needs_causal():
+    q = _randn(1, 8, 2, 16)
+    for backend in ("torch", "triton"):
+        with pytest.raises(ValueError):
+            K.attention(q, q, q, False, backend, window=4)
+        with pytest.raises(ValueError):
+            K.attention(q, q, q, True, backend, window=0)
