@@ -27,13 +27,17 @@ def inspect_checkpoint(path, rope_interleaved: str = "auto") -> tuple[str, dict]
         "format": model.origin,
         "dtype": dtype,
         "parameters": model.num_parameters(),
-        "config": {k: v for k, v in s.__dict__.items()},
+        "config": {k: v for k, v in s.__dict__.items() if k != "moe"} | {"moe": s.moe.__dict__ if s.moe else None},
+        "family": model.family.name,
+        "hf_class": model.family.hf_class,
+        "features": s.features(),
         "layout": {k: v for k, v in lay.items() if k != "pp_owner"},
         "warnings": model.warnings,
     }
     lines = [f"{model.origin} checkpoint {model.path}"]
     if model.origin == "nanotron":
-        lines.append(f"  layout: TP={lay['tp']} PP={lay['pp']}, {lay['files']} weight file(s)"
+        cls = {"qwen2": "Qwen2Config", "llama": "LlamaConfig"}[lay["config_class"]]
+        lines.append(f"  layout: {cls}, TP={lay['tp']} PP={lay['pp']}, {lay['files']} weight file(s)"
                      + (" (legacy v0.5 file names)" if lay.get("bad_naming") else ""))
         lines += _pp_stages(lay["pp_owner"], lay["pp"])
         facts["pp_stages"] = {r: [b for b, o in lay["pp_owner"].items() if o == r] for r in range(lay["pp"])}
@@ -41,7 +45,7 @@ def inspect_checkpoint(path, rope_interleaved: str = "auto") -> tuple[str, dict]
     else:
         lines.append(f"  layout: {lay['files']} safetensors file(s){' with index' if lay['sharded'] else ''}")
     lines += [
-        f"  model: LLaMA, {s.num_hidden_layers} layers, hidden {s.hidden_size}, intermediate {s.intermediate_size}, "
+        f"  model: {model.family.hf_class} ({', '.join(s.features()) or 'plain LLaMA: no bias, RoPE everywhere, full attention, dense'}), {s.num_hidden_layers} layers, hidden {s.hidden_size}, intermediate {s.intermediate_size}, "
         f"heads {s.num_attention_heads} (kv {s.num_key_value_heads}, head_dim {s.head_dim}), vocab {s.vocab_size} rows",
         f"  rope_theta {s.rope_theta}, rope_scaling {s.rope_scaling}, rms_norm_eps {s.rms_norm_eps}, "
         f"tied embeddings: {s.tie_word_embeddings}",
@@ -49,12 +53,16 @@ def inspect_checkpoint(path, rope_interleaved: str = "auto") -> tuple[str, dict]
     ]
     if model.origin == "nanotron":
         plan = plan_hf(model)
-        lines.append(f"  convert --to hf: {len(plan.files)} file(s), {plan.num_tensors} tensors, bf16, "
+        lines.append(f"  convert --to hf: {model.family.hf_class}, {len(plan.files)} file(s), {plan.num_tensors} tensors, bf16, "
                      f"{plan.nbytes / 1e9:.3f} GB; qkv_proj -> q/k/v_proj, gate_up_proj -> gate/up_proj"
+                     + (", experts transposed per expert" if s.moe else "")
                      + (", lm_head tied to the embedding" if s.tie_word_embeddings else ""))
+        for w in plan.warnings[len(model.warnings):]:
+            lines.append(f"  note: {w}")
         facts["convert_to_hf"] = {"files": [f.path for f in plan.files], "bytes": plan.nbytes}
     else:
-        lines.append("  convert --to nanotron --tp N --pp M: fuses q/k/v and gate/up, shards by TP, places layers by PP cost")
+        lines.append("  convert --to nanotron --tp N --pp M: fuses q/k/v and gate/up, shards by TP, places layers by PP cost"
+                     + (", merges experts input-major, router kept float32" if s.moe else ""))
     for w in model.warnings:
         lines.append(f"  warning: {w}")
     return "\n".join(lines), facts

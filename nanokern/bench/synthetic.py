@@ -1,4 +1,6 @@
-"""Synthetic Nanotron checkpoints of real LLaMA shapes, written by streaming and cached."""
+"""Synthetic Nanotron checkpoints of real LLaMA shapes, of every family in the architecture
+table (`arch`: llama, qwen2 = q/k/v bias + sliding window, smollm3 = NoPE layers, moe =
+Qwen2-MoE with a shared expert), written by streaming and cached."""
 
 from __future__ import annotations
 
@@ -12,7 +14,15 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from nanokern import arch
+from nanokern.arch import decoder, nanotron_config
+from nanokern.arch.kinds import Kind, Param
+from nanokern.arch.spec import ModelSpec, MoeSpec
 from nanokern.bench.common import GEN_VERSION, ITEMSIZE, ST_DTYPES
+from nanokern.formats import nanotron_layout as L
+
+
+ARCHS = ("llama", "qwen2", "smollm3", "moe")
 
 
 @dataclass(frozen=True)
@@ -23,54 +33,52 @@ class Shape:
     heads: int
     kv_heads: int
     vocab: int
+    arch: str = "llama"
 
     @property
     def head_dim(self) -> int:
         return self.hidden // self.heads
 
-    def layer_params(self) -> int:
-        H, I, d = self.hidden, self.intermediate, self.head_dim
-        return H * (self.heads + 2 * self.kv_heads) * d + H * self.heads * d + 3 * I * H + 2 * H
+    def spec(self) -> ModelSpec:
+        """The model: LLaMA shapes plus the family's features (MoE: 8 experts of a quarter width,
+        top-2, and a shared expert of the same width, on every layer)."""
+        features = {
+            "llama": {},
+            "qwen2": {"attention_bias": True, "sliding_window": 4096},
+            "smollm3": {"no_rope_layer": 4 if self.layers % 4 == 0 else self.layers},
+            "moe": {"moe": MoeSpec(8, 2, self.intermediate // 4, self.intermediate // 4, list(range(self.layers)))},
+        }[self.arch]
+        return ModelSpec(self.hidden, self.intermediate, self.layers, self.heads, self.kv_heads, self.vocab,
+                         rms_norm_eps=1e-5, max_position_embeddings=128, **features)
 
     def params(self) -> int:
-        return self.layers * self.layer_params() + 2 * self.vocab * self.hidden + self.hidden
-
-    def hf_tensors(self) -> dict[str, tuple[int, ...]]:
-        """HF names and shapes in state_dict order (untied: lm_head present)."""
-        H, I, d = self.hidden, self.intermediate, self.head_dim
-        out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (self.vocab, H)}
-        for i in range(self.layers):
-            p = f"model.layers.{i}."
-            out[p + "self_attn.q_proj.weight"] = (self.heads * d, H)
-            out[p + "self_attn.k_proj.weight"] = (self.kv_heads * d, H)
-            out[p + "self_attn.v_proj.weight"] = (self.kv_heads * d, H)
-            out[p + "self_attn.o_proj.weight"] = (H, self.heads * d)
-            out[p + "mlp.gate_proj.weight"] = (I, H)
-            out[p + "mlp.up_proj.weight"] = (I, H)
-            out[p + "mlp.down_proj.weight"] = (H, I)
-            out[p + "input_layernorm.weight"] = (H,)
-            out[p + "post_attention_layernorm.weight"] = (H,)
-        out["model.norm.weight"] = (H,)
-        out["lm_head.weight"] = (self.vocab, H)
-        return out
+        spec = self.spec()
+        return sum(math.prod(_nt_shape(name, p, spec)) for name, p, _i in decoder.nanotron_params(spec))
 
     def largest_tensor(self) -> tuple[str, int]:
         """(name, elements) of the largest tensor of the converted (HF) model."""
-        name, shape = max(self.hf_tensors().items(), key=lambda kv: math.prod(kv[1]))
+        spec = self.spec()
+        family = arch.choose(spec, None, "synthetic")
+        name, shape, *_ = max(family.hf_tensors(spec), key=lambda t: math.prod(t[1]))
         return name, math.prod(shape)
 
 
-def choose_shape(nbytes: int, dtype: str, tp: int) -> Shape:
+def _nt_shape(name: str, p: Param, spec: ModelSpec) -> tuple[int, ...]:
+    return (sum(p.sizes(spec)),) if name.endswith(".bias") else p.nt_shape(spec)
+
+
+def choose_shape(nbytes: int, dtype: str, tp: int, arch_name: str = "llama") -> Shape:
     """LLaMA-3-8B shapes (hidden 4096, intermediate 14336, 32 q / 8 kv heads, vocab 128256);
     the number of layers, then the vocab, scaled to land just under `nbytes`. Below one real
     layer (872 MB in fp32), hidden/intermediate/head_dim shrink by powers of two instead."""
     isz = ITEMSIZE[dtype]
     vmult = 128 * tp  # Nanotron pads the vocab to a multiple of make_vocab_size_divisible_by * TP
     for k in (1, 2, 4, 8, 16, 32):
-        s = Shape(1, 4096 // k, 14336 // k, 32, 8, vmult)
+        s = Shape(1, 4096 // k, 14336 // k, 32, 8, vmult, arch_name)
         if s.params() * isz <= nbytes:
             break
-    layer, row = s.layer_params() * isz, 2 * s.hidden * isz
+    row = 2 * s.hidden * isz
+    layer = s.params() * isz - vmult * row - s.hidden * isz  # one decoder layer
     full_vocab = 128256 if k == 1 else 128256 // k
     full_vocab -= full_vocab % vmult
     if nbytes >= layer + full_vocab * row:
@@ -80,22 +88,7 @@ def choose_shape(nbytes: int, dtype: str, tp: int) -> Shape:
         layers = max(1, (nbytes - vmult * row) // layer)
         vocab = (nbytes - layers * layer - s.hidden * isz) // row
     vocab = max(vmult, vocab - vocab % vmult)
-    return Shape(int(layers), s.hidden, s.intermediate, s.heads, s.kv_heads, int(vocab))
-
-
-def pp_owner(shape: Shape, pp: int) -> list[int]:
-    """PP rank of each block [embedding, decoder 0..L-1, final norm, lm_head] (Nanotron's
-    cost-based split in build_model)."""
-    H, I, d = shape.hidden, shape.intermediate, shape.head_dim
-    costs = [0] + [4 * shape.heads * d * H + 3 * I * H] * shape.layers + [0, shape.vocab * H, 0, 0]
-    total = sum(costs)
-    owner, k, cum = [], 0, 0
-    for c in costs:
-        owner.append(k)
-        cum += c
-        if k < pp - 1 and cum > total * ((k + 1) / pp):
-            k += 1
-    return owner
+    return Shape(int(layers), s.hidden, s.intermediate, s.heads, s.kv_heads, int(vocab), arch_name)
 
 
 def _fmt(s) -> str:
@@ -108,28 +101,25 @@ class ShardFile:
     shape: tuple[int, ...]
     metadata: dict[str, str]
     norm: bool = False
+    fp32: bool = False  # stored float32 whatever the checkpoint dtype (the MoE router)
 
 
 def shard_files(shape: Shape, tp: int, pp: int) -> list[ShardFile]:
-    """Every weight file of the checkpoint, with its stored shape and exact metadata."""
-    H, I, d, nq, nkv, V = shape.hidden, shape.intermediate, shape.head_dim, shape.heads, shape.kv_heads, shape.vocab
-    owner = pp_owner(shape, pp)
+    """Every weight file of the checkpoint, with its stored shape and exact metadata, from the
+    architecture table's parameter kinds."""
+    spec = shape.spec()
+    owner = L.pp_stage_blocks(spec, shape.vocab, pp)
     files: list[ShardFile] = []
 
-    def path(param: str, p: int | None = None, t: int | None = None) -> str:
-        parts = param.split(".")
-        suffix = "" if p is None else f"_pp-rank-{p}-of-{pp}_tp-rank-{t}-of-{tp}"
-        return "/".join(["model", *parts[:-1], f"model_{parts[-1]}{suffix}.safetensors"])
-
-    def sharded(param: str, full: tuple[int, int], p: int, chunks: list[int] | None = None, dim: int = 0):
-        sizes = chunks or [full[dim]]
+    def sharded(param: str, full: tuple[int, ...], chunks: list[int], dim: int):
+        p = owner[L.block_of(param)]
         for t in range(tp):
             pairs, loc0, g0 = [], 0, 0
-            for c in sizes:
+            for c in chunks:
                 n = c // tp
-                lsl, gsl = [None, None], [None, None]
+                lsl, gsl = [None] * len(full), [None] * len(full)
                 gsl[dim] = (g0 + t * n, g0 + (t + 1) * n)
-                if chunks:
+                if len(chunks) > 1:
                     lsl[dim] = (loc0, loc0 + n)
                 pairs.append("|".join(_fmt(s) for s in lsl) + "#" + "|".join(_fmt(s) for s in gsl))
                 loc0 += n
@@ -137,22 +127,16 @@ def shard_files(shape: Shape, tp: int, pp: int) -> list[ShardFile]:
             local = list(full)
             local[dim] //= tp
             md = {"version": "1.5", "local_global_slices_pairs": ";".join(pairs), "unsharded_shape": str(tuple(full))}
-            files.append(ShardFile(path(param, p, t), tuple(local), md))
+            files.append(ShardFile(L.param_path(param, p, pp, t, tp), tuple(local), md))
 
-    def plain(param: str):
-        files.append(ShardFile(path(param), (H,), {}, norm=True))
-
-    sharded("model.token_position_embeddings.pp_block.token_embedding.weight", (V, H), owner[0])
-    for i in range(shape.layers):
-        nt, p = f"model.decoder.{i}.pp_block.", owner[1 + i]
-        sharded(nt + "attn.qkv_proj.weight", ((nq + 2 * nkv) * d, H), p, chunks=[nq * d, nkv * d, nkv * d])
-        sharded(nt + "attn.o_proj.weight", (H, nq * d), p, dim=1)
-        sharded(nt + "mlp.gate_up_proj.weight", (2 * I, H), p, chunks=[I, I])
-        sharded(nt + "mlp.down_proj.weight", (H, I), p, dim=1)
-        plain(nt + "input_layernorm.weight")
-        plain(nt + "post_attention_layernorm.weight")
-    plain("model.final_layer_norm.pp_block.weight")
-    sharded("model.lm_head.pp_block.weight", (V, H), owner[shape.layers + 2])
+    for name, param, _i in decoder.nanotron_params(spec):
+        full = _nt_shape(name, param, spec)
+        dim = param.split_dim()
+        if dim is None:  # replicated and expert tensors: one file, no rank suffix, empty metadata
+            files.append(ShardFile(L.param_path(name), full, {}, norm=param.kind is Kind.REPLICATED and len(full) == 1,
+                                   fp32=param.fp32))
+        else:
+            sharded(name, full, param.sizes(spec) if param.kind is Kind.COLUMN else [full[dim]], dim)
     return files
 
 
@@ -170,6 +154,8 @@ def write_shard(path: Path, sf: ShardFile, dtype: str, seed: int, chunk_bytes: i
     import torch
 
     tdt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    if sf.fp32:
+        dtype, tdt = "fp32", torch.float32
     numel = math.prod(sf.shape)
     nbytes = numel * ITEMSIZE[dtype]
     g = torch.Generator().manual_seed(seed)
@@ -189,13 +175,9 @@ def write_shard(path: Path, sf: ShardFile, dtype: str, seed: int, chunk_bytes: i
 
 
 def model_config(shape: Shape) -> dict:
-    """model_config.json as Nanotron's trainer writes it (LlamaConfig field order)."""
-    return {"bos_token_id": 1, "eos_token_id": 2, "hidden_act": "silu", "hidden_size": shape.hidden,
-            "initializer_range": 0.02, "intermediate_size": shape.intermediate, "is_llama_config": True,
-            "max_position_embeddings": 128, "num_attention_heads": shape.heads,
-            "num_hidden_layers": shape.layers, "num_key_value_heads": shape.kv_heads, "pad_token_id": None,
-            "pretraining_tp": 1, "rms_norm_eps": 1e-5, "rope_scaling": None, "rope_theta": 10000.0,
-            "tie_word_embeddings": False, "use_cache": True, "vocab_size": shape.vocab, "rope_interleaved": False}
+    """model_config.json as Nanotron's trainer writes it (LlamaConfig for llama, else Qwen2Config)."""
+    spec = shape.spec()
+    return nanotron_config.model_config(spec, "llama" if shape.arch == "llama" else "qwen2", shape.vocab, False, {}, [], "synthetic")
 
 
 def write_checkpoint(root: Path, shape: Shape, tp: int, pp: int, dtype: str, seed: int = 0) -> Path:
@@ -208,10 +190,12 @@ def write_checkpoint(root: Path, shape: Shape, tp: int, pp: int, dtype: str, see
     return root
 
 
-def cached_checkpoint(cache_dir: Path, nbytes: int, tp: int, pp: int, dtype: str, echo=None) -> tuple[Path, Shape]:
-    """The synthetic checkpoint for (size, dtype, TP, PP), generated once into the cache."""
-    shape = choose_shape(nbytes, dtype, tp)
-    root = cache_dir / f"nt-{nbytes}B-{dtype}-tp{tp}-pp{pp}-g{GEN_VERSION}"
+def cached_checkpoint(cache_dir: Path, nbytes: int, tp: int, pp: int, dtype: str, echo=None,
+                      arch_name: str = "llama") -> tuple[Path, Shape]:
+    """The synthetic checkpoint for (family, size, dtype, TP, PP), generated once into the cache."""
+    shape = choose_shape(nbytes, dtype, tp, arch_name)
+    tag = "" if arch_name == "llama" else f"{arch_name}-"
+    root = cache_dir / f"nt-{tag}{nbytes}B-{dtype}-tp{tp}-pp{pp}-g{GEN_VERSION}"
     if (root / "latest.txt").is_file():
         return root, shape
     cache_dir.mkdir(parents=True, exist_ok=True)
