@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from nanokern.errors import NanokernError
-from nanokern.parity import NativeLlama, run_parity
+from nanokern.parity import NativeModel, run_parity
 from nt_reference import interleave_rows, random_hf, write_nanotron
 
 CFG = {"num_hidden_layers": 2, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
@@ -109,14 +109,14 @@ def test_shards_are_read_by_their_slice_metadata(synth, tmp_path):
     b.rename(a)
     (o / "tmp").rename(b)
     with pytest.raises(NanokernError, match=r"o_proj TP rank 0 holds columns \[32:64\]"):
-        NativeLlama(root, "fp32", "torch")
+        NativeModel(root, "fp32", "torch")
 
 
 def test_native_forward_matches_a_tp1_checkpoint_of_the_same_weights(synth, tmp_path):
     """TP=2 (per-rank parts, emulated all-reduce) and TP=1 give the same logits in fp32."""
     ck1 = write_nanotron(tmp_path / "tp1", synth["w"], CFG, tp=1, pp=1, interleaved=True)
     ids = torch.randint(0, CFG["vocab_size"], (1, 24), generator=torch.Generator().manual_seed(0))
-    a = NativeLlama(synth["ck"], "fp32", "torch")(ids).logits
-    b = NativeLlama(ck1, "fp32", "torch")(ids).logits
+    a = NativeModel(synth["ck"], "fp32", "torch")(ids).logits
+    b = NativeModel(ck1, "fp32", "torch")(ids).logits
     assert float((a - b).abs().max()) < 1e-4
-    assert len(NativeLlama(synth["ck"], "fp32", "torch").layers[0].attn) == 2
+    assert len(NativeModel(synth["ck"], "fp32", "torch").layers[0].attn) == 2

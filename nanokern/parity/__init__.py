@@ -7,10 +7,10 @@ Importing this package imports neither transformers nor the Triton kernels.
 
 from nanokern.parity.check import LogitsReport, make_tokens, reproduce_logits, run_parity
 from nanokern.parity.kernel_check import KernelCheck, check_kernels
-from nanokern.parity.native import NativeLlama
+from nanokern.parity.native import NativeModel
 from nanokern.parity.report import ParityReport, Row
 
 __all__ = [
-    "run_parity", "reproduce_logits", "check_kernels", "make_tokens", "NativeLlama", "ParityReport", "Row",
+    "run_parity", "reproduce_logits", "check_kernels", "make_tokens", "NativeModel", "ParityReport", "Row",
     "LogitsReport", "KernelCheck",
 ]

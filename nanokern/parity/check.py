@@ -25,7 +25,7 @@ import torch
 from nanokern.errors import NanokernError
 from nanokern.formats.nanotron import NanotronCheckpoint, read_checkpoint
 from nanokern.parity import metrics as M
-from nanokern.parity.native import NativeLlama, torch_dtype
+from nanokern.parity.native import NativeModel, torch_dtype
 from nanokern.parity.report import ParityReport, Row, display_name
 
 FP32_LOGITS_ATOL = 1e-4
@@ -46,13 +46,38 @@ def _dtype_name(dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16"}[t]
 
 
+def _moe_layers(cfg: dict) -> list[int]:
+    """Qwen2Moe's sparse layers: every decoder_sparse_step-th layer not in mlp_only_layers."""
+    step = cfg.get("decoder_sparse_step") or 1
+    only = set(cfg.get("mlp_only_layers") or [])
+    return [i for i in range(cfg.get("num_hidden_layers", 0)) if i not in only and (i + 1) % step == 0]
+
+
 def _check_shapes(ck: NanotronCheckpoint, cfg: dict, hf_dir) -> None:
+    """The HF config must describe tensors of the checkpoint's shapes (the family's own keys too:
+    Qwen2Moe's experts); semantics (bias values, RoPE layers, window, routing) are what the
+    forward comparison itself checks."""
     sp = ck.spec
     want = {
         "hidden_size": sp.hidden_size, "intermediate_size": sp.intermediate_size, "num_hidden_layers": sp.num_hidden_layers,
         "num_attention_heads": sp.num_attention_heads, "num_key_value_heads": sp.num_key_value_heads,
     }
+    if cfg.get("head_dim") is not None:
+        want["head_dim"] = sp.head_dim
+    moe_keys = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "shared_expert_intermediate_size")
+    if sp.moe is not None:
+        m = sp.moe
+        want.update({"num_experts": m.num_experts, "num_experts_per_tok": m.top_k,
+                     "moe_intermediate_size": m.moe_intermediate_size})
+        if m.enable_shared_expert:
+            want["shared_expert_intermediate_size"] = m.shared_expert_intermediate_size
     bad = [f"{k} {cfg.get(k)} (checkpoint {v})" for k, v in want.items() if cfg.get(k, v) != v]
+    if sp.moe is not None:
+        bad += [f"{k} missing (checkpoint has MoE layers {sp.moe.layers})" for k in moe_keys[:3] if k not in cfg]
+        if not bad and _moe_layers(cfg) != sorted(sp.moe.layers):
+            bad.append(f"MoE layers {_moe_layers(cfg)} (checkpoint {sorted(sp.moe.layers)})")
+    elif cfg.get("num_experts"):
+        bad.append(f"num_experts {cfg['num_experts']} (checkpoint has no MoE layers)")
     if bad:
         raise NanokernError("HF model does not match the checkpoint: " + ", ".join(bad), Path(hf_dir) / "config.json")
     if cfg.get("vocab_size", sp.vocab_size) > sp.vocab_size:
@@ -72,7 +97,7 @@ def run_parity(
     attn_implementation: str = "eager",
     numerics: str = "hf",
 ) -> ParityReport:
-    """Native Nanotron-layout forward vs transformers' LlamaForCausalLM on the same tokens.
+    """Native Nanotron-layout forward vs the HF folder's transformers model (any family) on the same tokens.
 
     ckpt: a Nanotron checkpoint (path or NanotronCheckpoint). hf_dir: the HF folder to compare
     with; None converts the checkpoint into a temporary folder first (nanokern.convert, dtype
@@ -101,7 +126,7 @@ def run_parity(
     cfg = read_hf_config(hf_dir)
     _check_shapes(ck, cfg, hf_dir)
     low = torch_dtype(dtype) != torch.float32
-    native = NativeLlama(ck, dtype, backend, device, numerics)
+    native = NativeModel(ck, dtype, backend, device, numerics)
     timings["load_native_s"] = time.perf_counter() - t0
 
     vocab = min(ck.spec.vocab_size, int(cfg.get("vocab_size", ck.spec.vocab_size)))
@@ -216,15 +241,17 @@ class LogitsReport:
                 f"(>= {100 * self.min_argmax:g}%) -> {'PASS' if self.passed else 'FAIL'}")
 
 
-def reproduce_logits(ckpt, logits_file, backend: str = "auto", dtype: str | None = None, numerics: str = "fused",
+def reproduce_logits(ckpt, logits_file, backend: str = "auto", dtype: str | None = None, numerics: str = "nanotron",
                      device: str | None = None) -> LogitsReport:
     """The native forward on the stored input_ids against Nanotron's own logits.
 
     dtype None = the checkpoint's own dtype (Nanotron computes in its parameter dtype). Nanotron's
-    bf16 forward is reproduced by numerics "fused": bf16 matmuls, RMSNorm and RoPE computed in
-    fp32 and rounded once (its fused kernels), attention in fp32 rounded once, the TP all-reduce
-    summed in bf16 in rank order: on the bf16 fixtures this is bit-exact on CPU. Limits: fp32
-    max|diff| <= 1e-4 and argmax 100%; bf16 max|diff| <= 0.03 and argmax >= 95%.
+    bf16 forward is reproduced by numerics "nanotron": bf16 matmuls, its fused RMSNorms and RoPE
+    computed in fp32 and rounded once (Qwen2Config: input_layernorm is the plain RMSNorm, HF's
+    roundings), attention in fp32 rounded once, the TP all-reduce summed in bf16 in rank order:
+    on the bf16 fixtures this is bit-exact on CPU with oneDNN's AVX2 bf16 GEMMs (other CPU GEMM
+    paths round differently: up to ~2e-2 apart). Limits: fp32 max|diff| <= 1e-4 and argmax 100%;
+    bf16 max|diff| <= 0.03 and argmax >= 95%.
     """
     from safetensors.torch import load_file
 
@@ -239,7 +266,7 @@ def reproduce_logits(ckpt, logits_file, backend: str = "auto", dtype: str | None
     if dtype is None:
         dt = next(iter(ck.params.values())).dtype
         dtype = "bf16" if dt in (torch.bfloat16, torch.float16) else "fp32"
-    native = NativeLlama(ck, dtype, backend, device, numerics)
+    native = NativeModel(ck, dtype, backend, device, numerics)
     got = native(ids).logits.float().cpu()
     V = min(got.shape[-1], want.shape[-1])
     got, want = got[..., :V], want[..., :V].float()

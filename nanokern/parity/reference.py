@@ -1,5 +1,7 @@
-"""The reference side: transformers' LlamaForCausalLM loaded from a HF folder, with forward
-hooks on every decoder layer and on the final norm."""
+"""The reference side: the HF folder's transformers model (AutoModelForCausalLM: LlamaForCausalLM,
+Qwen2ForCausalLM, SmolLM3ForCausalLM or Qwen2MoeForCausalLM, whatever config.json names), with
+forward hooks on every decoder layer (model.model.layers[i]) and on the final norm
+(model.model.norm), which all four classes have."""
 
 from __future__ import annotations
 
@@ -62,11 +64,11 @@ def tokenizer_vocab_size(hf_dir: str | os.PathLike) -> int | None:
 
 
 def load_hf(hf_dir: str | os.PathLike, dtype: torch.dtype, device: torch.device, attn_implementation: str = "eager"):
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     with _quiet_transformers():
         try:
-            model = LlamaForCausalLM.from_pretrained(os.fspath(hf_dir), dtype=dtype, attn_implementation=attn_implementation)
+            model = AutoModelForCausalLM.from_pretrained(os.fspath(hf_dir), dtype=dtype, attn_implementation=attn_implementation)
         except (OSError, ValueError) as e:
             raise NanokernError(f"transformers cannot load it: {str(e).splitlines()[0]}", hf_dir) from None
     return model.to(device).eval()
