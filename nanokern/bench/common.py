@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-GEN_VERSION = 1  # bump when the generated checkpoint changes: invalidates the cache
+GEN_VERSION = 2  # bump when the generated checkpoint changes: invalidates the cache
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CSV_COLUMNS = [
     "timestamp", "machine", "device", "commit", "size", "tp", "pp", "dtype", "out_dtype", "workers",
