@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nanokern.arch import decoder as D
+from nanokern.arch import llama
 from nanokern.arch.family import Family
 from nanokern.arch.hf_config import read_common, refuse_keys, sliding_from_hf, write_common
 from nanokern.arch.spec import ModelSpec
 from nanokern.errors import NanokernError
 
-PARAMS = (D.EMBED, D.qkv(), D.O_PROJ, *D.dense_mlp(), D.INPUT_NORM, D.POST_NORM, D.FINAL_NORM, D.LM_HEAD)
+PARAMS = llama.PARAMS  # the same tensors as LLaMA: NoPE and the window change only the config
 
 
 def refuses(spec: ModelSpec) -> str | None:
