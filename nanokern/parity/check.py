@@ -153,6 +153,7 @@ def run_parity(
     dev = native.device
     ref_model = load_hf(hf_dir, torch.float32, dev, attn_implementation)
     ref = hf_forward(ref_model, tokens)
+    hf_class = type(ref_model).__name__
     del ref_model
     floor = None
     if low:
@@ -208,7 +209,7 @@ def run_parity(
         ckpt=os.fspath(ck.step_dir), hf_dir=os.fspath(hf_dir), dtype=_dtype_name(dtype), backend=native.backend,
         device=str(dev), numerics=numerics, attn_implementation=attn_implementation, tokens_shape=list(tokens.shape),
         seed=seed, vocab_compared=vocab, rows=rows, rule=rule, tp=ck.tp, pp=ck.pp, rope_interleaved=ck.rope_interleaved,
-        notes=notes, timings={k: round(v, 3) for k, v in timings.items()},
+        notes=notes, timings={k: round(v, 3) for k, v in timings.items()}, hf_class=hf_class,
     )
     if low:
         rep.direct = M.compare(floor.logits[..., :vocab], test_logits)

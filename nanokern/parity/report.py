@@ -46,6 +46,7 @@ class ParityReport:
     notes: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     direct: dict | None = None  # low precision: test vs HF run in the same dtype (information only)
+    hf_class: str = ""  # the transformers class of the reference (e.g. Qwen2MoeForCausalLM)
 
     @property
     def passed(self) -> bool:
@@ -75,7 +76,7 @@ class ParityReport:
         low = self.dtype != "fp32"
         lines = [
             f"parity  {self.ckpt}  (TP={self.tp} PP={self.pp}, rope {'interleaved' if self.rope_interleaved else 'half-split'})",
-            f"  vs transformers {self.hf_dir or '(temporary export)'}  [{self.attn_implementation}]",
+            f"  vs transformers {self.hf_class or 'model'} {self.hf_dir or '(temporary export)'}  [{self.attn_implementation}]",
             f"  dtype {self.dtype}  backend {self.backend}  device {self.device}  numerics {self.numerics}  "
             f"tokens {'x'.join(map(str, self.tokens_shape))} (seed {self.seed})  vocab compared {self.vocab_compared}",
             f"  rule: {self.rule}",
