@@ -1,6 +1,7 @@
-"""Forward-pass parity: a LLaMA forward over Nanotron's sharded tensors as stored, compared
-layer by layer with transformers (run_parity), with Nanotron's own logits (reproduce_logits),
-and the fused kernels against transformers' functions (check_kernels).
+"""Forward-pass parity: a forward over Nanotron's sharded tensors as stored (every family:
+LLaMA, Qwen2, SmolLM3, Qwen2-MoE), compared layer by layer with transformers (run_parity),
+with Nanotron's own logits (reproduce_logits), and the fused kernels against transformers'
+functions (check_kernels).
 
 Importing this package imports neither transformers nor the Triton kernels.
 """

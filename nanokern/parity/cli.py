@@ -13,8 +13,9 @@ from nanokern.errors import NanokernError
 @click.argument("ckpt", required=False, type=click.Path())
 @click.option("--hf", "hf_dir", type=click.Path(), default=None,
               help="HF folder to compare with (default: convert CKPT into a temporary folder first).")
-@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="fp32: logits max|diff| <= 1e-4, top-1 100%. bf16: within 2x transformers' own bf16 error.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "float32", "bfloat16"]), default="fp32", show_default=True,
+              help="fp32 (float32): logits max|diff| <= 1e-4, top-1 100%. bf16 (bfloat16): within 2x transformers' "
+                   "own bf16 error.")
 @click.option("--backend", type=click.Choice(["torch", "triton", "auto"]), default="auto", show_default=True,
               help="Fused ops: torch references or Triton kernels (auto: triton on CUDA, torch on CPU).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report as JSON.")
@@ -30,9 +31,11 @@ from nanokern.errors import NanokernError
 @click.option("--kernels", is_flag=True, help="Check each fused kernel against transformers' own functions (CKPT optional).")
 def parity(ckpt, hf_dir, dtype, backend, json_path, plot_path, seq_len, batch, seed, logits_file, attn_implementation,
            device, kernels):
-    """Forward-pass parity: a LLaMA forward over the Nanotron checkpoint's shards as stored
-    (per TP rank, row-parallel partial sums added) against transformers' LlamaForCausalLM,
-    layer by layer. Exit 0 on pass, 1 on fail.
+    """Forward-pass parity for every family (LLaMA, Qwen2 with q/k/v bias or sliding window,
+    SmolLM3 NoPE layers, Qwen2-MoE): a forward over the Nanotron checkpoint's shards as stored
+    (per TP rank, row-parallel partial sums added) against the HF folder's transformers class
+    (LlamaForCausalLM, Qwen2ForCausalLM, SmolLM3ForCausalLM or Qwen2MoeForCausalLM), layer by
+    layer. Exit 0 on pass, 1 on fail.
 
     \b
     nanokern parity CKPT [--hf DIR] [--dtype fp32|bf16] [--backend torch|triton|auto]
