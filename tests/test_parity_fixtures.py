@@ -9,7 +9,10 @@ Dtype modes:
 - bf16 parity runs on the three bf16 checkpoints: native bf16 vs transformers fp32, within 2x
   transformers' own bf16 error.
 - Nanotron's logits: the fp32 checkpoint in fp32 (<= 1e-4); the bf16 checkpoints in bf16 with
-  Nanotron's fused numerics, which reproduces them bit for bit on CPU (checked <= 1e-3).
+  Nanotron's numerics ("nanotron": fused RMSNorm and rotary). That reproduces them bit for bit on
+  CPU with oneDNN's AVX2 bf16 GEMMs (checked in a subprocess pinned to AVX2 by
+  test_parity_families.py::test_bf16_logits_bit_exact_with_avx2_gemms); in this process the CPU's
+  own GEMM path may round differently (AVX512-BF16/AMX: 1.95e-3 apart), checked <= 3e-3.
 - Negative controls run in fp32 on tp1_pp1_fp32: the fixture's std-0.025 weights make attention
   nearly uniform, so a q/k layout error moves bf16 logits by less than bf16 noise (see
   test_parity_synthetic.py for large-weight controls that fail in bf16 too).
@@ -84,8 +87,9 @@ def test_reproduces_nanotron_logits(name, backend):
         assert lr.dtype == "fp32" and lr.max_abs <= 1e-4 and lr.argmax_agree == 1.0
     else:
         # Nanotron's bf16 forward: bf16 matmuls, fp32-inside RMSNorm/rotary rounded once, fp32
-        # attention, bf16 all-reduce in rank order. Bit-exact on CPU; allow a stray rounding.
-        assert lr.dtype == "bf16" and lr.numerics == "fused" and lr.max_abs <= 1e-3 and lr.argmax_agree == 1.0
+        # attention, bf16 all-reduce in rank order. Bit-exact with AVX2 GEMMs (see the docstring);
+        # other CPU GEMM paths: one bf16 rounding flip (2^-9 at |logit| < 1) here and there.
+        assert lr.dtype == "bf16" and lr.numerics == "nanotron" and lr.max_abs <= 3e-3 and lr.argmax_agree == 1.0
 
 
 def test_bf16_logits_need_nanotron_numerics():
