@@ -3,7 +3,9 @@
 Each op has a torch reference (written to match transformers' LLaMA numerics) and a Triton
 kernel in nanokern/triton/. Backends: "torch", "triton", "auto" (triton on CUDA, torch on CPU).
 The Triton modules are imported lazily; without CUDA, TRITON_INTERPRET=1 is set first so their
-kernels run in the Triton interpreter.
+kernels run in the Triton interpreter. Ops: RMSNorm, RoPE (skipped by the forward on NoPE
+layers), SwiGLU, causal GQA attention with an optional sliding window. The MoE routing and
+expert dispatch have no kernel: plain torch in nanokern/parity/moe.py.
 
 Numerics ("hf" or "fused") for RMSNorm and RoPE in low precision:
 - "hf": the roundings transformers does (RMSNorm rounds x*rsqrt(var+eps) to the input dtype
