@@ -77,6 +77,15 @@ def test_parity_bf16(backend, exports):
     assert lg.metrics["max_abs"] <= 2 * lg.floor["max_abs"] + 1e-6 * lg.metrics["scale"]
 
 
+@pytest.mark.parametrize("name", ["qwen2_bias_tp1_pp2", "smollm3_nope_tp1_pp1_tied", "qwen2_swa_tp2_pp1", "qwen2_moe_tp1_pp2"])
+def test_parity_bf16_forward_of_fp32_checkpoints(name, exports):
+    """The fp32 feature checkpoints computed in bf16 (bias added in bf16, float32 router kept):
+    within the self-calibrated bf16 rule against transformers in fp32."""
+    rep = run_parity(fixture("nanotron", name), exports(name), dtype="bf16", backend="torch")
+    assert rep.passed, rep.table()
+    assert rep.logits.floor["max_abs"] > 1e-3
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", NAMES)
 def test_reproduces_nanotron_logits(name, backend):
