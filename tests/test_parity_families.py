@@ -266,3 +266,33 @@ def test_cli_every_family_and_torch_dtype_names(exports, tmp_path):
     assert res.exit_code == 0 and "bf16" in res.output, res.output
     res = CliRunner().invoke(parity_cmd, ["--help"])
     assert "every family" in res.output and "Qwen2MoeForCausalLM" in res.output
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers' own random models of every family (tests/hf_families.py), imported at TP=2 with
+# interleaved RoPE (q/k weight AND bias rows permuted per head): the native forward over those
+# shards against the original HF folder, no export in between
+
+
+FAMILY_FAULT = {"llama": None, "qwen2_bias": "no_bias", "qwen2_swa": "window-1", "smollm3_nope": "nope_shift",
+                "qwen2_moe": "no_shared_gate"}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_FAULT))
+def test_hf_family_imported_interleaved_tp2(family, tmp_path, monkeypatch):
+    from hf_families import build
+    from nanokern.convert import convert
+
+    hf = build(family, tmp_path / "hf", seed=3)
+    convert(hf, tmp_path / "nt", to="nanotron", tp=2, pp=1, rope_interleaved="true", force=True, progress=False)
+    ck = read_checkpoint(tmp_path / "nt")
+    rep = run_parity(ck, hf, dtype="fp32", backend="torch", seq_len=24)
+    assert rep.passed, rep.table()
+    assert rep.tp == 2 and rep.rope_interleaved and len(rep.rows) == 6 + 2
+    assert rep.logits.metrics["top1_counted"] >= 24
+    assert ck.spec.attention_bias == family.startswith("qwen2")  # HF Qwen2 attention always has q/k/v bias
+    fault = FAMILY_FAULT[family]
+    if fault:  # the same shards with the family's semantic broken: the check fails
+        monkeypatch.setattr(check, "NativeModel", functools.partial(NativeModel, fault=fault))
+        bad = run_parity(ck, hf, dtype="fp32", backend="torch", seq_len=24)
+        assert not bad.passed and bad.logits.metrics["max_abs"] > 0.1, bad.table()
