@@ -316,6 +316,9 @@ def read_checkpoint(path: str | os.PathLike) -> NanotronCheckpoint:
 
     if "rope_interleaved" in cfg and cfg["rope_interleaved"] is not None:
         interleaved = bool(cfg["rope_interleaved"])
+    elif cls == "qwen2":  # Qwen2Config came after the flag; its default is False
+        interleaved = False
+        warnings.append("model_config.json has no rope_interleaved: Qwen2Config's default, half-split (HF) RoPE")
     else:
         interleaved = True
         warnings.append("model_config.json has no rope_interleaved: older Nanotron, treated as interleaved (GPT-J) RoPE")

@@ -1,0 +1,72 @@
+"""Feature combinations no fixture holds: a MoE checkpoint without a shared expert (HF's
+Qwen2Moe always has one: zeros on export, dropped again on import), and NoPE layers together with
+a sliding window (SmolLM3 with explicit layer_types: the window on the RoPE layers only, as
+Nanotron does). Each is checked by the parity forward, which computes Nanotron's semantics from
+the shard files, against transformers on the export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import torch
+import transformers
+from hf_families import COMMON, randomize
+from nt_reference import assemble, assert_same_weights, step_dir
+from safetensors.torch import load_file
+
+from nanokern.convert import convert
+from nanokern.parity import run_parity
+
+
+def _without_shared_expert(src, dst):
+    shutil.copytree(src, dst)
+    step = step_dir(dst)
+    for d in step.glob("model/model/decoder/*/pp_block/mlp/shared_expert*"):
+        shutil.rmtree(d)
+    f = step / "model_config.json"
+    mc = json.loads(f.read_text())
+    mc["moe_config"]["enable_shared_expert"] = False
+    f.write_text(json.dumps(mc))
+    return dst
+
+
+def test_moe_without_shared_expert(tmp_path):
+    from hf_families import build
+
+    build("qwen2_moe", tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "nt_full", to="nanotron", tp=2, pp=2, force=True, progress=False)
+    nt = _without_shared_expert(tmp_path / "nt_full", tmp_path / "nt")
+    convert(nt, tmp_path / "export", to="hf", dtype="keep", force=True, progress=False)
+    out = load_file(str(tmp_path / "export" / "model.safetensors"))
+    shared = [n for n in out if ".shared_expert" in n]
+    assert shared and all(not out[n].view(torch.int32).any() for n in shared)
+    rep = run_parity(nt, tmp_path / "export", dtype="fp32", backend="torch")
+    assert rep.passed, rep.table()
+    convert(tmp_path / "export", tmp_path / "back", to="nanotron", tp=2, pp=2, force=True, progress=False)
+    assert_same_weights(tmp_path / "back", nt)
+    assert json.loads((step_dir(tmp_path / "back") / "model_config.json").read_text())["moe_config"]["enable_shared_expert"] is False
+
+
+def test_nope_layers_with_a_sliding_window(tmp_path):
+    n = COMMON["num_hidden_layers"]
+    rope = [int((i + 1) % 3 != 0) for i in range(n)]
+    cfg = transformers.SmolLM3Config(**{**COMMON, "no_rope_layers": rope, "use_sliding_window": True, "sliding_window": 4,
+                                        "layer_types": ["sliding_attention" if r else "full_attention" for r in rope],
+                                        "rope_parameters": {"rope_type": "default", "rope_theta": 50000.0},
+                                        "tie_word_embeddings": False})
+    model = transformers.SmolLM3ForCausalLM(cfg)
+    randomize(model, 3)
+    model.save_pretrained(tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "nt", to="nanotron", tp=2, pp=3, rope_interleaved="true", force=True, progress=False)
+    mc = json.loads((step_dir(tmp_path / "nt") / "model_config.json").read_text())
+    assert (mc["no_rope_layer"], mc["sliding_window_size"], mc["is_qwen2_config"]) == (3, 4, True)
+    assert set(assemble(step_dir(tmp_path / "nt")))  # readable by the tests' own reader
+    rep = run_parity(tmp_path / "nt", tmp_path / "hf", dtype="fp32", backend="torch", seq_len=16)
+    assert rep.passed, rep.table()
+    convert(tmp_path / "nt", tmp_path / "export", to="hf", dtype="keep", force=True, progress=False)
+    got = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert got["architectures"] == ["SmolLM3ForCausalLM"] and got["layer_types"] == cfg.layer_types
+    back = load_file(str(tmp_path / "export" / "model.safetensors"))
+    orig = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert set(back) == set(orig) and all(torch.equal(back[k], orig[k]) for k in orig)
