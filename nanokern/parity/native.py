@@ -76,29 +76,47 @@ class NativeModel:
     def __init__(self, ckpt: NanotronCheckpoint | str | os.PathLike, dtype="fp32", backend: str = "auto",
                  device: str | torch.device | None = None, numerics: str = "hf", fault: str | None = None):
         self.ck = ckpt if isinstance(ckpt, NanotronCheckpoint) else read_checkpoint(ckpt)
+        self._setup(self.ck.spec, self.ck.config_class, self.ck.rope_interleaved, self.ck.step_dir, dtype, backend, device,
+                    numerics, fault)
+        self._take(load_weights(self.ck, self.dtype, self.device))
+
+    @classmethod
+    def from_weights(cls, spec, load, config_class: str, interleaved: bool, source, dtype="fp32", backend: str = "auto",
+                     device: str | torch.device | None = None, numerics: str = "hf") -> "NativeModel":
+        """The same forward over weights from elsewhere (e.g. a HF folder read as one TP rank):
+        `load(dtype, device)` returns a native_weights.Weights."""
+        self = cls.__new__(cls)
+        self.ck = None
+        self._setup(spec, config_class, interleaved, source, dtype, backend, device, numerics, None)
+        self._take(load(self.dtype, self.device))
+        return self
+
+    def _setup(self, spec, config_class, interleaved, source, dtype, backend, device, numerics, fault):
+        self.source = os.fspath(source)
         self.dtype = torch_dtype(dtype)
         self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.backend = K.resolve_backend(backend, self.device)
         if numerics not in NUMERICS:
             raise ValueError(f"unknown numerics {numerics!r}: choose one of {', '.join(NUMERICS)}")
         self.numerics = numerics
-        self.spec = self.ck.spec
+        self.spec = spec
         # the kernels' numerics per op
         if numerics == "nanotron":
-            plain_input_norm = self.ck.config_class == "qwen2"
+            plain_input_norm = config_class == "qwen2"
             self.op_numerics = {"input_norm": "hf" if plain_input_norm else "fused", "post_norm": "fused",
                                 "final_norm": "fused", "rope": "fused"}
         else:
             self.op_numerics = dict.fromkeys(("input_norm", "post_norm", "final_norm", "rope"), numerics)
-        self.interleaved = self.ck.rope_interleaved
+        self.interleaved = interleaved
         self.fault = _check_fault(fault, self.spec)
-        w = load_weights(self.ck, self.dtype, self.device)
+
+    def _take(self, w) -> None:
         self.embed, self.lm_head, self.layers, self.final_norm = w.embed, w.lm_head, w.layers, w.final_norm
         self.notes: list[str] = list(w.notes)
         if self.spec.features():
             self.notes.append("features: " + "; ".join(self.spec.features()))
-        if fault:
-            self.notes.append(f"FAULT INJECTED: {fault}")
+        if self.fault:
+            self.notes.append(f"FAULT INJECTED: {self.fault}")
 
     # -- the spec, per layer (faults applied) ----------------------------------------------------
     def uses_rope(self, i: int) -> bool:
@@ -119,7 +137,7 @@ class NativeModel:
         for vr in self.embed:
             lo, hi = int(vr.ids[0]), int(vr.ids[-1]) + 1
             if hi - lo != len(vr.ids):
-                raise NanokernError("embedding shard with a non-contiguous vocab range", self.ck.step_dir)
+                raise NanokernError("embedding shard with a non-contiguous vocab range", self.source)
             mask = (ids >= lo) & (ids < hi)
             local = torch.where(mask, ids - lo, torch.zeros_like(ids))
             part = F.embedding(local, vr.weight) * mask[..., None].to(self.dtype)
@@ -133,21 +151,29 @@ class NativeModel:
             out[..., torch.from_numpy(vr.ids).to(h.device)] = F.linear(h, vr.weight)
         return out
 
-    def attention(self, i: int, layer, h: torch.Tensor, B: int, S: int, pos, cos, sin) -> torch.Tensor:
+    def project(self, i: int, a, h: torch.Tensor, pos, cos, sin):
+        """TP rank a's q [T, nq, d], k and v [T, nkv, d] for the tokens h [T, H] at positions pos
+        [T]: the fused [Q_r | K_r | V_r] projection (+ bias), RoPE on q and k unless layer i is NoPE."""
         d, be, nm = self.spec.head_dim, self.backend, self.op_numerics["rope"]
-        rope, window = self.uses_rope(i), self.window(i)
+        nq, nkv = len(a.q_heads), len(a.kv_heads)
+        T = h.shape[0]
+        bias = None if self.fault == "no_bias" else a.bias
+        qkv = F.linear(h, a.qkv, bias)  # [T, (nq + 2 nkv) d] = [Q_r | K_r | V_r] (+ [bq_r | bk_r | bv_r])
+        if self.uses_rope(i):
+            qk = K.rope(qkv, pos, cos, sin, nq + nkv, d, self.interleaved, be, nm)  # [T, nq + nkv, d]
+            q, k = qk[:, :nq], qk[:, nq:]
+        else:  # NoPE layer: q and k as projected
+            q, k = qkv[:, : nq * d].reshape(T, nq, d), qkv[:, nq * d:(nq + nkv) * d].reshape(T, nkv, d)
+        v = qkv[:, (nq + nkv) * d:].reshape(T, nkv, d)
+        return q, k, v
+
+    def attention(self, i: int, layer, h: torch.Tensor, B: int, S: int, pos, cos, sin) -> torch.Tensor:
+        d, be, window = self.spec.head_dim, self.backend, self.window(i)
         out = None
         for a in layer.attn:
-            nq, nkv = len(a.q_heads), len(a.kv_heads)
-            bias = None if self.fault == "no_bias" else a.bias
-            qkv = F.linear(h, a.qkv, bias)  # [T, (nq + 2 nkv) d] = [Q_r | K_r | V_r] (+ [bq_r | bk_r | bv_r])
-            if rope:
-                qk = K.rope(qkv, pos, cos, sin, nq + nkv, d, self.interleaved, be, nm)  # [T, nq + nkv, d]
-                q, k = qk[:, :nq], qk[:, nq:]
-            else:  # NoPE layer: q and k as projected
-                q, k = qkv[:, : nq * d], qkv[:, nq * d:(nq + nkv) * d]
-            q, k = q.reshape(B, S, nq, d), k.reshape(B, S, nkv, d)
-            v = qkv[:, (nq + nkv) * d:].reshape(B, S, nkv, d)
+            q, k, v = self.project(i, a, h, pos, cos, sin)
+            nq, nkv = q.shape[1], k.shape[1]
+            q, k, v = q.reshape(B, S, nq, d), k.reshape(B, S, nkv, d), v.reshape(B, S, nkv, d)
             o = K.attention(q, k, v, True, be, window=window).reshape(B * S, nq * d)
             part = F.linear(o, a.o)
             out = part if out is None else out + part  # all-reduce of the row-parallel o_proj
