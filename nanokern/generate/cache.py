@@ -1,0 +1,72 @@
+"""The KV cache of the native decoder: per decoder layer, per TP rank, that rank's own kv heads
+(GQA: nkv_r heads, shared by its q heads; never repeated per q head).
+
+- A full-attention layer: a preallocated [B, capacity, nkv_r, d] buffer; slot j holds position j.
+- A sliding-window layer (window w): a rolling [B, w, nkv_r, d] ring; position p lives in slot
+  p mod w, and `pos` records each slot's position (-1: empty), which the attention masks with.
+
+Fault injection (negative controls): "cache_slot" writes each decode step's k/v one slot past
+its position (a full-attention layer then sees an empty slot where its own key should be).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LayerCache:
+    def __init__(self, batch: int, n_kv: int, head_dim: int, capacity: int, window: int | None, dtype, device,
+                 fault: str | None = None):
+        self.window = window
+        size = window if window is not None else capacity + 1  # + 1: room for the "cache_slot" fault
+        self.k = torch.zeros(batch, size, n_kv, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.pos = torch.full((size,), -1, dtype=torch.int64, device=device)
+        self.length = 0  # tokens written so far
+        self.fault = fault
+
+    def store(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
+        """Keep the new tokens' k/v [B, T, nkv, d] at positions pos [T] (a window keeps the last w)."""
+        T = k.shape[1]
+        if self.window is None:
+            s = self.length + (1 if self.fault == "cache_slot" and self.length > 0 else 0)
+            self.k[:, s:s + T] = k
+            self.v[:, s:s + T] = v
+            self.pos[s:s + T] = pos
+        else:
+            n = min(T, self.window)
+            slots = pos[T - n:] % self.window
+            self.k[:, slots] = k[:, T - n:]
+            self.v[:, slots] = v[:, T - n:]
+            self.pos[slots] = pos[T - n:]
+        self.length += T
+
+    def attend(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor):
+        """Store the new tokens and return (keys, values, key positions) their queries attend over:
+        the whole written part of a full cache; a ring after its update when one token comes (the
+        slot it evicts is the position that just left the window), else the ring before the update
+        and the new tokens (earlier queries of the chunk still need the keys the update evicts)."""
+        if self.window is None:
+            self.store(k, v, pos)
+            n = self.length
+            return self.k[:, :n], self.v[:, :n], torch.arange(n, device=self.pos.device)
+        if k.shape[1] == 1:
+            self.store(k, v, pos)
+            return self.k, self.v, self.pos
+        keys, vals, kpos = torch.cat([self.k, k], 1), torch.cat([self.v, v], 1), torch.cat([self.pos, pos])
+        self.store(k, v, pos)
+        return keys, vals, kpos
+
+
+class KVCache:
+    """layers[i][r]: layer i's cache on TP rank r."""
+
+    def __init__(self, layers: list[list[LayerCache]]):
+        self.layers = layers
+
+    @property
+    def length(self) -> int:
+        return self.layers[0][0].length if self.layers else 0
+
+    def nbytes(self) -> int:
+        return sum(c.k.numel() * c.k.element_size() * 2 for layer in self.layers for c in layer)

@@ -1,0 +1,181 @@
+"""Autoregressive decoding over the parity forward's weights (nanokern/parity/native.py): each
+TP rank's part computed from its own shards, a KV cache per layer and rank (cache.py), prefill
+of the whole prompt then one token at a time.
+
+Per step, for the new tokens at positions start..start+T-1: the same per-layer math as the
+forward (NativeModel.project: fused q/k/v + bias, RoPE at the absolute positions unless NoPE;
+row-parallel partial sums; dense SwiGLU or MoE), with attention over the cache (kernels.py:
+the position mask gives causality and the window). The prefill of an empty cache is the parity
+forward's attention itself, so prefill logits equal the forward's.
+
+Fault injection (negative controls; None is the correct decoder):
+  "cache_slot"    each decode step's k/v written one cache slot past its position
+  "rope_offset0"  RoPE applied at offset 0 on every step (positions 0..T-1, not start..)
+  "window_static" the window never slides: decode steps attend to every cached key
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from nanokern.errors import NanokernError
+from nanokern.generate import kernels as GK
+from nanokern.generate.cache import KVCache, LayerCache
+from nanokern.generate.sampling import Sampler
+from nanokern.parity import kernels as K
+from nanokern.parity.native import NativeModel
+
+FAULTS = ("cache_slot", "rope_offset0", "window_static")
+
+
+@dataclass
+class Generation:
+    prompt_ids: list[list[int]]
+    new_ids: list[list[int]]
+    prefill_s: float
+    decode_s: float
+    logits: list[torch.Tensor] = field(default_factory=list)  # per step [B, V] (keep_logits)
+
+    @property
+    def prefill_tok_s(self) -> float:
+        n = sum(len(p) for p in self.prompt_ids)
+        return n / self.prefill_s if self.prefill_s > 0 else float("inf")
+
+    @property
+    def decode_tok_s(self) -> float:
+        n = sum(max(0, len(x) - 1) for x in self.new_ids)  # the first new token comes from the prefill
+        return n / self.decode_s if self.decode_s > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        return {"prompt_ids": self.prompt_ids, "new_ids": self.new_ids, "prefill_s": self.prefill_s,
+                "decode_s": self.decode_s, "prefill_tokens_per_s": self.prefill_tok_s, "decode_tokens_per_s": self.decode_tok_s}
+
+
+class Decoder:
+    def __init__(self, model: NativeModel, fault: str | None = None, vocab: int | None = None):
+        if fault is not None and fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}: choose one of {', '.join(FAULTS)}")
+        if fault == "window_static" and model.spec.sliding_window is None:
+            raise ValueError("fault 'window_static' does not apply: the model has no sliding window")
+        if fault == "rope_offset0" and not any(model.uses_rope(i) for i in range(model.spec.num_hidden_layers)):
+            raise ValueError("fault 'rope_offset0' does not apply: the model has no RoPE layer")
+        self.model, self.fault = model, fault
+        self.vocab = min(vocab or model.spec.vocab_size, model.spec.vocab_size)
+        self._tables: tuple[int, torch.Tensor, torch.Tensor] | None = None
+
+    # -- cache ----------------------------------------------------------------------------------
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        m = self.model
+        d = m.spec.head_dim
+        layers = []
+        for i, layer in enumerate(m.layers):
+            w = None if self.fault == "window_static" else m.window(i)
+            layers.append([LayerCache(batch, len(a.kv_heads), d, capacity, w, m.dtype, m.device, self.fault)
+                           for a in layer.attn])
+        return KVCache(layers)
+
+    def _rope(self, n: int):
+        if self._tables is None or self._tables[0] < n:
+            sp = self.model.spec
+            n = max(n, 64)
+            cos, sin = K.rope_tables(n, sp.head_dim, sp.rope_theta, self.model.dtype, self.model.device)
+            self._tables = (n, cos, sin)
+        return self._tables[1], self._tables[2]
+
+    # -- one step -------------------------------------------------------------------------------
+    def attention(self, i: int, layer, h, B: int, T: int, start: int, pos, rope_pos, cache: list[LayerCache], cos, sin):
+        m = self.model
+        d, be = m.spec.head_dim, m.backend
+        window = None if self.fault == "window_static" else m.window(i)
+        out = None
+        for a, c in zip(layer.attn, cache):
+            q, k, v = m.project(i, a, h, rope_pos, cos, sin)
+            nq, nkv = q.shape[1], k.shape[1]
+            q, k, v = q.reshape(B, T, nq, d), k.reshape(B, T, nkv, d), v.reshape(B, T, nkv, d)
+            if start == 0:  # prefill of an empty cache: the parity forward's attention
+                o = K.attention(q, k, v, True, be, window=m.window(i))
+                c.store(k, v, pos)
+            else:
+                kc, vc, kp = c.attend(k, v, pos)
+                o = GK.decode_attention(q, kc, vc, pos, kp, window, be)
+            part = torch.nn.functional.linear(o.reshape(B * T, nq * d), a.o)
+            out = part if out is None else out + part  # all-reduce of the row-parallel o_proj
+        return out
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Run the new tokens ids [B, T] through the model, extending the cache; the last
+        position's logits [B, vocab]."""
+        m = self.model
+        sp, be, nm = m.spec, m.backend, m.op_numerics
+        B, T = ids.shape
+        start = cache.length
+        cos, sin = self._rope(start + T)
+        pos = torch.arange(start, start + T, device=m.device)
+        rope_pos = (torch.arange(T, device=m.device) if self.fault == "rope_offset0" else pos).repeat(B)
+        x = m.embed_tokens(ids).reshape(B * T, sp.hidden_size)
+        for i, layer in enumerate(m.layers):
+            h = K.rms_norm(x, layer.input_norm, sp.rms_norm_eps, be, nm["input_norm"])
+            x = x + self.attention(i, layer, h, B, T, start, pos, rope_pos, cache.layers[i], cos, sin)
+            h = K.rms_norm(x, layer.post_norm, sp.rms_norm_eps, be, nm["post_norm"])
+            x = x + (m.moe(layer.moe, h) if layer.moe is not None else m.dense(layer.mlp, h))
+        last = x.reshape(B, T, -1)[:, -1].contiguous()
+        fn = K.rms_norm(last, m.final_norm, sp.rms_norm_eps, be, nm["final_norm"])
+        return m.logits(fn)[:, : self.vocab]
+
+    # -- the loop -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor | list, max_new_tokens: int, sampler: Sampler | None = None,
+                 on_token=None, keep_logits: bool = False) -> Generation:
+        """prompt [B, S] ids (equal lengths, no padding); max_new_tokens new ids per sequence.
+        on_token(step, ids [B]) is called as each token is chosen (streaming)."""
+        m = self.model
+        ids = torch.as_tensor(prompt, dtype=torch.long)
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.dim() != 2 or ids.shape[1] == 0:
+            raise ValueError(f"prompt ids must be [batch, seq] with seq >= 1, got {tuple(ids.shape)}")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.vocab:
+            raise ValueError(f"prompt token ids must be in [0, {self.vocab})")
+        if max_new_tokens < 1:
+            raise ValueError("max_new_tokens must be >= 1")
+        sampler = sampler or Sampler()
+        ids = ids.to(m.device)
+        B, S = ids.shape
+        total = S + max_new_tokens
+        if m.spec.max_position_embeddings and total > m.spec.max_position_embeddings:
+            raise NanokernError(f"{S} prompt + {max_new_tokens} new tokens exceed max_position_embeddings "
+                                f"{m.spec.max_position_embeddings}", m.source)
+        cache = self.new_cache(B, total)
+        self._rope(total)
+        sync = torch.cuda.synchronize if m.device.type == "cuda" else (lambda: None)
+        out, logits_kept = [], []
+        sync()
+        t0 = time.perf_counter()
+        logits = self.step(ids, cache)
+        tok = sampler(logits)
+        sync()
+        t1 = time.perf_counter()
+        out.append(tok)
+        if keep_logits:
+            logits_kept.append(logits.float().cpu())
+        if on_token:
+            on_token(0, tok)
+        t_cb = 0.0  # time spent in the callback (streaming), not counted as decoding
+        for n in range(1, max_new_tokens):
+            logits = self.step(tok[:, None], cache)
+            tok = sampler(logits)
+            out.append(tok)
+            if keep_logits:
+                logits_kept.append(logits.float().cpu())
+            if on_token:
+                c0 = time.perf_counter()
+                on_token(n, tok)
+                t_cb += time.perf_counter() - c0
+        sync()
+        t2 = time.perf_counter()
+        new = torch.stack(out, 1).cpu().tolist()
+        return Generation(ids.cpu().tolist(), new, t1 - t0, t2 - t1 - t_cb, logits_kept)
