@@ -129,9 +129,10 @@ class Decoder:
     # -- the loop -------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor | list, max_new_tokens: int, sampler: Sampler | None = None,
-                 on_token=None, keep_logits: bool = False) -> Generation:
+                 on_token=None, keep_logits: bool = False, eos_id: int | None = None) -> Generation:
         """prompt [B, S] ids (equal lengths, no padding); max_new_tokens new ids per sequence.
-        on_token(step, ids [B]) is called as each token is chosen (streaming)."""
+        on_token(step, ids [B]) is called as each token is chosen (streaming). eos_id: stop once
+        every sequence has produced it (None: exactly max_new_tokens)."""
         m = self.model
         ids = torch.as_tensor(prompt, dtype=torch.long)
         if ids.dim() == 1:
@@ -165,10 +166,15 @@ class Decoder:
         if on_token:
             on_token(0, tok)
         t_cb = 0.0  # time spent in the callback (streaming), not counted as decoding
+        done = None if eos_id is None else tok == eos_id
         for n in range(1, max_new_tokens):
+            if done is not None and bool(done.all()):
+                break
             logits = self.step(tok[:, None], cache)
             tok = sampler(logits)
             out.append(tok)
+            if done is not None:
+                done |= tok == eos_id
             if keep_logits:
                 logits_kept.append(logits.float().cpu())
             if on_token:

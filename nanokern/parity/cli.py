@@ -29,8 +29,12 @@ from nanokern.errors import NanokernError
               help="transformers' attention implementation for the reference.")
 @click.option("--device", default=None, help="cpu or cuda (default: cuda when available).")
 @click.option("--kernels", is_flag=True, help="Check each fused kernel against transformers' own functions (CKPT optional).")
+@click.option("--generate", "n_generate", type=click.IntRange(1), default=None, metavar="N",
+              help="Also decode N greedy tokens after each parity prompt (KV cache, one token at a time) and compare "
+                   "them with transformers' generate(), token by token: a difference fails where the reference's "
+                   "margin is above the dtype's noise floor.")
 def parity(ckpt, hf_dir, dtype, backend, json_path, plot_path, seq_len, batch, seed, logits_file, attn_implementation,
-           device, kernels):
+           device, kernels, n_generate):
     """Forward-pass parity for every family (LLaMA, Qwen2 with q/k/v bias or sliding window,
     SmolLM3 NoPE layers, Qwen2-MoE): a forward over the Nanotron checkpoint's shards as stored
     (per TP rank, row-parallel partial sums added) against the HF folder's transformers class
@@ -39,8 +43,11 @@ def parity(ckpt, hf_dir, dtype, backend, json_path, plot_path, seq_len, batch, s
 
     \b
     nanokern parity CKPT [--hf DIR] [--dtype fp32|bf16] [--backend torch|triton|auto]
+    nanokern parity CKPT --hf DIR --generate 32
     nanokern parity --kernels [--backend ...]
     """
+    if n_generate and not ckpt:
+        raise click.UsageError("--generate needs a Nanotron checkpoint (CKPT)")
     if not ckpt and not kernels:
         raise click.UsageError("give a Nanotron checkpoint (CKPT) or --kernels")
     ok = True
@@ -73,6 +80,18 @@ def parity(ckpt, hf_dir, dtype, backend, json_path, plot_path, seq_len, batch, s
             click.echo(f"Nanotron logits: {lr.line()}")
             out["nanotron_logits"] = {**lr.__dict__, "passed": lr.passed}
             ok &= lr.passed
+        if n_generate:
+            from nanokern.parity.generate_check import run_generate_parity
+
+            try:
+                gr = run_generate_parity(ckpt, hf_dir, n_generate, dtype=dtype, backend=backend, seed=seed, seq_len=seq_len,
+                                         batch=batch, device=device, attn_implementation=attn_implementation)
+            except ValueError as e:
+                raise NanokernError(str(e), ckpt) from None
+            click.echo("")
+            click.echo(gr.table())
+            out["generate"] = gr.to_dict()
+            ok &= gr.passed
     if json_path:
         with open(json_path, "w") as f:
             json.dump({"passed": ok, **out}, f, indent=2, default=float)

@@ -1,0 +1,172 @@
+"""`nanokern generate`: decode straight from a Nanotron checkpoint (any TP x PP layout, any
+family) or from a HF folder, with the same KV-cache decoder (nanokern/generate/decoder.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import torch
+
+from nanokern.errors import NanokernError
+
+
+def load_model(path, dtype: str, backend: str, device: str | None):
+    """(NativeModel, kind) for a Nanotron checkpoint ("nanotron") or a HF folder ("hf")."""
+    from nanokern.formats.hf import is_hf
+    from nanokern.parity.native import NativeModel
+
+    if is_hf(path):
+        from nanokern.formats.hf import read_hf
+        from nanokern.generate.hf_model import hf_native_model
+
+        if dtype == "auto":
+            dtype = "bf16" if read_hf(path).dtype == torch.bfloat16 else "fp32"
+        return hf_native_model(path, dtype, backend, device), "hf"
+    from nanokern.formats.nanotron import read_checkpoint
+
+    ck = read_checkpoint(path)
+    if dtype == "auto":
+        dtype = "bf16" if next(iter(ck.params.values())).dtype == torch.bfloat16 else "fp32"
+    return NativeModel(ck, dtype, backend, device), "nanotron"
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        ids = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give comma-separated token ids such as 1,2,3", param_hint="--prompt-ids") from None
+    if not ids:
+        raise click.BadParameter("no token ids", param_hint="--prompt-ids")
+    return ids
+
+
+def _tokenizer(folder):
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError) as e:
+        raise NanokernError(f"cannot load a tokenizer: {str(e).splitlines()[0]}", folder) from None
+
+
+@click.command("generate")
+@click.argument("ckpt", type=click.Path(exists=True))
+@click.option("--prompt", "prompts", multiple=True, help="Prompt text (repeat for a batch; equal token lengths).")
+@click.option("--prompt-ids", "prompt_ids", multiple=True, help="Prompt as token ids, e.g. 1,2,3 (repeat for a batch).")
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Tokenizer folder (default: CKPT itself when it is a HF folder with one).")
+@click.option("--max-new-tokens", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--greedy", is_flag=True, help="Argmax decoding (the default unless --temperature is given).")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=None, help="Sample at this temperature.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="Nucleus sampling.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option("--backend", type=click.Choice(["torch", "triton", "auto"]), default="auto", show_default=True,
+              help="Fused ops: torch references or Triton kernels (auto: triton on CUDA, torch on CPU).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None, help="Default: cuda when available.")
+@click.option("--dtype", type=click.Choice(["auto", "fp32", "bf16", "float32", "bfloat16"]), default="auto", show_default=True,
+              help="Compute dtype (auto: the checkpoint's, fp32 for fp16 files).")
+@click.option("--vocab-size", type=click.IntRange(1), default=None,
+              help="Choose only among the first N ids (Nanotron pads the vocab; default: the tokenizer's size, else all rows).")
+@click.option("--stop-at-eos", is_flag=True, help="Stop once every sequence has produced the tokenizer's EOS.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the prompt ids, the new ids per sequence and the timings.")
+def generate(ckpt, prompts, prompt_ids, tokenizer, max_new_tokens, greedy, temperature, top_p, seed, backend, device, dtype,
+             vocab_size, stop_at_eos, json_path):
+    """Generate text straight from a Nanotron checkpoint in any TP x PP layout (or from a HF
+    folder, e.g. its export, with the same decoder), without converting it: each TP rank's part
+    is computed from its own shards, with a KV cache per layer (a rolling window on sliding-window
+    layers), prefill of the prompt then one token at a time. Streams the text; prints prefill and
+    decode tokens/s on stderr.
+
+    \b
+    nanokern generate CKPT --prompt TEXT --tokenizer DIR [--max-new-tokens N]
+    nanokern generate CKPT --prompt-ids 1,2,3 [--temperature 0.8 --top-p 0.9 --seed 1]
+    """
+    from nanokern.generate.decoder import Decoder
+    from nanokern.generate.sampling import Sampler
+
+    if bool(prompts) == bool(prompt_ids):
+        raise click.UsageError("give --prompt TEXT (with a tokenizer) or --prompt-ids 1,2,3, not both")
+    if greedy and temperature is not None:
+        raise click.UsageError("--greedy and --temperature exclude each other")
+    if tokenizer is None and prompts:
+        if (Path(ckpt) / "tokenizer.json").is_file() or (Path(ckpt) / "tokenizer_config.json").is_file():
+            tokenizer = ckpt
+        else:
+            raise click.UsageError("--prompt needs --tokenizer DIR (or use --prompt-ids)")
+    tok = _tokenizer(tokenizer) if tokenizer else None
+    if prompts:
+        rows = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    else:
+        rows = [_parse_ids(p) for p in prompt_ids]
+    if any(not r for r in rows):
+        raise click.UsageError("a prompt encodes to no tokens")
+    if len({len(r) for r in rows}) > 1:
+        raise click.UsageError(f"prompts of different token lengths {[len(r) for r in rows]}: a batch needs equal "
+                               "lengths (no padding)")
+    try:
+        model, kind = load_model(ckpt, dtype, backend, device)
+        vocab = vocab_size or (len(tok) if tok is not None else None)
+        dec = Decoder(model, vocab=vocab)
+        sampler = Sampler(greedy=temperature is None, temperature=temperature or 1.0, top_p=top_p, seed=seed)
+        eos = tok.eos_token_id if (tok is not None and stop_at_eos) else None
+        if stop_at_eos and eos is None:
+            raise click.UsageError("--stop-at-eos needs a tokenizer with an EOS token")
+        stream = _Stream(tok, len(rows))
+        g = dec.generate(torch.tensor(rows), max_new_tokens, sampler, on_token=stream, eos_id=eos)
+    except ValueError as e:
+        raise NanokernError(str(e), ckpt) from None
+    stream.finish(g.new_ids)
+    B, S = len(rows), len(rows[0])
+    n_dec = sum(max(0, len(x) - 1) for x in g.new_ids)
+    click.echo(f"[{kind} {Path(ckpt).name}: {model.dtype}, {model.backend} on {model.device}] prefill {B}x{S} tokens "
+               f"in {1e3 * g.prefill_s:.1f} ms ({g.prefill_tok_s:.1f} tok/s); decode {n_dec} tokens in "
+               f"{1e3 * g.decode_s:.1f} ms ({g.decode_tok_s:.1f} tok/s)", err=True)
+    if json_path:
+        out = {"ckpt": str(ckpt), "source": kind, "dtype": str(model.dtype).replace("torch.", ""), "backend": model.backend,
+               "device": str(model.device), **g.to_dict()}
+        if tok is not None:
+            out["text"] = [tok.decode(x) for x in g.new_ids]
+        Path(json_path).write_text(json.dumps(out, indent=2) + "\n")
+
+
+class _Stream:
+    """Prints the new text as it is made (batch 1), or each sequence when done (batch > 1)."""
+
+    def __init__(self, tok, batch: int):
+        self.tok, self.batch, self.ids, self.shown = tok, batch, [], ""
+
+    def __call__(self, _step: int, ids: torch.Tensor) -> None:
+        if self.batch != 1:
+            return
+        self.ids.append(int(ids[0]))
+        if self.tok is None:
+            sys.stdout.write(("" if len(self.ids) == 1 else " ") + str(self.ids[-1]))
+        else:
+            text = self.tok.decode(self.ids)
+            if text.startswith(self.shown) and not text.endswith("\ufffd"):  # whole characters only
+                sys.stdout.write(text[len(self.shown):])
+                self.shown = text
+        sys.stdout.flush()
+
+    def finish(self, new_ids: list[list[int]]) -> None:
+        if self.batch == 1:
+            if self.tok is not None:
+                text = self.tok.decode(new_ids[0])
+                if text.startswith(self.shown):
+                    sys.stdout.write(text[len(self.shown):])
+            sys.stdout.write("\n")
+        else:
+            for b, ids in enumerate(new_ids):
+                body = self.tok.decode(ids) if self.tok is not None else " ".join(map(str, ids))
+                sys.stdout.write(f"[{b}] {body}\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    generate()
