@@ -5,8 +5,9 @@ of the whole prompt then one token at a time.
 Per step, for the new tokens at positions start..start+T-1: the same per-layer math as the
 forward (NativeModel.project: fused q/k/v + bias, RoPE at the absolute positions unless NoPE;
 row-parallel partial sums; dense SwiGLU or MoE), with attention over the cache (kernels.py:
-the position mask gives causality and the window). The prefill of an empty cache is the parity
-forward's attention itself, so prefill logits equal the forward's.
+the position mask gives causality and the window). The prefill of an empty cache runs the
+parity forward's attention itself; only the last position goes through the final norm and the
+lm_head.
 
 Fault injection (negative controls; None is the correct decoder):
   "cache_slot"    each decode step's k/v written one cache slot past its position

@@ -1,0 +1,151 @@
+"""The decode path's pieces against their torch references: attention of new queries over a KV
+cache (Triton kernel vs SDPA), RoPE at an offset (the parity forward's kernel at absolute
+positions), the cache itself (full and rolling window), sampling. Small shapes: the Triton
+kernels run under the interpreter on CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nanokern.generate import kernels as GK
+from nanokern.generate.cache import LayerCache
+from nanokern.generate.sampling import Sampler
+from nanokern.parity import kernels as K
+
+CASES = [  # B, T, nq, nkv, d, L, window
+    (2, 1, 4, 2, 16, 9, None),
+    (2, 1, 6, 2, 16, 6, 6),  # 3 q heads per kv head (a non-power-of-two group), a full ring
+    (1, 1, 4, 4, 32, 1, None),  # the first decode step of a 0-token cache + itself
+    (1, 3, 4, 1, 16, 20, 5),  # a chunk of 3 queries
+    (2, 1, 4, 2, 16, 40, None),  # more keys than one interpreter block? (block = next pow2)
+]
+
+
+def _case(B, T, nq, nkv, d, L, window, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, nq, d, generator=g).to(dtype)
+    # views into a longer buffer, as the cache hands them over
+    k = torch.randn(B, L + 3, nkv, d, generator=g).to(dtype)[:, :L]
+    v = torch.randn(B, L + 3, nkv, d, generator=g).to(dtype)[:, :L]
+    k_pos = torch.randperm(L, generator=g)  # ring order
+    if L > 2:
+        k_pos[1] = -1  # an empty slot
+    q_pos = torch.arange(L - T, L)
+    return q, k, v, q_pos, k_pos
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_decode_attention_triton_vs_reference(case, dtype):
+    q, k, v, qp, kp = _case(*case, dtype)
+    window = case[-1]
+    got = GK.decode_attention(q, k, v, qp, kp, window, backend="triton")
+    ref = GK.decode_attention_ref(q, k, v, qp, kp, window)
+    assert got.shape == ref.shape and got.dtype == dtype
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, ref, rtol=0, atol=2e-6)  # fp32 sums in another order
+    else:  # one rounding of the fp32 result: at most one bf16 step apart (measured: equal)
+        diff = (got.float() - ref.float()).abs()
+        assert float((diff / ref.float().abs().clamp_min(1e-3)).max()) <= 2 ** -7
+
+
+def test_decode_attention_window_is_w_keys():
+    """Query at position p sees exactly positions p-w+1..p: a value of 1 on each visible slot, and
+    the weights sum to 1, so the output is 1 only over the visible set; off by one it is not."""
+    L, w = 12, 5
+    q = torch.zeros(1, 1, 1, 16)
+    k = torch.zeros(1, L, 1, 16)
+    kp = torch.arange(L)
+    for p in (5, 8, 11):  # p >= w: one key more than the window exists
+        v = torch.zeros(1, L, 1, 16)
+        v[0, p - w + 1:p + 1] = 1.0
+        qp = torch.tensor([p])
+        for backend in ("torch", "triton"):
+            o = GK.decode_attention(q, k, v, qp, kp, w, backend)
+            assert torch.allclose(o, torch.ones_like(o)), (p, backend)
+            o2 = GK.decode_attention(q, k, v, qp, kp, w + 1, backend)  # a wider window sees a 0 value
+            assert not torch.allclose(o2, torch.ones_like(o2))
+
+
+def test_decode_mask_matches_the_forward_mask():
+    """Over a full cache in order, the decode mask of every query is its row of the forward's
+    causal window mask (nanokern/parity/kernels.attention_mask)."""
+    S = 10
+    for w in (None, 1, 3, 10):
+        want = K.attention_mask(S, True, w)
+        got = GK.decode_mask(torch.arange(S), torch.arange(S), w)
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("numerics", ["hf", "fused"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_rope_at_an_offset_triton_bit_exact(dtype, numerics):
+    """A decode step's RoPE: one token per sequence at position start (and a chunk of 3 at
+    start..start+2): the Triton kernel equals the torch reference bit for bit."""
+    d, nq, nkv = 16, 4, 2
+    cos, sin = K.rope_tables(1100, d, 10000.0, dtype)
+    g = torch.Generator().manual_seed(1)
+    for start, T, B in ((0, 1, 2), (17, 1, 2), (1000, 1, 1), (31, 3, 2)):
+        qkv = torch.randn(B * T, (nq + 2 * nkv) * d, generator=g).to(dtype)
+        pos = torch.arange(start, start + T).repeat(B)
+        for interleaved in (False, True):
+            ref = K.rope_ref(qkv, pos, cos, sin, nq + nkv, d, interleaved, numerics)
+            got = K.rope(qkv, pos, cos, sin, nq + nkv, d, interleaved, "triton", numerics)
+            assert torch.equal(got, ref), (start, T, interleaved)
+    # and the offset matters: position 17 is not position 0
+    qkv = torch.randn(1, (nq + 2 * nkv) * d, generator=g).to(dtype)
+    a = K.rope(qkv, torch.tensor([17]), cos, sin, nq + nkv, d, False, "triton", numerics)
+    b = K.rope(qkv, torch.tensor([0]), cos, sin, nq + nkv, d, False, "triton", numerics)
+    assert not torch.equal(a, b)
+
+
+def test_rope_one_token_equals_the_same_position_in_a_sequence():
+    """RoPE of one token at position p equals row p of RoPE over positions 0..p (the forward)."""
+    d, n = 16, 3
+    cos, sin = K.rope_tables(64, d, 10000.0)
+    x = torch.randn(40, n * d)
+    full = K.rope_ref(x, torch.arange(40), cos, sin, n, d, False)
+    for p in (0, 9, 39):
+        one = K.rope_ref(x[p:p + 1], torch.tensor([p]), cos, sin, n, d, False)
+        assert torch.equal(one[0], full[p])
+
+
+def test_full_cache_positions_and_fault():
+    c = LayerCache(1, 1, 4, capacity=8, window=None, dtype=torch.float32, device="cpu")
+    k = torch.arange(3.0).reshape(1, 3, 1, 1).expand(1, 3, 1, 4)
+    c.store(k, k, torch.arange(3))
+    kk, vv, kp = c.attend(torch.full((1, 1, 1, 4), 7.0), torch.full((1, 1, 1, 4), 7.0), torch.tensor([3]))
+    assert kp.tolist() == [0, 1, 2, 3] and kk[0, :, 0, 0].tolist() == [0, 1, 2, 7]
+    bad = LayerCache(1, 1, 4, capacity=8, window=None, dtype=torch.float32, device="cpu", fault="cache_slot")
+    bad.store(k, k, torch.arange(3))
+    kk, _, kp = bad.attend(torch.full((1, 1, 1, 4), 7.0), torch.full((1, 1, 1, 4), 7.0), torch.tensor([3]))
+    assert kk[0, :, 0, 0].tolist() == [0, 1, 2, 0]  # its own key went one slot too far
+
+
+def test_rolling_cache_keeps_the_last_w_positions():
+    w = 4
+    c = LayerCache(1, 1, 2, capacity=100, window=w, dtype=torch.float32, device="cpu")
+    val = lambda ps: torch.tensor(ps, dtype=torch.float32).reshape(1, -1, 1, 1).expand(1, len(ps), 1, 2)  # noqa: E731
+    c.store(val(list(range(6))), val(list(range(6))), torch.arange(6))  # a prefill longer than the window
+    assert sorted(c.pos.tolist()) == [2, 3, 4, 5]
+    assert all(float(c.k[0, s, 0, 0]) == p for s, p in enumerate(c.pos.tolist()))
+    kk, _, kp = c.attend(val([6]), val([6]), torch.tensor([6]))  # one token: evicts position 2
+    assert sorted(kp.tolist()) == [3, 4, 5, 6] and sorted(kk[0, :, 0, 0].tolist()) == [3, 4, 5, 6]
+    kk, _, kp = c.attend(val([7, 8]), val([7, 8]), torch.tensor([7, 8]))  # a chunk: sees the ring before its update
+    assert sorted(kp.tolist()) == [3, 4, 5, 6, 7, 8]
+    assert sorted(c.pos.tolist()) == [5, 6, 7, 8]
+
+
+def test_sampling():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.9], [5.0, 0.0, 0.0, 0.0]])
+    assert Sampler()(logits).tolist() == [1, 0]
+    # top-p so small that only the top token is left: sampling equals greedy whatever the seed
+    assert all(Sampler(greedy=False, temperature=1.0, top_p=1e-6, seed=s)(logits).tolist() == [1, 0] for s in range(5))
+    draws = lambda seed: [Sampler(greedy=False, temperature=2.0, seed=seed)(logits.repeat(50, 1)).tolist()]  # noqa: E731
+    assert draws(3) == draws(3) and draws(3) != draws(4)
+    # nucleus: p = 0.6 keeps tokens 1 and 3 (0.39 + 0.35 >= 0.6), never 0 or 2
+    picks = set(Sampler(greedy=False, top_p=0.6, seed=0)(logits[:1].repeat(400, 1)).tolist())
+    assert picks == {1, 3}
+    with pytest.raises(ValueError):
+        Sampler(greedy=False, temperature=0.0)
