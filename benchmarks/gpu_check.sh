@@ -143,11 +143,17 @@ run_step bench-kernels "$BENCH_TIMEOUT" "$PYTHON" benchmarks/bench_kernels.py --
 # One line each: "name|timeout_s|command" (run from the repository root; results under
 # benchmarks/results/). bench-convert-cuda: 1 GB fp32 TP2xPP2 -> HF with --device cuda against
 # cp+sync and the naive script (its output checked bit for bit), issue 6's GPU figure.
+# bench-generate-cuda*: native decoding (Triton kernels) vs transformers' generate() with SDPA on a
+# synthetic TP=2 checkpoint (benchmarks/results/generate.csv); parity-generate-triton: 32 greedy
+# tokens on the GPU against transformers' generate() on the sliding-window fixture.
 EXTRA_BENCHMARKS=(
   "bench-convert-cuda|150|$PYTHON -m nanokern.bench convert --device cuda --size 1GB --reps 1 --settle 1"
   "parity-kernels|120|$PYTHON -m nanokern parity --kernels --backend triton"
   "bench-parity-kernels|150|$PYTHON benchmarks/bench_parity_kernels.py"
   "demo-parity-triton|180|$PYTHON -m nanokern demo --backend triton"
+  "bench-generate-cuda|150|$PYTHON -m nanokern.bench.generate --device cuda --backend triton --attn sdpa --size 200MB --reps 3"
+  "bench-generate-cuda-bf16|150|$PYTHON -m nanokern.bench.generate --device cuda --backend triton --attn sdpa --size 200MB --dtype bf16 --reps 3"
+  "parity-generate-triton|120|$PYTHON -m nanokern parity ../shared/fixtures/nanotron/qwen2_swa_tp2_pp1 --generate 32 --backend triton --device cuda"
 )
 for entry in "${EXTRA_BENCHMARKS[@]}"; do
   IFS='|' read -r name limit cmd <<< "$entry"
@@ -163,6 +169,9 @@ grep -E "passed|failed|error|skipped|no tests" "$LOGS/gpu-tests.log" 2>/dev/null
 if [[ -f "$LOGS/bench-kernels.log" ]]; then
   sed -n '/^case /,/^GB\/s/p' "$LOGS/bench-kernels.log"
 fi
+for f in "$LOGS"/bench-generate-cuda*.log; do
+  [[ -f "$f" ]] && grep -E "tok/s|tokens equal" "$f" | tail -2
+done
 if [[ -f "$LOGS/bench-convert-cuda.log" ]]; then
   sed -n '/^approach /,/^targets/p' "$LOGS/bench-convert-cuda.log"
 fi
