@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nanokern.errors import NanokernError
 from nanokern.generate import kernels as GK
 from nanokern.generate.cache import KVCache, LayerCache
 from nanokern.generate.sampling import Sampler
@@ -147,10 +146,7 @@ class Decoder:
         sampler = sampler or Sampler()
         ids = ids.to(m.device)
         B, S = ids.shape
-        total = S + max_new_tokens
-        if m.spec.max_position_embeddings and total > m.spec.max_position_embeddings:
-            raise NanokernError(f"{S} prompt + {max_new_tokens} new tokens exceed max_position_embeddings "
-                                f"{m.spec.max_position_embeddings}", m.source)
+        total = S + max_new_tokens  # past max_position_embeddings too, as transformers does
         cache = self.new_cache(B, total)
         self._rope(total)
         sync = torch.cuda.synchronize if m.device.type == "cuda" else (lambda: None)

@@ -16,6 +16,7 @@ import os
 import numpy as np
 import torch
 
+from nanokern.errors import NanokernError
 from nanokern.formats.hf import read_hf
 from nanokern.formats.safetensors_io import map_tensor
 from nanokern.parity.native import NativeModel
@@ -25,6 +26,10 @@ from nanokern.parity.native_weights import AttnRank, Layer, MlpRank, MoeWeights,
 def hf_native_model(hf_dir: str | os.PathLike, dtype="fp32", backend: str = "auto", device=None) -> NativeModel:
     model = read_hf(hf_dir)
     sp = model.spec
+    if sp.rope_scaling:
+        raise NanokernError(f"rope_scaling {sp.rope_scaling!r}: the native decoder computes plain RoPE only", hf_dir)
+    if sp.head_dim % 2:
+        raise NanokernError(f"odd head_dim {sp.head_dim}: RoPE needs an even head dimension", hf_dir)
 
     def load(dt: torch.dtype, dev: torch.device) -> Weights:
         def t(name: str, to=None) -> torch.Tensor:
