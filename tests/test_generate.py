@@ -124,18 +124,34 @@ def test_prefill_and_decode_logits_match_the_forward():
                                          ("qwen2_bias_tp1_pp2", "rope_offset0"), ("qwen2_swa_tp2_pp1", "window_static"),
                                          ("qwen2_moe_tp1_pp2", "cache_slot")])
 def test_negative_controls_fail(name, fault, exports):
-    """One decoder semantic broken: the generation check fails (a difference whose gap in the
-    reference's logits is above the fp32 noise floor), where the correct decoder passes with
-    every token equal."""
+    """One decoder semantic broken: the token-by-token check fails on its own (a difference whose
+    gap in the reference's logits is above the fp32 noise floor), where the correct decoder
+    passes with every token equal."""
     hf_dir = exports(name)
     good = run_generate_parity(fixture("nanotron", name), hf_dir, N, "fp32", "torch", device="cpu", native=_native(name, "torch"))
     assert good.passed and good.all_equal, good.table()
+    assert all(s.logits_max_abs <= good.logits_limit for s in good.seqs)
     bad = run_generate_parity(fixture("nanotron", name), hf_dir, N, "fp32", "torch", device="cpu", fault=fault,
                               native=_native(name, "torch"))
     assert not bad.passed, bad.table()
-    s = next(s for s in bad.seqs if s.failed)
-    assert s.first_diff is not None and s.ref_gap > bad.threshold and s.ref_margin is not None
+    assert any(s.first_diff is not None and s.ref_gap > bad.threshold and s.failed for s in bad.seqs), bad.table()
     assert f"FAULT {fault}" in bad.table() and "FAIL" in bad.table()
+
+
+def test_negative_control_on_a_near_uniform_model_fails_by_its_logits(exports):
+    """The LLaMA fp32 fixture's logits are nearly flat (scale 0.8): RoPE at offset 0 flips none
+    of the 32 tokens of the parity prompts, but the logits up to the first difference are far
+    outside the fp32 rule, so the check still fails."""
+    name = "tp1_pp1_fp32"
+    bad = run_generate_parity(fixture("nanotron", name), exports(name), N, "fp32", "torch", device="cpu",
+                              fault="rope_offset0", native=_native(name, "torch"))
+    assert not bad.passed and all(s.logits_max_abs > 10 * bad.logits_limit for s in bad.seqs), bad.table()
+
+
+def test_negative_control_fails_in_bf16(exports):
+    name = "qwen2_dense_tp1_pp1_bf16"
+    bad = run_generate_parity(fixture("nanotron", name), exports(name), N, "bf16", "torch", device="cpu", fault="rope_offset0")
+    assert not bad.passed and any(s.first_diff is not None and s.ref_gap > bad.threshold for s in bad.seqs), bad.table()
 
 
 def test_faults_that_do_not_apply_are_refused():
@@ -154,3 +170,4 @@ def test_bf16_agrees_up_to_the_first_near_tie(name, exports):
     assert rep.floor_max_abs > 1e-3 and rep.threshold >= 2 * rep.floor_max_abs
     for s in rep.seqs:
         assert s.first_diff is None or s.ref_gap <= rep.threshold
+        assert 0 < s.logits_max_abs <= rep.logits_limit  # bf16 noise, within the forward's rule

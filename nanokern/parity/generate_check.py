@@ -12,6 +12,11 @@ does, and also where the native side picked a token far down the reference's ran
   floor + 1e-6 x scale)), where floor is the max |diff| between transformers' bf16 and fp32
   logits on the reference's own sequence (teacher-forced, the generating positions).
 After the first difference the sequences are no longer comparable: nothing after it is counted.
+
+Up to and including the first difference both sides have seen the same tokens, so their logits
+are compared there too, with the forward's logits rule: max |diff| <= 1e-4 x max(1, scale) in
+fp32; in bf16 <= 2 x floor + 1e-6 x scale. This catches a decoder error long before it flips a
+token (on near-uniform models it may never flip one within N tokens).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 import torch
 
 from nanokern.formats.nanotron import NanotronCheckpoint, read_checkpoint
-from nanokern.parity.check import EPS, LOW_FACTOR, TOP1_MARGIN_REL, _check_shapes, _dtype_name, make_tokens
+from nanokern.parity.check import EPS, FP32_LOGITS_ATOL, LOW_FACTOR, TOP1_MARGIN_REL, _check_shapes, _dtype_name, make_tokens
 from nanokern.parity.native import NativeModel, torch_dtype
 from nanokern.parity.report import display_name
 
@@ -39,6 +44,7 @@ class SeqResult:
     ref_token: int | None = None
     ref_margin: float | None = None  # reference top-1 minus top-2 logit at first_diff
     ref_gap: float | None = None  # reference top-1 logit minus its logit of native_token
+    logits_max_abs: float = 0.0  # native vs reference logits over the steps up to first_diff
     failed: bool = False
 
 
@@ -53,6 +59,7 @@ class GenerateReport:
     threshold: float  # the noise floor a difference's gap must stay under
     scale: float
     floor_max_abs: float | None
+    logits_limit: float
     seqs: list[SeqResult]
     rule: str
     hf_class: str = ""
@@ -73,14 +80,17 @@ class GenerateReport:
         head = (f"generate parity  {display_name(self.ckpt)} vs {self.hf_class or 'transformers'} generate(): "
                 f"{self.dtype}, {self.backend}, prompts {self.prompt_shape}, {self.n_new} greedy tokens"
                 + (f"  [FAULT {self.fault}]" if self.fault else ""))
-        lines = [head, f"  rule: {self.rule}; noise floor {self.threshold:.3e} (scale {self.scale:.3g})"]
+        lines = [head, f"  rule: {self.rule}; noise floor {self.threshold:.3e} (scale {self.scale:.3g}); "
+                       f"logits up to the first difference within {self.logits_limit:.3e}"]
         for s in self.seqs:
+            lg = f"logits max|diff| {s.logits_max_abs:.3e}" + (" (ABOVE the limit)" if s.logits_max_abs > self.logits_limit else "")
             if s.first_diff is None:
-                lines.append(f"  seq {s.index}: all {self.n_new} tokens equal")
+                lines.append(f"  seq {s.index}: all {self.n_new} tokens equal; {lg}" + (" -> FAIL" if s.failed else ""))
             else:
+                tie = "near-tie (within the noise floor)" if s.ref_gap <= self.threshold else "above the noise floor"
                 lines.append(f"  seq {s.index}: first difference at new token {s.first_diff} (native {s.native_token}, "
                              f"transformers {s.ref_token}); reference top-1 margin {s.ref_margin:.3e}, gap to the native "
-                             f"pick {s.ref_gap:.3e} -> {'FAIL (above the noise floor)' if s.failed else 'near-tie (within the noise floor)'}")
+                             f"pick {s.ref_gap:.3e}: {tie}; {lg} -> {'FAIL' if s.failed else 'ok'}")
         lines.append(f"  tokens/s: native decode {self.native_decode_tok_s:.1f}, transformers generate() {self.hf_tok_s:.1f}")
         lines += [f"  note: {n}" for n in self.notes]
         lines.append(f"  -> {'PASS' if self.passed else 'FAIL'}")
@@ -135,8 +145,9 @@ def run_generate_parity(ckpt, hf_dir=None, n_new: int = 32, dtype: str = "fp32",
         tokens = tokens[None] if tokens.dim() == 1 else tokens
         seed = None
     B, S = tokens.shape
-    gen = Decoder(native, fault, vocab=vocab).generate(tokens, n_new)
+    gen = Decoder(native, fault, vocab=vocab).generate(tokens, n_new, keep_logits=True)
     got = torch.tensor(gen.new_ids)
+    nl = torch.stack(gen.logits, 1)  # [B, N, vocab] float32
 
     ref_model = load_hf(hf_dir, torch_dtype(dtype), native.device, attn_implementation)
     hf_class = type(ref_model).__name__
@@ -153,29 +164,34 @@ def run_generate_parity(ckpt, hf_dir=None, n_new: int = 32, dtype: str = "fp32",
         floor = float((low_logits - fp32_logits).abs().max())
         max_lim = LOW_FACTOR * floor + EPS["max_abs"] * scale
         threshold = max(TOP1_MARGIN_REL * scale, 2 * max_lim)
+        logits_limit = max_lim
         rule = (f"bf16: a difference fails where the reference's gap to the native pick > max({TOP1_MARGIN_REL:g} x scale, "
                 f"2 x ({LOW_FACTOR:g} x transformers' own bf16 error + eps))")
     else:
         del ref_model
         scale = float(rl.abs().max())
         threshold = TOP1_MARGIN_REL * scale
+        logits_limit = FP32_LOGITS_ATOL * max(1.0, scale)
         rule = f"fp32: a difference fails where the reference's gap to the native pick > {TOP1_MARGIN_REL:g} x max|logits|"
 
     seqs = []
     for b in range(B):
         diff = (got[b] != want[b]).nonzero()
+        upto = n_new if len(diff) == 0 else int(diff[0]) + 1
+        lmax = float((nl[b, :upto] - rl[b, :upto]).abs().max())
         if len(diff) == 0:
-            seqs.append(SeqResult(b, n_new, None))
+            seqs.append(SeqResult(b, n_new, None, logits_max_abs=lmax, failed=lmax > logits_limit))
             continue
         j = int(diff[0])
         lg = rl[b, j]
         top2 = lg.topk(2).values
         margin = float(top2[0] - top2[1])
         gap = float(lg.max() - lg[int(got[b, j])])
-        seqs.append(SeqResult(b, j, j, int(got[b, j]), int(want[b, j]), margin, gap, gap > threshold))
+        seqs.append(SeqResult(b, j, j, int(got[b, j]), int(want[b, j]), margin, gap, lmax,
+                              gap > threshold or lmax > logits_limit))
     notes = list(native.notes)
     if fault:
         notes.append(f"DECODER FAULT INJECTED: {fault}")
     hf_tok = B * n_new / ref.seconds if ref.seconds > 0 else 0.0
     return GenerateReport(os.fspath(ck.step_dir), os.fspath(hf_dir), _dtype_name(dtype), native.backend, n_new, [B, S],
-                          threshold, scale, floor, seqs, rule, hf_class, fault, gen.decode_tok_s, hf_tok, notes)
+                          threshold, scale, floor, logits_limit, seqs, rule, hf_class, fault, gen.decode_tok_s, hf_tok, notes)
