@@ -116,7 +116,9 @@ def test_full_cache_positions_and_fault():
     k = torch.arange(3.0).reshape(1, 3, 1, 1).expand(1, 3, 1, 4)
     c.store(k, k, torch.arange(3))
     kk, vv, kp = c.attend(torch.full((1, 1, 1, 4), 7.0), torch.full((1, 1, 1, 4), 7.0), torch.tensor([3]))
-    assert kp.tolist() == [0, 1, 2, 3] and kk[0, :, 0, 0].tolist() == [0, 1, 2, 7]
+    assert kp is None and kk[0, :, 0, 0].tolist() == [0, 1, 2, 7]  # one query past every slot: no mask
+    kk, _, kp = c.attend(torch.full((1, 2, 1, 4), 8.0), torch.full((1, 2, 1, 4), 8.0), torch.tensor([4, 5]))
+    assert kp.tolist() == [0, 1, 2, 3, 4, 5] and kk[0, :, 0, 0].tolist() == [0, 1, 2, 7, 8, 8]  # a chunk: masked
     bad = LayerCache(1, 1, 4, capacity=8, window=None, dtype=torch.float32, device="cpu", fault="cache_slot")
     bad.store(k, k, torch.arange(3))
     kk, _, kp = bad.attend(torch.full((1, 1, 1, 4), 7.0), torch.full((1, 1, 1, 4), 7.0), torch.tensor([3]))

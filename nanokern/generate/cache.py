@@ -26,13 +26,19 @@ class LayerCache:
         self.fault = fault
 
     def store(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
-        """Keep the new tokens' k/v [B, T, nkv, d] at positions pos [T] (a window keeps the last w)."""
+        """Keep the new tokens' k/v [B, T, nkv, d] at positions pos [T] = length..length+T-1 (a
+        window keeps the last w)."""
         T = k.shape[1]
         if self.window is None:
             s = self.length + (1 if self.fault == "cache_slot" and self.length > 0 else 0)
             self.k[:, s:s + T] = k
             self.v[:, s:s + T] = v
             self.pos[s:s + T] = pos
+        elif T == 1:  # a decode step: one slot, by Python arithmetic
+            s = self.length % self.window
+            self.k[:, s] = k[:, 0]
+            self.v[:, s] = v[:, 0]
+            self.pos[s] = self.length
         else:
             n = min(T, self.window)
             slots = pos[T - n:] % self.window
@@ -43,13 +49,15 @@ class LayerCache:
 
     def attend(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor):
         """Store the new tokens and return (keys, values, key positions) their queries attend over:
-        the whole written part of a full cache; a ring after its update when one token comes (the
-        slot it evicts is the position that just left the window), else the ring before the update
-        and the new tokens (earlier queries of the chunk still need the keys the update evicts)."""
+        the whole written part of a full cache (key positions None when one query sees every
+        slot: no mask is needed); a ring after its update when one token comes (the slot it
+        evicts is the position that just left the window), else the ring before the update and
+        the new tokens (earlier queries of the chunk still need the keys the update evicts)."""
         if self.window is None:
             self.store(k, v, pos)
             n = self.length
-            return self.k[:, :n], self.v[:, :n], torch.arange(n, device=self.pos.device)
+            kp = None if k.shape[1] == 1 else torch.arange(n, device=self.pos.device)
+            return self.k[:, :n], self.v[:, :n], kp
         if k.shape[1] == 1:
             self.store(k, v, pos)
             return self.k, self.v, self.pos

@@ -65,6 +65,7 @@ class Decoder:
         self.model, self.fault = model, fault
         self.vocab = min(vocab or model.spec.vocab_size, model.spec.vocab_size)
         self._tables: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self._mask = None  # ((step start, ring size, window), decode_mask) shared by a step's ring layers
 
     # -- cache ----------------------------------------------------------------------------------
     def new_cache(self, batch: int, capacity: int) -> KVCache:
@@ -100,7 +101,14 @@ class Decoder:
                 c.store(k, v, pos)
             else:
                 kc, vc, kp = c.attend(k, v, pos)
-                o = GK.decode_attention(q, kc, vc, pos, kp, window, be)
+                mask = None
+                if be == "torch" and kp is not None and T == 1 and c.window is not None:
+                    # every ring of this window holds the same positions after a one-token step
+                    key = (start, c.window, window)
+                    if self._mask is None or self._mask[0] != key:
+                        self._mask = (key, GK.decode_mask(pos, kp, window))
+                    mask = self._mask[1]
+                o = GK.decode_attention(q, kc, vc, pos, kp, window, be, mask)
             part = torch.nn.functional.linear(o.reshape(B * T, nq * d), a.o)
             out = part if out is None else out + part  # all-reduce of the row-parallel o_proj
         return out

@@ -17,6 +17,8 @@ from nanokern.parity import kernels as K
 def decode_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None = None) -> torch.Tensor:
     """[T, L] boolean, True where the query at position q_pos[t] sees cache slot j: 0 <= k_pos[j]
     <= q_pos[t] (k_pos -1 marks an empty slot) and, with a window w, k_pos[j] > q_pos[t] - w."""
+    if k_pos is None:
+        raise ValueError("decode_mask needs the key positions")
     qp, kp = q_pos[:, None], k_pos[None, :].to(q_pos.device)
     m = (kp >= 0) & (kp <= qp)
     if window is not None:
@@ -27,11 +29,14 @@ def decode_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None = N
 
 
 def decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-                         window: int | None = None) -> torch.Tensor:
+                         window: int | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
     """q [B,T,nq,d] over the cache k/v [B,L,nkv,d] through SDPA in fp32 (GQA: q head h uses kv
-    head h // (nq/nkv)), rounded once to the input dtype -> [B,T,nq,d]."""
+    head h // (nq/nkv)), rounded once to the input dtype -> [B,T,nq,d]. k_pos None: every slot
+    is visible to every query (no mask; the caller vouches for it). mask: decode_mask(q_pos,
+    k_pos, window) computed already (the decoder shares it between layers of one step)."""
     qt, kt, vt = (t.transpose(1, 2).to(torch.float32) for t in (q, k, v))
-    mask = decode_mask(q_pos, k_pos, window)
+    if mask is None and k_pos is not None:
+        mask = decode_mask(q_pos, k_pos, window)
     o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=kt.shape[1] != qt.shape[1])
     return o.transpose(1, 2).to(q.dtype).contiguous()
 
@@ -49,7 +54,11 @@ def _triton():
     return _TRITON
 
 
-def decode_attention(q, k, v, q_pos, k_pos, window=None, backend="torch"):
+def decode_attention(q, k, v, q_pos, k_pos, window=None, backend="torch", mask=None):
+    """k_pos None: every cache slot is visible (a full cache, one query past all of it). mask:
+    the torch path's precomputed decode_mask (the Triton kernel masks by positions itself)."""
     if backend == "triton":
+        if k_pos is None:
+            k_pos = torch.arange(k.shape[1], device=k.device)
         return _triton().decode_attention(q, k, v, q_pos, k_pos, window)
-    return decode_attention_ref(q, k, v, q_pos, k_pos, window)
+    return decode_attention_ref(q, k, v, q_pos, k_pos, window, mask)

@@ -86,12 +86,6 @@ def rope_tables(max_pos: int, head_dim: int, theta: float, dtype: torch.dtype = 
     return cos, sin
 
 
-def _pair_index(head_dim: int, interleaved: bool, device=None):
-    h = head_dim // 2
-    i = torch.arange(h, device=device)
-    return (2 * i, 2 * i + 1) if interleaved else (i, i + h)
-
-
 def rope_ref(
     qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_rot: int, head_dim: int,
     interleaved: bool, numerics: str = "hf",
@@ -104,8 +98,9 @@ def rope_ref(
     """
     T = qkv.shape[0]
     x = qkv[:, : n_rot * head_dim].reshape(T, n_rot, head_dim)
-    ia, ib = _pair_index(head_dim, interleaved, qkv.device)
-    a, b = x[..., ia], x[..., ib]
+    h = head_dim // 2
+    # the pairs (i, i + d/2) or (2i, 2i + 1), taken as strided views (no gather)
+    a, b = (x[..., 0::2], x[..., 1::2]) if interleaved else (x[..., :h], x[..., h:])
     c = cos.to(qkv.device)[positions][:, None, :]
     s = sin.to(qkv.device)[positions][:, None, :]
     if numerics == "fused" or qkv.dtype == torch.float32:
@@ -114,10 +109,9 @@ def rope_ref(
     else:
         c, s = c.to(qkv.dtype), s.to(qkv.dtype)
         ra, rb = a * c - b * s, b * c + a * s
-    out = torch.empty((T, n_rot, head_dim), dtype=qkv.dtype, device=qkv.device)
-    out[..., ia] = ra
-    out[..., ib] = rb
-    return out
+    if interleaved:
+        return torch.stack([ra, rb], -1).reshape(T, n_rot, head_dim)
+    return torch.cat([ra, rb], -1)
 
 
 def swiglu_ref(gu: torch.Tensor) -> torch.Tensor:
