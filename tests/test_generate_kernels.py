@@ -151,3 +151,12 @@ def test_sampling():
     assert picks == {1, 3}
     with pytest.raises(ValueError):
         Sampler(greedy=False, temperature=0.0)
+
+
+def test_ring_longer_than_the_generation_is_cut_to_it_and_attends_over_filled_slots():
+    c = LayerCache(2, 1, 2, capacity=5, window=4096, dtype=torch.float32, device="cpu")
+    assert c.k.shape[1] == 5
+    x = torch.ones(2, 3, 1, 2)
+    c.store(x, x, torch.arange(3))
+    kk, _, kp = c.attend(x[:, :1], x[:, :1], torch.tensor([3]))
+    assert kk.shape[1] == 4 and kp.tolist() == [0, 1, 2, 3]

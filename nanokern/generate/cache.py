@@ -2,8 +2,10 @@
 (GQA: nkv_r heads, shared by its q heads; never repeated per q head).
 
 - A full-attention layer: a preallocated [B, capacity, nkv_r, d] buffer; slot j holds position j.
-- A sliding-window layer (window w): a rolling [B, w, nkv_r, d] ring; position p lives in slot
-  p mod w, and `pos` records each slot's position (-1: empty), which the attention masks with.
+- A sliding-window layer (window w): a rolling [B, r, nkv_r, d] ring of r = min(w, capacity)
+  slots (a window longer than the whole generation never evicts anything); position p lives in
+  slot p mod r, and `pos` records each slot's position (-1: empty), which the attention masks
+  with. Until the ring is full, only its filled slots are attended over.
 
 Fault injection (negative controls): "cache_slot" writes each decode step's k/v one slot past
 its position (a full-attention layer then sees an empty slot where its own key should be).
@@ -18,7 +20,8 @@ class LayerCache:
     def __init__(self, batch: int, n_kv: int, head_dim: int, capacity: int, window: int | None, dtype, device,
                  fault: str | None = None):
         self.window = window
-        size = window if window is not None else capacity + 1  # + 1: room for the "cache_slot" fault
+        size = min(window, capacity) if window is not None else capacity + 1  # + 1: room for the "cache_slot" fault
+        self.size = size
         self.k = torch.zeros(batch, size, n_kv, head_dim, dtype=dtype, device=device)
         self.v = torch.zeros_like(self.k)
         self.pos = torch.full((size,), -1, dtype=torch.int64, device=device)
@@ -35,13 +38,13 @@ class LayerCache:
             self.v[:, s:s + T] = v
             self.pos[s:s + T] = pos
         elif T == 1:  # a decode step: one slot, by Python arithmetic
-            s = self.length % self.window
+            s = self.length % self.size
             self.k[:, s] = k[:, 0]
             self.v[:, s] = v[:, 0]
             self.pos[s] = self.length
         else:
-            n = min(T, self.window)
-            slots = pos[T - n:] % self.window
+            n = min(T, self.size)
+            slots = pos[T - n:] % self.size
             self.k[:, slots] = k[:, T - n:]
             self.v[:, slots] = v[:, T - n:]
             self.pos[slots] = pos[T - n:]
@@ -58,10 +61,12 @@ class LayerCache:
             n = self.length
             kp = None if k.shape[1] == 1 else torch.arange(n, device=self.pos.device)
             return self.k[:, :n], self.v[:, :n], kp
+        n = min(self.length, self.size)  # filled slots: 0..n-1 until the ring is full
         if k.shape[1] == 1:
             self.store(k, v, pos)
-            return self.k, self.v, self.pos
-        keys, vals, kpos = torch.cat([self.k, k], 1), torch.cat([self.v, v], 1), torch.cat([self.pos, pos])
+            n = min(self.length, self.size)
+            return self.k[:, :n], self.v[:, :n], self.pos[:n]
+        keys, vals, kpos = torch.cat([self.k[:, :n], k], 1), torch.cat([self.v[:, :n], v], 1), torch.cat([self.pos[:n], pos])
         self.store(k, v, pos)
         return keys, vals, kpos
 

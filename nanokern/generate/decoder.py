@@ -103,8 +103,8 @@ class Decoder:
                 kc, vc, kp = c.attend(k, v, pos)
                 mask = None
                 if be == "torch" and kp is not None and T == 1 and c.window is not None:
-                    # every ring of this window holds the same positions after a one-token step
-                    key = (start, c.window, window)
+                    # every ring of this size holds the same positions after a one-token step
+                    key = (start, c.size, window)
                     if self._mask is None or self._mask[0] != key:
                         self._mask = (key, GK.decode_mask(pos, kp, window))
                     mask = self._mask[1]
