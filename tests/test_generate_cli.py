@@ -60,7 +60,7 @@ def test_generate_text_nanotron_and_hf_folder_agree(tok_dir, export, tmp_path):
                             "torch", "--device", "cpu", "--json", js])
         assert r.exit_code == 0, r.output
         data = json.loads(js.read_text())
-        assert data["prompt_ids"] == [tok("w1 w2 w3 w4", add_special_tokens=False)["input_ids"]]
+        assert data["prompt_ids"] == [tok("w1 w2 w3 w4")["input_ids"]]
         assert len(data["new_ids"][0]) == 12 and max(data["new_ids"][0]) < len(tok)  # only the tokenizer's ids
         assert data["prefill_tokens_per_s"] > 0 and data["decode_tokens_per_s"] > 0
         assert data["text"][0] in r.output and "tok/s" in r.output
@@ -117,3 +117,21 @@ def test_bench_generate_writes_a_row(tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 1 and rows[0]["tokens_equal"] == "True" and float(rows[0]["native_decode_tok_s"]) > 0
     assert float(rows[0]["hf_decode_tok_s"]) > 0 and rows[0]["new_tokens"] == "4"
+
+
+def test_stop_at_eos():
+    """eos_id stops the loop once every sequence has produced it (here: the first greedy token of
+    sequence 0, so batch 1 stops at once and batch 2 runs on until sequence 1 has it too)."""
+    import torch
+
+    from nanokern.generate.decoder import Decoder
+    from nanokern.parity.native import NativeModel
+
+    dec = Decoder(NativeModel(fixture("nanotron", "qwen2_dense_tp1_pp1"), "fp32", "torch", "cpu"))
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    full = dec.generate(ids, 12).new_ids
+    eos = full[0][0]
+    assert dec.generate(ids[:1], 12, eos_id=eos).new_ids == [[eos]]
+    two = dec.generate(ids, 12, eos_id=eos).new_ids
+    stop = full[1].index(eos) + 1 if eos in full[1] else 12
+    assert [len(x) for x in two] == [stop, stop] and two[1] == full[1][:stop]

@@ -101,7 +101,7 @@ def generate(ckpt, prompts, prompt_ids, tokenizer, max_new_tokens, greedy, tempe
             raise click.UsageError("--prompt needs --tokenizer DIR (or use --prompt-ids)")
     tok = _tokenizer(tokenizer) if tokenizer else None
     if prompts:
-        rows = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        rows = [tok(p)["input_ids"] for p in prompts]  # as tokenizer(prompt) does (its special tokens)
     else:
         rows = [_parse_ids(p) for p in prompt_ids]
     if any(not r for r in rows):
