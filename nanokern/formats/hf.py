@@ -262,7 +262,8 @@ def read_hf(path: str | os.PathLike) -> Model:
 
 
 def resolve_dtype(name: str, source: torch.dtype) -> torch.dtype:
-    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "keep": source}
+    table = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "keep": source,
+             "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}  # torch's names too
     try:
         return table[name]
     except KeyError:
