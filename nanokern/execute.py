@@ -30,7 +30,7 @@ from zlib_ng.zlib_ng import crc32  # zlib's CRC-32, SIMD: 2.4x the stdlib's spee
 
 from nanokern import diskspace, distributed, signals
 from nanokern import lock as outlock
-from nanokern.direct_io import SequentialWriter
+from nanokern.direct_io import FIRST_CHUNK, SequentialWriter, SmallFileWriter
 from nanokern.errors import NanokernError, OutOfSpace
 from nanokern.formats.safetensors_io import map_tensor
 from nanokern.plan import OutFile, Plan
@@ -108,6 +108,9 @@ def _all_finite(t: torch.Tensor) -> bool:
 CHUNK_BYTES = 128 << 20
 MIN_CHUNK_BYTES = 16 << 20
 WRITE_DEPTH = 2
+# Files up to this size are built whole in memory and written at once, without writer threads
+# (direct_io.SmallFileWriter): layer norms, biases, small shards of a TP x PP checkpoint.
+SMALL_FILE_BYTES = FIRST_CHUNK
 
 
 def _fill_rows(t, r0: int, r1: int, out: torch.Tensor, sources: _Sources, backend: str, stager) -> None:
@@ -131,7 +134,8 @@ def _fill_rows(t, r0: int, r1: int, out: torch.Tensor, sources: _Sources, backen
 
 
 def write_file(f: OutFile, path: Path, sources: _Sources, backend: str, on_bytes=None, stager: Stager | None = None,
-               direct: bool = True, chunk: int = CHUNK_BYTES, cancel: threading.Event | None = None) -> dict:
+               direct: bool = True, chunk: int = CHUNK_BYTES, cancel: threading.Event | None = None,
+               fsync: bool = True) -> dict:
     """Write one output file; return its manifest entry (size, header and tensor CRC32s, non-finite).
 
     The file is produced front to back: each tensor in row chunks, gathered and cast by the
@@ -140,7 +144,10 @@ def write_file(f: OutFile, path: Path, sources: _Sources, backend: str, on_bytes
     CRC32 and NaN/inf scan while it is being written.
     """
     max_row = max((t.shape2d[1] * t.dtype.itemsize for t in f.tensors), default=0)
-    w = SequentialWriter(path, f.size, chunk, max(max_row, len(f.header)), depth=WRITE_DEPTH, direct=direct)
+    if f.size <= SMALL_FILE_BYTES:
+        w = SmallFileWriter(path, f.size)
+    else:
+        w = SequentialWriter(path, f.size, chunk, max(max_row, len(f.header)), depth=WRITE_DEPTH, direct=direct)
     sums = {t.name: {"offset": t.offset, "nbytes": t.nbytes, "crc32": 0, "finite": True} for t in f.tensors}
 
     def digest(raw: torch.Tensor, out: torch.Tensor, s: dict) -> None:
@@ -170,7 +177,7 @@ def write_file(f: OutFile, path: Path, sources: _Sources, backend: str, on_bytes
                 if on_bytes:
                     on_bytes(raw.numel())
                 r0 = r1
-        w.close()
+        w.close(fsync=fsync)
     except BaseException:
         w.abort()
         raise
@@ -193,12 +200,41 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_small(path: Path, data: bytes) -> None:
+def _write_small(path: Path, data: bytes, fsync: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
         fh.write(data)
         fh.flush()
-        os.fsync(fh.fileno())
+        if fsync:
+            os.fsync(fh.fileno())
+
+
+# Durability of the output files. "syncfs": files are closed without an fsync each; finished
+# files are made durable together by one syncfs(2) of the output's filesystem (once SYNC_BYTES
+# or SYNC_EVERY seconds of finished files are pending, and once at the end for the files,
+# configs, manifest and folders), and only then journaled as finished, so a resume never
+# trusts a file that is not on disk. "fsync": one fsync per file and per folder. Measured on a
+# 441-file reshard (65 MB, 2-core VM, medians of 3): fsync 0.73 s, syncfs 0.38 s, cp -r + sync
+# of the source 0.15 s.
+DURABILITY = "syncfs"
+SYNC_BYTES = 16 << 20
+SYNC_EVERY = 1.0
+
+
+def _syncfs(path: Path) -> None:
+    """Flush the filesystem holding `path` (Linux syncfs; os.sync() elsewhere)."""
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).syncfs
+        except (AttributeError, OSError):
+            fn = None
+        if fn is None or fn(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 def partial_dir(dst: Path, fingerprint: str) -> Path:
@@ -297,7 +333,7 @@ def _execute_in(plan, dst, work, backend, device, workers, progress, strict, sta
         bar = tqdm(total=sum(f.size for f in mine), unit="B", unit_scale=True, unit_divisor=1024,
                    desc="convert" if world == 1 else f"convert (rank 0 of {world})", leave=False)
         bar.update(sum(f.size for f in mine if f.path in done))
-    lock = threading.Lock()
+    lock = threading.RLock()  # re-entrant: a signal may arrive while the main thread holds it
     stop = threading.Event()  # set on the first error or signal: the other writers stop at their next chunk
     sources = _Sources()
     largest = max((t.nbytes for f in plan.files for t in f.tensors), default=0)
@@ -306,6 +342,23 @@ def _execute_in(plan, dst, work, backend, device, workers, progress, strict, sta
     if device == "cuda" or staging_bytes is not None:
         stager = Stager(device, (staging_bytes or 1 << 30) // workers, backend)
     entries = {p: e for p, e in done.items() if p in {f.path for f in mine}}
+    batched = DURABILITY == "syncfs"
+    pending: dict[str, dict] = {}  # finished files not yet made durable (batched)
+    last_sync = [time.monotonic()]
+
+    def save_journal():
+        tmp = journal.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries))
+        os.replace(tmp, journal)
+
+    def make_durable():  # under `lock`: one syncfs for every file finished since the last one
+        if not pending:
+            return
+        _syncfs(work)
+        last_sync[0] = time.monotonic()
+        entries.update(pending)
+        pending.clear()
+        save_journal()
 
     def tick(n):
         if bar:
@@ -317,23 +370,27 @@ def _execute_in(plan, dst, work, backend, device, workers, progress, strict, sta
             return
         target = work / f.path
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            entry = write_file(f, target, sources, backend, tick, stager, direct_io, chunk, cancel=stop)
+            entry = write_file(f, target, sources, backend, tick, stager, direct_io, chunk, cancel=stop, fsync=not batched)
         except OSError as e:
             if e.errno in diskspace.NO_SPACE:
-                raise OutOfSpace(f"no space left on the device while writing it; the {len(entries)} finished file(s) "
-                                 f"are kept in {work}: free space and run the same command to resume", target) from None
+                raise OutOfSpace("no space left on the device while writing it", target) from None
             raise
         if strict and entry["nonfinite"]:
             raise NanokernError(f"non-finite values (NaN/inf) in {', '.join(entry['nonfinite'][:3])} (--strict)", plan.source.path)
         with lock:
-            entries[f.path] = entry
-            tmp = journal.with_suffix(".tmp")
-            tmp.write_text(json.dumps(entries))
-            os.replace(tmp, journal)
+            if batched:
+                pending[f.path] = entry
+                if (time.monotonic() - last_sync[0] >= SYNC_EVERY
+                        or sum(e["size"] for e in pending.values()) >= SYNC_BYTES):
+                    make_durable()
+            else:
+                entries[f.path] = entry
+                save_journal()
 
     error = None
     try:
+        for d in sorted({(work / f.path).parent for f in todo}):
+            d.mkdir(parents=True, exist_ok=True)
         if workers == 1:
             for f in todo:
                 run(f)
@@ -347,13 +404,28 @@ def _execute_in(plan, dst, work, backend, device, workers, progress, strict, sta
                 raise
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
+        with lock:
+            make_durable()
     except signals.Interrupted as e:  # keep the finished files: the same command resumes
+        with lock:
+            make_durable()
         e.kept, e.total, e.work = len(entries), len(mine), str(work)
         raise
     except KeyboardInterrupt:
         raise  # keep the finished files: the next run resumes
     except Exception as e:  # noqa: BLE001 - reported, and shared with the other ranks
         error = e
+        if isinstance(e, OutOfSpace):  # keep the finished files for a resume; drop the unfinished ones
+            with lock:
+                for f in todo:
+                    if f.path not in entries and f.path not in pending:
+                        (work / f.path).unlink(missing_ok=True)  # frees room for the journal
+                try:
+                    make_durable()
+                except OSError:
+                    pass
+            error = OutOfSpace(f"{e.message}; the {len(entries)} finished file(s) are kept in {work}: "
+                               f"free space and run the same command to resume", e.path)
     finally:
         sources.close()
         if bar:
@@ -380,10 +452,10 @@ def _execute_in(plan, dst, work, backend, device, workers, progress, strict, sta
     if rank == 0:
         try:
             for name, data in plan.aux.items():
-                _write_small(work / name, data)
+                _write_small(work / name, data, fsync=not batched)
             manifest = {"format": "nanokern-manifest", "version": 1, "target": plan.target,
                         "files": {f.path: entries[f.path] for f in plan.files}}
-            _write_small(work / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+            _write_small(work / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode(), fsync=not batched)
         except OSError as e:
             if e.errno in diskspace.NO_SPACE:
                 raise OutOfSpace(f"no space left on the device while writing it; the {len(entries)} finished file(s) "
@@ -392,8 +464,11 @@ def _execute_in(plan, dst, work, backend, device, workers, progress, strict, sta
             raise
         for j in work.glob(JOURNAL_GLOB):
             j.unlink()
-        for d in {work, *[(work / f.path).parent for f in plan.files]}:
-            _fsync_dir(d)
+        if batched:
+            _syncfs(work)  # every file, config, the manifest and every folder, at once
+        else:
+            for d in {work, *[(work / f.path).parent for f in plan.files]}:
+                _fsync_dir(d)
         _replace(work, dst)
     if dist:
         dist.barrier()
