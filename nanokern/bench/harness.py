@@ -98,6 +98,15 @@ def nanokern_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "nanokern"]
 
 
+def _warm(root: Path) -> None:
+    """Read every file under root once (the import source was written with O_DIRECT: not cached)."""
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            with open(p, "rb", buffering=0) as f:
+                while f.read(16 << 20):
+                    pass
+
+
 def cached_hf_source(cache: Path, nt_src: Path, echo) -> Path:
     """The HF folder of a synthetic Nanotron checkpoint (exported once by nanokern, cached)."""
     root = cache / f"hf-{nt_src.name}"
@@ -133,6 +142,7 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
         src = nt_src
         floor_src = nt_src / "0" / "model"
         source_bytes = sum(f.stat().st_size for f in floor_src.rglob("*.safetensors"))
+    _warm(src)  # every approach reads a source already in the page cache
     target = opts.target_layout
     big_name, big_numel = shape.largest_tensor()
     if target is not None:  # Nanotron keeps qkv and gate_up fused: per TP rank
