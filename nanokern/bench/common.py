@@ -50,12 +50,13 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """Short HEAD, with -dirty when tracked files differ from it."""
+    """Short HEAD, with -dirty when tracked files (other than benchmarks/results/) differ from it."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                               check=False).returncode != 0
+        # the results CSVs themselves do not count: a run appending several rows would mark its own later rows
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":(exclude)benchmarks/results"], cwd=REPO_ROOT,
+                               capture_output=True, check=False).returncode != 0
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
