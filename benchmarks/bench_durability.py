@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Many small output files: how to make them durable. The same reshard plans executed with an
 fsync per file and per folder ("fsync") and with one syncfs per batch ("syncfs", the default),
-against `cp -r` + `sync` of the source's model/ folder, alternating, medians.
+and with one syncfs per batch but every file through the threaded writer, small ones included
+("syncfs_threads": what execute did before SmallFileWriter), against `cp -r` + `sync` of the
+source's model/ folder, alternating, medians.
 
     python benchmarks/bench_durability.py               # 24 layers, hidden 256: 147 and 441 files
     python benchmarks/bench_durability.py --layers 48 --reps 5 --no-csv
@@ -30,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 from nanokern.bench.common import append_csv_rows, commit, machine  # noqa: E402
 
 COLUMNS = ["timestamp", "machine", "commit", "plan", "files", "mbytes", "reps", "floor_s", "fsync_s", "syncfs_s",
-           "fsync_ratio_floor", "syncfs_ratio_floor"]
+           "fsync_ratio_floor", "syncfs_ratio_floor", "syncfs_threads_s", "syncfs_threads_ratio_floor"]
 
 
 def main() -> None:
@@ -60,7 +62,8 @@ def main() -> None:
     plans = {"reshard tp2pp2->tp1pp1": make_plan(src, "nanotron", "keep", tp=1, pp=1),
              "reshard tp2pp2->tp4pp2": make_plan(src, "nanotron", "keep", tp=4, pp=2)}
     times: dict[tuple[str, str], list[float]] = {}
-    modes = ["floor", "fsync", "syncfs"]
+    modes = ["floor", "fsync", "syncfs", "syncfs_threads"]
+    small = ex.SMALL_FILE_BYTES
     for rep in range(a.reps):
         for mode in modes if rep % 2 == 0 else modes[::-1]:
             for name, plan in plans.items():
@@ -72,12 +75,13 @@ def main() -> None:
                 if mode == "floor":
                     subprocess.run(["cp", "-r", str(src / "0" / "model"), str(out)], check=True)
                 else:
-                    ex.DURABILITY = mode
+                    ex.DURABILITY = "fsync" if mode == "fsync" else "syncfs"
+                    ex.SMALL_FILE_BYTES = 0 if mode == "syncfs_threads" else small
                     ex.execute(plan, out, progress=False)
                 os.sync()
                 times.setdefault((name, mode), []).append(time.perf_counter() - t0)
                 shutil.rmtree(out, ignore_errors=True)
-    ex.DURABILITY = "syncfs"
+    ex.DURABILITY, ex.SMALL_FILE_BYTES = "syncfs", small
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     rows = []
     for name, plan in plans.items():
@@ -85,12 +89,16 @@ def main() -> None:
         mb = sum(f.size for f in plan.files) / 1e6
         print(f"{name}: {len(plan.files)} files, {mb:.1f} MB; medians of {a.reps}: cp -r + sync {med['floor']:.3f} s, "
               f"fsync per file {med['fsync']:.3f} s ({med['fsync'] / med['floor']:.2f}x), "
-              f"syncfs per batch {med['syncfs']:.3f} s ({med['syncfs'] / med['floor']:.2f}x)")
+              f"syncfs per batch {med['syncfs']:.3f} s ({med['syncfs'] / med['floor']:.2f}x), "
+              f"syncfs with writer threads for small files {med['syncfs_threads']:.3f} s "
+              f"({med['syncfs_threads'] / med['floor']:.2f}x)")
         rows.append({"timestamp": stamp, "machine": machine(), "commit": commit(), "plan": name, "files": len(plan.files),
                      "mbytes": round(mb, 1), "reps": a.reps, "floor_s": round(med["floor"], 3),
                      "fsync_s": round(med["fsync"], 3), "syncfs_s": round(med["syncfs"], 3),
                      "fsync_ratio_floor": round(med["fsync"] / med["floor"], 3),
-                     "syncfs_ratio_floor": round(med["syncfs"] / med["floor"], 3)})
+                     "syncfs_ratio_floor": round(med["syncfs"] / med["floor"], 3),
+                     "syncfs_threads_s": round(med["syncfs_threads"], 3),
+                     "syncfs_threads_ratio_floor": round(med["syncfs_threads"] / med["floor"], 3)})
     if not a.no_csv:
         append_csv_rows(a.csv, COLUMNS, rows)
         print(f"appended {len(rows)} rows to {a.csv}")
