@@ -450,26 +450,8 @@ def _execute_in(plan, dst, work, backend, device, workers, progress, strict, sta
         raise error
 
     if rank == 0:
-        try:
-            for name, data in plan.aux.items():
-                _write_small(work / name, data, fsync=not batched)
-            manifest = {"format": "nanokern-manifest", "version": 1, "target": plan.target,
-                        "files": {f.path: entries[f.path] for f in plan.files}}
-            _write_small(work / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode(), fsync=not batched)
-        except OSError as e:
-            if e.errno in diskspace.NO_SPACE:
-                raise OutOfSpace(f"no space left on the device while writing it; the {len(entries)} finished file(s) "
-                                 f"are kept in {work}: free space and run the same command to resume",
-                                 e.filename) from None
-            raise
-        for j in work.glob(JOURNAL_GLOB):
-            j.unlink()
-        if batched:
-            _syncfs(work)  # every file, config, the manifest and every folder, at once
-        else:
-            for d in {work, *[(work / f.path).parent for f in plan.files]}:
-                _fsync_dir(d)
-        _replace(work, dst)
+        with signals.deferred(str(dst)):
+            _finish(plan, work, dst, entries, batched)
     if dist:
         dist.barrier()
     report.seconds = time.perf_counter() - t0
@@ -478,6 +460,30 @@ def _execute_in(plan, dst, work, backend, device, workers, progress, strict, sta
     report.bytes = sum(f.size for f in plan.files)
     report.nonfinite = [f"{p}: {n}" for p, e in sorted(entries.items()) for n in e["nonfinite"]]
     return report
+
+
+def _finish(plan: Plan, work: Path, dst: Path, entries: dict, batched: bool) -> None:
+    """Configs and manifest, everything durable, then into place (rank 0; signals deferred)."""
+    try:
+        for name, data in plan.aux.items():
+            _write_small(work / name, data, fsync=not batched)
+        manifest = {"format": "nanokern-manifest", "version": 1, "target": plan.target,
+                    "files": {f.path: entries[f.path] for f in plan.files}}
+        _write_small(work / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode(), fsync=not batched)
+    except OSError as e:
+        if e.errno in diskspace.NO_SPACE:
+            raise OutOfSpace(f"no space left on the device while writing it; the {len(entries)} finished file(s) "
+                             f"are kept in {work}: free space and run the same command to resume",
+                             e.filename) from None
+        raise
+    for j in work.glob(JOURNAL_GLOB):
+        j.unlink()
+    if batched:
+        _syncfs(work)  # every file, config, the manifest and every folder, at once
+    else:
+        for d in {work, *[(work / f.path).parent for f in plan.files]}:
+            _fsync_dir(d)
+    _replace(work, dst)
 
 
 # Replacing an existing DST (--force) so that a kill at any moment leaves a complete DST, old or
@@ -558,7 +564,8 @@ def _recover(dst: Path, keep: Path | None = None) -> None:
         intent.unlink()
         _fsync_dir(parent)
     for stale in parent.glob(f"{dst.name}.old-*"):
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        if stale.name.rsplit("-", 1)[1].isdigit():  # DST.old-PID: nanokern's own
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     for stale in parent.glob(f"{dst.name}.partial-*"):
         if stale != keep:
             shutil.rmtree(stale, ignore_errors=True)

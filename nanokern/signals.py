@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+from contextlib import contextmanager
 
 
 class Interrupted(BaseException):
@@ -22,6 +23,8 @@ class Interrupted(BaseException):
         self.kept: int | None = None  # files finished and kept in `work` (None: nothing started yet)
         self.total: int | None = None
         self.work: str | None = None
+        self.finished: str | None = None  # the signal came while this output was being put in place
+
 
     @property
     def exit_code(self) -> int:
@@ -29,6 +32,8 @@ class Interrupted(BaseException):
 
     def message(self) -> str:
         name = signal.Signals(self.signum).name
+        if self.finished is not None:
+            return f"interrupted ({name}) while putting {self.finished} in place: it is complete"
         if self.kept is None:
             return f"interrupted ({name}) before writing anything: nothing kept; run the same command again"
         return (f"interrupted ({name}): {self.kept} of {self.total} file(s) finished and kept in {self.work}; "
@@ -36,6 +41,7 @@ class Interrupted(BaseException):
 
 
 _raised = False
+_deferred: list | None = None  # inside deferred(): signals received, raised when it ends
 
 
 def _handler(signum, frame):
@@ -43,7 +49,26 @@ def _handler(signum, frame):
     if _raised:  # a second Ctrl-C while the first is being cleaned up: leave now
         os._exit(128 + signum)
     _raised = True
+    if _deferred is not None:
+        _deferred.append(signum)
+        return
     raise Interrupted(signum)
+
+
+@contextmanager
+def deferred(what: str):
+    """A step that must not stop half-way (the final rename): a signal received meanwhile is
+    raised once it is done, saying that `what` is complete."""
+    global _deferred
+    outer, _deferred = _deferred, []
+    try:
+        yield
+    finally:
+        got, _deferred = _deferred, outer
+    if got:
+        e = Interrupted(got[0])
+        e.finished = what
+        raise e
 
 
 def install() -> None:

@@ -298,3 +298,12 @@ def test_help_imports_no_heavy_library():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "HEAVY []" in r.stdout, r.stdout[-500:]
+
+
+def test_a_signal_while_putting_out_in_place_waits_for_it():
+    code = ("import os, signal, time\nfrom nanokern import signals\nsignals.install()\ndone = []\n"
+            "try:\n    with signals.deferred('OUT'):\n        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(0.05)\n        done.append(1)\n"
+            "except signals.Interrupted as e:\n    print(done, e.exit_code, e.message())\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "[1] 143 interrupted (SIGTERM) while putting OUT in place: it is complete", r.stderr
