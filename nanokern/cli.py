@@ -9,8 +9,11 @@ from pathlib import Path
 
 import click
 
-from nanokern import __version__
+from nanokern import __version__, signals
 from nanokern.errors import NanokernError
+
+if os.path.basename(sys.argv[0]) == "nanokern" or sys.argv[0].endswith(os.path.join("nanokern", "__main__.py")):
+    signals.install()  # the command itself (not an import of this module): a Ctrl-C from here on is one line
 
 # Start-up: this module imports only click and nanokern's small modules. torch, transformers,
 # triton and the parity and bench packages are imported where a command uses them (the bench
@@ -270,9 +273,7 @@ _QUICK_EXIT = []  # set by a command whose work is complete and durable: skip th
 
 
 def main():
-    from nanokern import signals
-
-    signals.install()  # first: a Ctrl-C while importing torch is one line too
+    signals.install()  # (again, for callers of main()): a Ctrl-C while importing torch is one line too
     try:
         cli(prog_name="nanokern")
     except SystemExit as e:

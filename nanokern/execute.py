@@ -387,6 +387,21 @@ def _execute_in(plan, dst, work, backend, device, workers, progress, strict, sta
                 entries[f.path] = entry
                 save_journal()
 
+    with signals.raising():  # from here a signal raises Interrupted: the finished files are kept
+        report = _write_all(plan, dst, work, todo, mine, entries, pending, workers, run, make_durable, lock, stop,
+                            sources, bar, batched, dist, rank, world, report)
+    if rank == 0:
+        signals.completed(str(dst))
+    report.seconds = time.perf_counter() - t0
+    report.files = len(plan.files)
+    report.tensors = plan.num_tensors
+    report.bytes = sum(f.size for f in plan.files)
+    report.nonfinite = [f"{p}: {n}" for p, e in sorted(entries.items()) for n in e["nonfinite"]]
+    return report
+
+
+def _write_all(plan, dst, work, todo, mine, entries, pending, workers, run, make_durable, lock, stop, sources, bar,
+               batched, dist, rank, world, report) -> Report:
     error = None
     try:
         for d in sorted({(work / f.path).parent for f in todo}):
@@ -454,11 +469,6 @@ def _execute_in(plan, dst, work, backend, device, workers, progress, strict, sta
             _finish(plan, work, dst, entries, batched)
     if dist:
         dist.barrier()
-    report.seconds = time.perf_counter() - t0
-    report.files = len(plan.files)
-    report.tensors = plan.num_tensors
-    report.bytes = sum(f.size for f in plan.files)
-    report.nonfinite = [f"{p}: {n}" for p, e in sorted(entries.items()) for n in e["nonfinite"]]
     return report
 
 

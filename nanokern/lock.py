@@ -84,10 +84,12 @@ def hold(dst: str | os.PathLike, wait: bool = False, on_wait=None):
         if entry is not None:
             entry[1] += 1
     if entry is None:
+        from nanokern import signals
+
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = _acquire(path, dst, wait, on_wait)
         with _guard:
-            entry = _held[key] = [fd, 1]
+            entry = _held[key] = [fd, 1, signals.at_quick_exit(lambda: os.unlink(path))]
     try:
         yield path
     finally:
@@ -97,6 +99,9 @@ def hold(dst: str | os.PathLike, wait: bool = False, on_wait=None):
             if last:
                 del _held[key]
         if last:
+            from nanokern import signals
+
+            signals.forget(entry[2])
             try:
                 os.unlink(path)  # while still holding it: a waiter re-checks the inode
             except FileNotFoundError:

@@ -1,18 +1,22 @@
 """Ctrl-C and SIGTERM as one line: how many files are finished and kept, and how to resume.
 
-`install()` (called first thing by the `nanokern` command) turns SIGINT and SIGTERM into an
-`Interrupted` exception raised in the main thread, wherever it is: importing torch, planning, or
-waiting on the writer threads. It derives from BaseException, so neither click ("Aborted!")
-nor the `except Exception` of a conversion step swallows it. A conversion that is interrupted
-fills in what it kept (`kept`, `total`, `work`), and the command prints `message()` and exits
-with 128 + the signal number (130 for SIGINT, 143 for SIGTERM). A second signal while the first
-is being handled ends the process at once, with the same exit code.
+`install()` (called first thing by the `nanokern` command) handles SIGINT and SIGTERM:
+- while starting up (imports, planning: nothing written yet) the process prints one line and
+  leaves at once, after the registered clean-ups (the output lock's file). Raising there is not
+  safe: an exception thrown into the middle of `import torch` comes out as some other error;
+- inside `raising()` (execute's writing) they raise `Interrupted` in the main thread. It derives
+  from BaseException, so neither click ("Aborted!") nor an `except Exception` swallows it; the
+  conversion fills in what it kept (`kept`, `total`, `work`) and the command prints `message()`;
+- inside `deferred()` (the final rename) they wait for the step to end, then raise.
+The exit code is 128 + the signal number (130 for SIGINT, 143 for SIGTERM). A second signal
+while the first is being handled ends the process at once, with the same exit code.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 from contextlib import contextmanager
 
 
@@ -33,7 +37,7 @@ class Interrupted(BaseException):
     def message(self) -> str:
         name = signal.Signals(self.signum).name
         if self.finished is not None:
-            return f"interrupted ({name}) while putting {self.finished} in place: it is complete"
+            return f"interrupted ({name}) after {self.finished} was put in place: it is complete"
         if self.kept is None:
             return f"interrupted ({name}) before writing anything: nothing kept; run the same command again"
         return (f"interrupted ({name}): {self.kept} of {self.total} file(s) finished and kept in {self.work}; "
@@ -42,6 +46,9 @@ class Interrupted(BaseException):
 
 _raised = False
 _deferred: list | None = None  # inside deferred(): signals received, raised when it ends
+_raising = 0  # > 0 inside raising()
+_complete: str | None = None  # an output finished by this process (said by a signal after it)
+_cleanups: dict[int, object] = {}  # run before leaving at once
 
 
 def _handler(signum, frame):
@@ -52,7 +59,50 @@ def _handler(signum, frame):
     if _deferred is not None:
         _deferred.append(signum)
         return
-    raise Interrupted(signum)
+    if _raising:
+        raise Interrupted(signum)
+    for fn in list(_cleanups.values()):
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - leaving anyway
+            pass
+    e = Interrupted(signum)
+    e.finished = _complete
+    if int(os.environ.get("RANK", "0")) == 0:
+        try:
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001
+            pass
+        os.write(2, (e.message() + "\n").encode())
+    os._exit(e.exit_code)
+
+
+def at_quick_exit(fn) -> int:
+    """Run fn() if a signal ends the process while starting up; returns a key for forget()."""
+    key = id(fn)
+    _cleanups[key] = fn
+    return key
+
+
+def forget(key: int) -> None:
+    _cleanups.pop(key, None)
+
+
+def completed(what: str) -> None:
+    """`what` is complete: a signal from now on says so."""
+    global _complete
+    _complete = what
+
+
+@contextmanager
+def raising():
+    """Signals raise Interrupted in the main thread inside this block."""
+    global _raising
+    _raising += 1
+    try:
+        yield
+    finally:
+        _raising -= 1
 
 
 @contextmanager
