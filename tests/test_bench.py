@@ -112,7 +112,10 @@ def test_bench_backends_tiny(tmp_path):
         assert float(row["seconds_median"]) == pytest.approx(sorted(runs)[0] + (sorted(runs)[1] - sorted(runs)[0]) / 2, abs=2e-3)
     torch_row = rows[1]
     assert float(torch_row["vs_torch"]) == 1.0
-    assert float(rows[0]["vs_torch"]) == pytest.approx(float(torch_row["seconds_median"]) / float(rows[0]["seconds_median"]), rel=0.01)
+    # the CSV rounds medians to 1 ms: at this size (tens of ms) that alone moves their ratio by a few %
+    t_torch, t_cpu = float(torch_row["seconds_median"]), float(rows[0]["seconds_median"])
+    tol = (0.0005 / t_torch + 0.0005 / t_cpu) * 1.01 + 0.001
+    assert float(rows[0]["vs_torch"]) == pytest.approx(t_torch / t_cpu, rel=tol)
 
 
 @pytest.mark.parametrize("source,direction", [("hf", "import"), ("nanotron", "reshard")])
