@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-import traceback
 from pathlib import Path
 
 import click
 
-from nanokern import __version__
-from nanokern.bench import bench
+from nanokern import __version__, signals
+from nanokern.arch import BY_CLASS
 from nanokern.errors import NanokernError
-from nanokern.parity.cli import parity
 
-DTYPES = click.Choice(["bf16", "fp16", "fp32", "keep"])
+if os.path.basename(sys.argv[0]) == "nanokern" or sys.argv[0].endswith(os.path.join("nanokern", "__main__.py")):
+    signals.install()  # the command itself (not an import of this module): a Ctrl-C from here on is one line
+
+# Start-up: this module imports only click and nanokern's small modules. torch, transformers,
+# triton and the parity and bench packages are imported where a command uses them (the bench
+# and parity groups are loaded when their name is looked up), so every --help is quick.
+
+# torch's names are accepted too: bfloat16 = bf16, float16 = fp16, float32 = fp32
+DTYPES = click.Choice(["bf16", "fp16", "fp32", "keep", "bfloat16", "float16", "float32"])
 BACKENDS = click.Choice(["auto", "torch", "cpu", "cuda", "triton"])
-HF_CLASSES = ["LlamaForCausalLM", "Qwen2ForCausalLM", "SmolLM3ForCausalLM", "Qwen2MoeForCausalLM"]
+HF_CLASSES = list(BY_CLASS)
 
 
 def _warn(msg: str) -> None:
@@ -48,14 +55,54 @@ def run_guarded(ctx_json, debug, fn):
         return fn()
     except (NanokernError, ValueError, OSError) as e:
         if debug:
+            import traceback
+
             traceback.print_exc()
-        msg = str(e) if not isinstance(e, OSError) or isinstance(e, NanokernError) else f"{e.filename}: {e.strerror}"
+        msg = str(e) if not isinstance(e, OSError) or isinstance(e, NanokernError) else _os_error_line(e)
         _write_json(ctx_json, {"ok": False, "error": msg})
         raise Fail(msg) from None
 
 
+def _os_error_line(e: OSError) -> str:
+    if e.filename is None:
+        return e.strerror or str(e)
+    return f"{e.filename}: {e.strerror}"
+
+
+def _load_parity():
+    """The `parity` command, from nanokern/parity/cli.py. That file imports only click; the
+    package's __init__ imports torch, so --help loads the file by itself (the command's body
+    imports the package when it runs)."""
+    mod = sys.modules.get("nanokern.parity.cli")
+    if mod is None:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("nanokern._parity_cli", Path(__file__).parent / "parity" / "cli.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    return mod.parity
+
+
+def _load_bench():
+    from nanokern.bench.cli import bench
+
+    return bench
+
+
+LAZY = {"bench": _load_bench, "parity": _load_parity}
+
+
 class _Group(click.Group):
-    """Any NanokernError a command lets through ends as one line, exit code 1."""
+    """Any NanokernError a command lets through ends as one line, exit code 1. The LAZY
+    commands are loaded when looked up."""
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *LAZY})
+
+    def get_command(self, ctx, name):
+        if name in LAZY and name not in self.commands:
+            self.add_command(LAZY[name](), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         try:
@@ -106,32 +153,47 @@ def cli():
 @click.option("--workers", type=int, default=None, help="Files written in parallel [default: min(4, cores)].")
 @click.option("--buffered-io", is_flag=True, help="Write through the page cache instead of O_DIRECT.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
+@click.option("--wait", is_flag=True, help="If another conversion is writing DST, wait for it instead of refusing.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write a machine-readable report here.")
 @click.option("--strict", is_flag=True, help="NaN or inf in the weights is an error, not a warning.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, tokenizer, rope_interleaved, max_shard_size, tp, pp,
-            make_vocab_size_divisible_by, hf_arch, nanotron_config, workers, buffered_io, force, dry_run, json_path, strict, quiet, debug):
+            make_vocab_size_divisible_by, hf_arch, nanotron_config, workers, buffered_io, force, wait, dry_run, json_path, strict, quiet, debug):
     """Convert checkpoint SRC into DST (written beside DST, renamed into place when complete).
 
     SRC is a Nanotron checkpoints_path (with latest.txt) or step folder, in any TP x PP layout,
     or a HF folder (LlamaForCausalLM, Qwen2ForCausalLM, SmolLM3ForCausalLM, Qwen2MoeForCausalLM). Under torchrun (or srun with torch.distributed's
     environment) the output files are spread over the processes; the result is the same bytes.
+    One conversion at a time writes DST (a lock file DST.lock beside it): another one refuses,
+    or waits with --wait. An interrupted run (Ctrl-C, SIGTERM, kill) keeps its finished files;
+    the same command resumes from them.
     """
-    from nanokern.convert import make_plan
+    import contextlib
+
     from nanokern.distributed import world
-    from nanokern.execute import execute
-    from nanokern.formats.hf import parse_size
-    from nanokern.plan import describe
 
     lead = world()[0] == 0  # under torchrun only rank 0 talks
     say = click.echo if lead else (lambda *a, **k: None)
     warn = _warn if lead else (lambda msg: None)
 
     def go():
-        if Path(dst).exists() and not force and not dry_run:
-            raise NanokernError("output exists (use --force to replace it)", dst)
+        with contextlib.ExitStack() as held:
+            if not dry_run and lead and Path(dst).absolute().parent.is_dir():  # refuse (or wait) before planning
+                from nanokern import lock
+
+                held.enter_context(lock.hold(dst, wait=wait, on_wait=lambda m: say(m, err=True)))
+            if Path(dst).exists() and not force and not dry_run:
+                raise NanokernError("output exists (use --force to replace it)", dst)
+            return convert_locked()
+
+    def convert_locked():
+        from nanokern.convert import make_plan
+        from nanokern.execute import execute
+        from nanokern.formats.hf import parse_size
+        from nanokern.plan import describe
+
         plan = make_plan(src, to, dtype, vocab_size=vocab_size, tokenizer=tokenizer, rope_interleaved=rope_interleaved,
                          max_shard_size=max_shard_size, tp=tp, pp=pp, make_vocab_size_divisible_by=make_vocab_size_divisible_by,
                          hf_arch=hf_arch, nanotron_config=nanotron_config)
@@ -146,7 +208,7 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
                 _write_json(json_path, {**info, "dry_run": True})
             return
         report = execute(plan, dst, backend=backend, device=device, workers=workers, force=force,
-                         progress=not quiet, strict=strict, direct_io=not buffered_io,
+                         progress=not quiet, strict=strict, direct_io=not buffered_io, wait=wait,
                          staging_bytes=parse_size(staging_budget) if device == "cuda" else None)
         for n in report.nonfinite:
             warn(f"non-finite values (NaN/inf) in {n}")
@@ -158,6 +220,8 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
         _write_json(json_path, {**info, "seconds": report.seconds, "gbps": report.gbps, "backend": report.backend,
                                 "workers": report.workers, "processes": report.processes,
                                 "reused_files": report.reused_files, "nonfinite": report.nonfinite})
+        if report.processes == 1:
+            _QUICK_EXIT.append(True)
 
     run_guarded(json_path, debug, go)
 
@@ -217,12 +281,27 @@ def demo(workdir, backend, arch_name, debug):
     sys.exit(0 if ok else 1)
 
 
-cli.add_command(parity)
-cli.add_command(bench)
+_QUICK_EXIT = []  # set by a command whose work is complete and durable: skip the interpreter's teardown
 
 
 def main():
-    cli(prog_name="nanokern")
+    signals.install()  # (again, for callers of main()): a Ctrl-C while importing torch is one line too
+    try:
+        cli(prog_name="nanokern")
+    except SystemExit as e:
+        if _QUICK_EXIT and e.code in (0, None):
+            # The output is complete and fsynced, the report printed: tearing down torch's modules
+            # costs ~0.25 s of the user's wait and nothing else, so leave now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
+        raise
+    except signals.Interrupted as e:
+        from nanokern.distributed import world
+
+        if world()[0] == 0:
+            click.echo(f"\n{e.message()}" if sys.stderr.isatty() else e.message(), err=True)
+        sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

@@ -12,3 +12,8 @@ class NanokernError(Exception):
         self.path = None if path is None else os.fspath(path)
         self.message = message
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class OutOfSpace(NanokernError):
+    """The disk filled up while writing (another writer took the space): the finished files are
+    kept for a resume."""

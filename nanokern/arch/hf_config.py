@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from nanokern.arch.spec import ModelSpec
@@ -11,6 +10,8 @@ from nanokern.errors import NanokernError
 
 
 def transformers_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("transformers")
     except PackageNotFoundError:

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import click
 
-from nanokern.bench.common import REPO_ROOT, parse_size
-from nanokern.bench.harness import Options, append_csv, format_table, run_convert_bench
+from nanokern.bench.common import REPO_ROOT, parse_size, short_dtype
+
+# torch's names too (bfloat16 = bf16, float16 = fp16, float32 = fp32)
+SRC_DTYPES = click.Choice(["fp32", "bf16", "fp16", "float32", "bfloat16", "float16"])
+OUT_DTYPES = click.Choice(["keep", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16"])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -23,9 +26,14 @@ def bench():
 @click.option("--size", default="1GB", show_default=True, help="Synthetic checkpoint size (20MB, 1GB, 4GB, ...).")
 @click.option("--tp", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--pp", type=click.IntRange(1), default=2, show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Source dtype.")
-@click.option("--to", "to", type=click.Choice(["hf"]), default="hf", show_default=True)
-@click.option("--out-dtype", type=click.Choice(["keep", "fp32", "bf16", "fp16"]), default="keep", show_default=True)
+@click.option("--dtype", type=SRC_DTYPES, default="fp32", show_default=True, help="Source dtype.")
+@click.option("--to", "to", type=click.Choice(["hf", "nanotron"]), default="hf", show_default=True,
+              help="hf: export. nanotron: import (--from hf) or reshard (--from nanotron).")
+@click.option("--from", "source", type=click.Choice(["nanotron", "hf"]), default="nanotron", show_default=True,
+              help="Source format; hf = the synthetic checkpoint exported once by nanokern (cached).")
+@click.option("--out-tp", type=click.IntRange(1), default=1, show_default=True, help="Reshard: target TP (import: --tp).")
+@click.option("--out-pp", type=click.IntRange(1), default=1, show_default=True, help="Reshard: target PP (import: --pp).")
+@click.option("--out-dtype", type=OUT_DTYPES, default="keep", show_default=True)
 @click.option("--reps", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--workers", type=int, default=None, help="nanokern's --workers [default: its own].")
 @click.option("--backend", type=click.Choice(["auto", "torch", "cpu", "cuda", "triton"]), default="auto", show_default=True)
@@ -42,13 +50,24 @@ def bench():
               help="Idle seconds before each measured run, so all start from the same memory state.")
 @click.option("--keep-outputs", type=click.Path(file_okay=False), default=None, hidden=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full result as JSON.")
-def convert_cmd(size, tp, pp, dtype, to, out_dtype, reps, workers, backend, nproc, device, threads, cache_dir, scratch_dir,
+def convert_cmd(size, tp, pp, dtype, to, source, out_tp, out_pp, out_dtype, reps, workers, backend, nproc, device, threads, cache_dir, scratch_dir,
                 csv_path, no_csv, check, clean_cache, settle, keep_outputs, json_path):
     """Time nanokern's conversion against `cp -r` + sync of the same files and a naive
-    load/cat/save_file script; peak anonymous memory against the largest tensor."""
+    load/cat/save_file script; peak anonymous memory against the largest tensor. nanokern and
+    the naive script are timed in-process and as whole processes (exec to exit, then sync).
+
+    \b
+    export:  --to hf                                 (Nanotron --tp x --pp -> HF)
+    import:  --to nanotron --from hf                 (HF -> Nanotron --tp x --pp)
+    reshard: --to nanotron --out-tp 1 --out-pp 1     (Nanotron --tp x --pp -> --out-tp x --out-pp)
+    """
     parse_size(size)
-    opts = Options(size, tp, pp, dtype, to, out_dtype, reps, workers, backend, nproc, device, threads, cache_dir,
-                   scratch_dir, csv_path, check, keep_outputs, clean_cache, settle)
+    from nanokern.bench.harness import Options
+
+    opts = Options(size, tp, pp, short_dtype(dtype), to, short_dtype(out_dtype), reps, workers, backend, nproc, device,
+                   threads, cache_dir, scratch_dir, csv_path, check, keep_outputs, clean_cache, settle, source, out_tp, out_pp)
+    from nanokern.bench.harness import append_csv, format_table, run_convert_bench
+
     res = run_convert_bench(opts)
     click.echo(format_table(res))
     if not no_csv:
@@ -65,8 +84,8 @@ def convert_cmd(size, tp, pp, dtype, to, out_dtype, reps, workers, backend, npro
 @click.option("--size", default="1GB", show_default=True, help="Synthetic checkpoint size (20MB, 1GB, 4GB, ...).")
 @click.option("--tp", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--pp", type=click.IntRange(1), default=2, show_default=True)
-@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Source dtype.")
-@click.option("--out-dtype", type=click.Choice(["keep", "fp32", "bf16", "fp16"]), default="bf16", show_default=True)
+@click.option("--dtype", type=SRC_DTYPES, default="fp32", show_default=True, help="Source dtype.")
+@click.option("--out-dtype", type=OUT_DTYPES, default="bf16", show_default=True)
 @click.option("--backends", default="cpu,torch", show_default=True, help="Comma-separated backends to compare.")
 @click.option("--rope-interleaved", is_flag=True, help="Read the source as trained with interleaved RoPE: q/k rows are permuted (row-map gathers).")
 @click.option("--reps", type=click.IntRange(1), default=5, show_default=True)
@@ -88,7 +107,7 @@ def backends_cmd(size, tp, pp, dtype, out_dtype, backends, rope_interleaved, rep
     names = [b.strip() for b in backends.split(",") if b.strip()]
     if not names:
         raise click.BadParameter("name at least one backend", param_hint="--backends")
-    rows = run_backend_bench(size, tp, pp, dtype, out_dtype, names, reps, device, threads, settle, cache_dir, scratch_dir,
+    rows = run_backend_bench(size, tp, pp, short_dtype(dtype), short_dtype(out_dtype), names, reps, device, threads, settle, cache_dir, scratch_dir,
                              click.echo, rope_interleaved)
     click.echo(format_rows(rows))
     if not no_csv:

@@ -16,8 +16,11 @@ CSV_COLUMNS = [
     "timestamp", "machine", "device", "commit", "size", "tp", "pp", "dtype", "out_dtype", "workers",
     "backend", "nproc", "floor_s", "nanokern_s", "naive_s", "ratio_floor", "speedup_naive",
     "peak_anon_mb", "baseline_anon_mb", "largest_tensor_mb", "mem_ratio",
+    # whole processes (exec to exit, then sync), per direction; older rows end before these
+    "direction", "out_tp", "out_pp", "reps", "whole_s", "naive_whole_s", "whole_ratio_floor", "whole_speedup_naive",
 ]
 ST_DTYPES = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}
+DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # torch's names
 ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2}
 _UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "B": 1}
@@ -47,12 +50,13 @@ def machine() -> str:
 
 
 def commit() -> str:
-    """Short HEAD, with -dirty when tracked files differ from it."""
+    """Short HEAD, with -dirty when tracked files (other than benchmarks/results/) differ from it."""
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                               check=False).returncode != 0
+        # the results CSVs themselves do not count: a run appending several rows would mark its own later rows
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":(exclude)benchmarks/results"], cwd=REPO_ROOT,
+                               capture_output=True, check=False).returncode != 0
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -66,11 +70,24 @@ def device_name(device: str) -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else device
 
 
+def short_dtype(name: str) -> str:
+    """bf16/fp16/fp32/keep, from those or torch's names."""
+    return DTYPE_ALIASES.get(name, name)
+
+
 def append_csv_rows(path: str | os.PathLike, columns: list[str], rows: list[dict]) -> None:
-    """Append rows to a results CSV, writing the header first when the file is new or empty."""
+    """Append rows to a results CSV, writing the header first when the file is new or empty. A
+    header that is a prefix of `columns` (a CSV from before columns were added) is extended in
+    place; the older rows keep their fields and end where the old header did."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.is_file() or path.stat().st_size == 0
+    if not new:
+        text = path.read_text()
+        head, _, rest = text.partition("\n")
+        old = head.strip().split(",")
+        if old != columns and columns[: len(old)] == old:
+            path.write_text(",".join(columns) + "\n" + rest)
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
         if new:

@@ -18,23 +18,14 @@ def _parse_shape(text: str) -> tuple[int, ...]:
     return tuple(int(re.sub(r"np\.int64\((\d+)\)", r"\1", s)) for s in text.strip("()").split(",") if s.strip())
 
 
-def naive_convert(src, dst, out_dtype: str = "keep", max_shard_size: int = 5 * 10**9) -> None:
-    """Nanotron -> HF the straightforward way: load_file every shard, torch.cat the pieces along
-    their global slices, split qkv / gate_up, cast, save_file per shard (greedy 5 GB split in
-    state_dict order, like save_pretrained), index and config.json."""
+def _load_assembled(step: Path) -> tuple[dict, dict]:
+    """(model_config, {nanotron param name: full tensor}): load_file every shard, then torch.cat
+    the local pieces in the order of their global slices."""
     import torch
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    src, dst = Path(src), Path(dst)
-    step = src / (src / "latest.txt").read_text().strip() if (src / "latest.txt").is_file() else src
     cfg = json.loads((step / "model_config.json").read_text())
-    if cfg.get("rope_interleaved", True):
-        raise ValueError("naive baseline: interleaved RoPE checkpoints are not supported")
-    H, I, nq, nkv = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    d = H // nq
-
-    # 1. load every shard
     shards: dict[str, list] = {}
     for f in sorted((step / "model").rglob("*.safetensors")):
         name = ".".join(f.parent.relative_to(step / "model").parts) + ".weight"
@@ -43,7 +34,6 @@ def naive_convert(src, dst, out_dtype: str = "keep", max_shard_size: int = 5 * 1
             md = h.metadata() or {}
         shards.setdefault(name, []).append((t, md))
 
-    # 2. assemble full tensors: cat the local pieces in the order of their global slices
     def assemble(name: str) -> torch.Tensor:
         parts = shards.pop(name)
         if not parts[0][1]:
@@ -61,6 +51,34 @@ def naive_convert(src, dst, out_dtype: str = "keep", max_shard_size: int = 5 * 1
         if tuple(full.shape) != full_shape:
             raise ValueError(f"{name}: assembled {tuple(full.shape)}, metadata says {full_shape}")
         return full
+
+    return cfg, {name: assemble(name) for name in list(shards)}
+
+
+def _step(src: Path) -> Path:
+    return src / (src / "latest.txt").read_text().strip() if (src / "latest.txt").is_file() else src
+
+
+def naive_convert(src, dst, out_dtype: str = "keep", max_shard_size: int = 5 * 10**9) -> None:
+    """Nanotron -> HF the straightforward way: load_file every shard, torch.cat the pieces along
+    their global slices, split qkv / gate_up, cast, save_file per shard (greedy 5 GB split in
+    state_dict order, like save_pretrained), index and config.json."""
+    import torch
+    from safetensors.torch import save_file
+
+    src, dst = Path(src), Path(dst)
+    step = _step(src)
+    cfg = json.loads((step / "model_config.json").read_text())
+    if cfg.get("rope_interleaved", True):
+        raise ValueError("naive baseline: interleaved RoPE checkpoints are not supported")
+    H, I, nq, nkv = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    d = H // nq
+
+    # 1-2. load every shard, assemble full tensors
+    _, full = _load_assembled(step)
+
+    def assemble(name: str) -> torch.Tensor:
+        return full.pop(name)
 
     dt = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[out_dtype]
 
@@ -126,6 +144,115 @@ def naive_convert(src, dst, out_dtype: str = "keep", max_shard_size: int = 5 * 1
     if dst.exists():
         shutil.rmtree(dst)
     os.replace(tmp, dst)
+
+
+_TORCH_DT = {"keep": None, "fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def _write_nanotron(dst: Path, full: dict, cfg: dict, tp: int, pp: int, out_dtype: str) -> None:
+    """save_file every Nanotron shard of `full` ({nanotron param name: full tensor}) at TP x PP:
+    each shard sliced out of the full tensor along its global slices, cast, made contiguous.
+    The file names, metadata strings and PP split are Nanotron's (nanokern.bench.synthetic)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from nanokern.bench.synthetic import Shape, shard_files
+
+    shape = Shape(cfg["num_hidden_layers"], cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"],
+                  cfg["num_key_value_heads"], cfg["vocab_size"])
+    dt = None if _TORCH_DT[out_dtype] is None else getattr(torch, _TORCH_DT[out_dtype])
+    tmp = dst.parent / f"{dst.name}.naive-tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    step = tmp / "0"
+    for sf in shard_files(shape, tp, pp):
+        parts = sf.path.split("/")
+        name = ".".join(parts[1:-1]) + ".weight"
+        t = full[name]
+        if sf.metadata:
+            local = torch.empty(sf.shape, dtype=t.dtype)
+            for pair in sf.metadata["local_global_slices_pairs"].split(";"):
+                loc, glo = pair.split("#")
+                local[tuple(_parse_slice(x) for x in loc.split("|"))] = t[tuple(_parse_slice(x) for x in glo.split("|"))]
+        else:
+            local = t
+        local = local.to(dt) if dt is not None and local.dtype != dt else local.contiguous()
+        (step / sf.path).parent.mkdir(parents=True, exist_ok=True)
+        save_file({"data": local}, str(step / sf.path), metadata=sf.metadata)
+    (step / "model_config.json").write_text(json.dumps(cfg))
+    (tmp / "latest.txt").write_text("0")
+    if dst.exists():
+        shutil.rmtree(dst)
+    os.replace(tmp, dst)
+
+
+def naive_import(src, dst, out_dtype: str = "keep", tp: int = 1, pp: int = 1) -> None:
+    """HF -> Nanotron the straightforward way: load_file every HF shard, torch.cat q/k/v and
+    gate/up, slice every TP shard, cast, save_file per Nanotron file."""
+    import torch
+    from safetensors.torch import load_file
+
+    src, dst = Path(src), Path(dst)
+    hf: dict = {}
+    for f in sorted(src.glob("*.safetensors")):
+        hf.update(load_file(str(f)))
+    c = json.loads((src / "config.json").read_text())
+    nt: dict = {"model.token_position_embeddings.pp_block.token_embedding.weight": hf.pop("model.embed_tokens.weight")}
+    for i in range(c["num_hidden_layers"]):
+        p, n = f"model.layers.{i}.", f"model.decoder.{i}.pp_block."
+        nt[n + "attn.qkv_proj.weight"] = torch.cat([hf.pop(p + f"self_attn.{x}_proj.weight") for x in "qkv"])
+        nt[n + "attn.o_proj.weight"] = hf.pop(p + "self_attn.o_proj.weight")
+        nt[n + "mlp.gate_up_proj.weight"] = torch.cat([hf.pop(p + "mlp.gate_proj.weight"), hf.pop(p + "mlp.up_proj.weight")])
+        nt[n + "mlp.down_proj.weight"] = hf.pop(p + "mlp.down_proj.weight")
+        nt[n + "input_layernorm.weight"] = hf.pop(p + "input_layernorm.weight")
+        nt[n + "post_attention_layernorm.weight"] = hf.pop(p + "post_attention_layernorm.weight")
+    nt["model.final_layer_norm.pp_block.weight"] = hf.pop("model.norm.weight")
+    nt["model.lm_head.pp_block.weight"] = hf.pop("lm_head.weight")
+    keys = ("bos_token_id", "eos_token_id", "hidden_act", "hidden_size", "intermediate_size", "max_position_embeddings",
+            "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "rms_norm_eps", "tie_word_embeddings",
+            "vocab_size")
+    cfg = {k: c.get(k) for k in keys} | {"rope_theta": (c.get("rope_parameters") or {}).get("rope_theta", c.get("rope_theta")),
+                                         "rope_interleaved": False, "is_llama_config": True}
+    _write_nanotron(dst, nt, cfg, tp, pp, out_dtype)
+
+
+def naive_reshard(src, dst, out_dtype: str = "keep", tp: int = 1, pp: int = 1) -> None:
+    """Nanotron -> Nanotron at another TP x PP: load and assemble every parameter (as
+    naive_convert does), then slice and save_file every new shard."""
+    src, dst = Path(src), Path(dst)
+    cfg, full = _load_assembled(_step(src))
+    _write_nanotron(dst, full, cfg, tp, pp, out_dtype)
+
+
+def compare_nanotron(a, b) -> list[str]:
+    """Differences between the model/ shards of two Nanotron checkpoints (file names, dtypes,
+    shapes, bits, metadata); [] if equal."""
+    from safetensors import safe_open
+
+    def files(root: Path) -> dict[str, Path]:
+        step = _step(root)
+        return {str(p.relative_to(step)): p for p in sorted((step / "model").rglob("*.safetensors"))}
+
+    fa, fb = files(Path(a)), files(Path(b))
+    problems = [f"only in {a}: {n}" for n in sorted(set(fa) - set(fb))] + [f"only in {b}: {n}" for n in sorted(set(fb) - set(fa))]
+    for rel in sorted(set(fa) & set(fb)):
+        with safe_open(str(fa[rel]), "pt") as ha, safe_open(str(fb[rel]), "pt") as hb:
+            x, y = ha.get_tensor("data"), hb.get_tensor("data")
+            ma, mb = ha.metadata() or {}, hb.metadata() or {}
+        if x.dtype != y.dtype or x.shape != y.shape:
+            problems.append(f"{rel}: {x.dtype} {list(x.shape)} vs {y.dtype} {list(y.shape)}")
+        elif not bool((x.contiguous().view(-1).view(_int_of(x)) == y.contiguous().view(-1).view(_int_of(y))).all()):
+            problems.append(f"{rel}: values differ")
+        if _canonical_md(ma) != _canonical_md(mb):
+            problems.append(f"{rel}: metadata {ma} vs {mb}")
+    return problems
+
+
+def _canonical_md(md: dict) -> dict:
+    if not md:
+        return {}
+    shape = md["unsharded_shape"].replace("np.int64(", "").replace(")", "").strip("(").split(",")
+    return {"keys": sorted(md), "version": md["version"], "shape": [int(x) for x in shape if x.strip()],
+            "pairs": set(md["local_global_slices_pairs"].split(";"))}
 
 
 def compare_hf(a, b) -> list[str]:

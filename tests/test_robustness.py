@@ -1,0 +1,310 @@
+"""What a user meets around a conversion: two runs for one OUT, --force replaced under a kill,
+a disk too small, Ctrl-C / SIGTERM and resuming, torch's dtype names, a quick --help."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_path import fixture
+from nt_reference import random_hf, write_nanotron
+
+NANOKERN = [sys.executable, "-m", "nanokern"]
+
+
+def run(*args, **kw):
+    return subprocess.run([*NANOKERN, *map(str, args)], capture_output=True, text=True, **kw)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def leftovers(dst: Path) -> list[str]:
+    return sorted(p.name for p in dst.parent.glob(f"{dst.name}.*"))
+
+
+def one_error_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+# --- one conversion per OUT ---------------------------------------------------------------------
+
+def test_two_conversions_raced_for_one_out(tmp_path):
+    """Started together, again and again: every run that exits 0 leaves OUT complete and equal to
+    a clean run; a run that does not succeed refuses with one line (the holder, or OUT exists)."""
+    src = fixture("nanotron", "tp2_pp2")
+    clean = tmp_path / "clean"
+    assert run("convert", src, clean, "-q").returncode == 0
+    want = tree_bytes(clean)
+    dst = tmp_path / "out"
+    refusals = 0
+    for i in range(8):
+        force = ["--force"] if i % 2 else []  # odd tries replace the previous try's OUT
+        if not force:
+            shutil.rmtree(dst, ignore_errors=True)
+        procs = [subprocess.Popen([*NANOKERN, "convert", str(src), str(dst), "-q", *force], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        results = [(p.wait(), p.stdout.read(), p.stderr.read()) for p in procs]
+        assert any(rc == 0 for rc, _, _ in results), results
+        for rc, out, err in results:
+            if rc == 0:
+                assert f"wrote {dst}" in out
+            else:
+                refusals += 1
+                line = one_error_line(err)
+                assert rc == 1 and str(dst) in line and ("in use by pid" in line or "output exists" in line), line
+        assert tree_bytes(dst) == want, f"try {i}: OUT differs from a clean run"
+        assert leftovers(dst) == [], leftovers(dst)
+    assert refusals >= 4  # the runs really overlapped
+    assert run("verify", dst).returncode == 0
+
+
+def test_lock_holder_is_named_and_wait_waits(tmp_path):
+    from nanokern import lock
+
+    src = fixture("nanotron", "tp2_pp2")
+    dst = tmp_path / "out"
+    with lock.hold(dst):
+        t0 = time.monotonic()
+        r = run("convert", src, dst, "-q")
+        line = one_error_line(r.stderr)
+        assert r.returncode == 1 and f"pid {os.getpid()} on " in line and "--wait" in line
+        assert time.monotonic() - t0 < 10 and not dst.exists()
+        waiter = subprocess.Popen([*NANOKERN, "convert", str(src), str(dst), "-q", "--wait"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        assert waiter.poll() is None  # still waiting for us
+    assert waiter.wait(timeout=120) == 0, waiter.stderr.read()
+    assert "waiting for pid" in waiter.stderr.read()
+    assert run("verify", dst).returncode == 0 and leftovers(dst) == []
+
+
+# --- --force killed at any point ------------------------------------------------------------------
+
+KILL_SCRIPT = r"""
+import os, sys
+import nanokern.execute as ex
+from nanokern.convert import convert
+where = sys.argv[3]
+real_exchange, real_replace = ex._exchange, os.replace
+def exchange(a, b):
+    if where == "before-swap":
+        os._exit(9)
+    if where.startswith("rename"):
+        return False
+    done = real_exchange(a, b)
+    if where == "after-swap":
+        os._exit(9)
+    return done
+calls = []
+def replace(a, b):
+    real_replace(a, b)
+    calls.append(a)
+    if where == "rename-between" and str(a).endswith(sys.argv[2].split("/")[-1]):
+        os._exit(9)  # OUT was renamed aside, the new one not yet into place
+ex._exchange = exchange
+ex.os.replace = replace
+convert(sys.argv[1], sys.argv[2], force=True, progress=False, max_shard_size="100KB")
+"""
+
+
+@pytest.mark.parametrize("where", ["before-swap", "after-swap", "rename-between"])
+def test_force_killed_while_replacing_keeps_a_complete_out(tmp_path, where):
+    from nanokern.convert import convert
+
+    old_src, new_src = fixture("nanotron", "tp2_pp2"), fixture("nanotron", "tp2_pp1_tied")
+    clean_old, clean_new = tmp_path / "clean-old", tmp_path / "clean-new"
+    convert(old_src, clean_old, progress=False, max_shard_size="100KB")
+    convert(new_src, clean_new, progress=False, max_shard_size="100KB")
+    dst = tmp_path / "out"
+    convert(old_src, dst, progress=False, max_shard_size="100KB")
+    r = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(new_src), str(dst), where], capture_output=True, text=True)
+    assert r.returncode == 9, r.stderr
+    if where == "rename-between":  # no exchange on this filesystem: OUT is briefly aside ...
+        assert not dst.exists()
+    else:
+        assert tree_bytes(dst) == tree_bytes(clean_old if where == "before-swap" else clean_new)
+    # ... and the next run puts things right before anything else, then does its own work
+    convert(new_src, dst, force=True, progress=False, max_shard_size="100KB")
+    assert tree_bytes(dst) == tree_bytes(clean_new)
+    assert leftovers(dst) == [], leftovers(dst)
+
+
+def test_recover_puts_back_a_folder_renamed_aside(tmp_path):
+    """The fallback path killed between its two renames: the next run's recovery restores OUT
+    (the new folder when it is complete)."""
+    from nanokern.convert import convert
+    from nanokern.execute import _recover
+
+    src = fixture("nanotron", "tp2_pp2")
+    convert(src, tmp_path / "ref", progress=False)
+    want = tree_bytes(tmp_path / "ref")
+    dst = tmp_path / "out"
+    shutil.copytree(tmp_path / "ref", tmp_path / "out.partial-abc")
+    shutil.copytree(tmp_path / "ref", tmp_path / "out.old-1")
+    (tmp_path / "out.old-1" / "config.json").write_text("{}")
+    (tmp_path / "out.replacing").write_text(json.dumps({"mode": "rename", "new": "out.partial-abc", "old": "out.old-1"}))
+    _recover(dst)
+    assert tree_bytes(dst) == want and leftovers(dst) == []
+
+
+# --- disk space -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 256 KiB tmpfs (mounted here: needs root)."""
+    why = None
+    if os.geteuid() != 0:
+        why = f"mounting a small tmpfs needs root (uid {os.geteuid()})"
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if why is None:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+        if r.returncode != 0:
+            why = f"cannot mount a tmpfs: {r.stderr.strip()}"
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_too_small_a_disk_refuses_before_writing(small_fs):
+    src = fixture("nanotron", "tp2_pp2")  # about 0.8 MB of fp32 output
+    dst = small_fs / "out"
+    r = run("convert", src, dst, "-q", "--dtype", "float32")
+    line = one_error_line(r.stderr)
+    assert r.returncode == 1 and str(small_fs) in line and "not enough free space" in line, line
+    need, free = map(float, re.search(r"needs ([0-9.]+) MB, ([0-9.]+) MB free", line).groups())
+    assert need > 0.8 and free == pytest.approx(0.26, abs=0.06), line
+    assert list(small_fs.iterdir()) == []  # nothing left behind, not even the lock
+
+
+def test_disk_filling_up_while_writing_names_the_file_and_keeps_finished_ones(small_fs, monkeypatch):
+    import nanokern.diskspace
+    from nanokern.convert import make_plan
+    from nanokern.errors import OutOfSpace
+    from nanokern.execute import execute
+
+    monkeypatch.setattr(nanokern.diskspace, "check_fits", lambda dst, sizes: None)  # as if another writer came later
+    plan = make_plan(fixture("nanotron", "tp2_pp2"), "hf", "fp32", max_shard_size="100KB")
+    dst = small_fs / "out"
+    with pytest.raises(OutOfSpace) as e:
+        execute(plan, dst, workers=1, progress=False, backend="torch")
+    msg = str(e.value)
+    assert ".safetensors: no space left" in msg and "finished file(s) are kept in" in msg and "resume" in msg, msg
+    work = next(small_fs.glob("out.partial-*"))
+    assert any(work.glob(".nanokern-done-*.json")) and not dst.exists()
+
+
+# --- Ctrl-C and SIGTERM ---------------------------------------------------------------------------
+
+MID = dict(num_hidden_layers=2, hidden_size=1024, intermediate_size=2816, num_attention_heads=8,
+           num_key_value_heads=4, vocab_size=8192, tie_word_embeddings=False)
+
+
+@pytest.fixture(scope="module")
+def mid_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mid")
+    return write_nanotron(root / "nt", random_hf(MID, dtype=torch.float32, scale=0.02), MID, tp=2, pp=2)
+
+
+def _journaled(parent: Path) -> int:
+    n = 0
+    for j in parent.glob("out.partial-*/.nanokern-done-*.json"):
+        try:
+            n += len(json.loads(j.read_text()))
+        except (json.JSONDecodeError, OSError):
+            pass
+    return n
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_run_then_the_same_command_gives_clean_bytes(mid_checkpoint, tmp_path, sig):
+    args = ["convert", mid_checkpoint, None, "-q", "--dtype", "keep", "--max-shard-size", "8MB", "--workers", "1"]
+    ref = tmp_path / "ref" / "out"
+    assert run(*[a if a is not None else ref for a in args]).returncode == 0
+    dst = tmp_path / "sig" / "out"
+    cmd = [*NANOKERN, *map(str, [a if a is not None else dst for a in args])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and _journaled(dst.parent) < 1:
+        time.sleep(0.002)
+    proc.send_signal(sig)
+    _, err = proc.communicate()
+    assert proc.returncode == 128 + sig, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    kept = _journaled(dst.parent)
+    assert lines[0].startswith(f"interrupted ({sig.name}): {kept} of ") and "kept in" in lines[0], lines[0]
+    assert "the same command resumes" in lines[0] and kept >= 1 and not dst.exists()
+    r = subprocess.run([*cmd, "--json", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["reused_files"] == kept
+    assert tree_bytes(dst) == tree_bytes(ref) and leftovers(dst) == []
+
+
+def test_ctrl_c_while_starting_up_is_one_line(tmp_path):
+    for delay in (0.12, 0.3, 0.5):  # importing click, then torch for the plan
+        proc = subprocess.Popen([*NANOKERN, "convert", str(fixture("nanotron", "tp2_pp2")), str(tmp_path / "out"), "-q"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate()
+        assert proc.returncode == 130, (delay, err)
+        assert err.strip().splitlines() == ["interrupted (SIGINT) before writing anything: nothing kept; run the same command again"]
+        assert list(tmp_path.iterdir()) == []  # the lock file too
+
+
+# --- dtype names, --help --------------------------------------------------------------------------
+
+def test_torch_dtype_names_are_accepted(tmp_path):
+    from click.testing import CliRunner
+
+    from nanokern.cli import cli
+
+    src = fixture("nanotron", "tp2_pp2")
+    for short, long in (("bf16", "bfloat16"), ("fp16", "float16"), ("fp32", "float32")):
+        a, b = tmp_path / short, tmp_path / long
+        for name, out in ((short, a), (long, b)):
+            r = CliRunner().invoke(cli, ["convert", str(src), str(out), "-q", "--dtype", name])
+            assert r.exit_code == 0, r.output
+        assert tree_bytes(a) == tree_bytes(b)
+        assert json.loads((b / "config.json").read_text())["dtype"] == str(getattr(torch, long)).split(".")[1]
+
+
+def test_help_imports_no_heavy_library():
+    code = ("import sys\nfrom nanokern.cli import cli\n"
+            "for args in ([], ['convert'], ['parity'], ['bench'], ['bench', 'convert'], ['bench', 'backends'],"
+            " ['verify'], ['inspect'], ['demo']):\n"
+            "    try:\n        cli([*args, '--help'], prog_name='nanokern')\n    except SystemExit:\n        pass\n"
+            "heavy = [m for m in ('torch', 'transformers', 'triton', 'safetensors', 'numpy', 'nanokern.parity',"
+            " 'nanokern.execute') if m in sys.modules]\n"
+            "print('HEAVY', heavy)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY []" in r.stdout, r.stdout[-500:]
+
+
+def test_a_signal_while_putting_out_in_place_waits_for_it():
+    code = ("import os, signal, time\nfrom nanokern import signals\nsignals.install()\ndone = []\n"
+            "try:\n    with signals.deferred('OUT'):\n        os.kill(os.getpid(), signal.SIGTERM)\n"
+            "        time.sleep(0.05)\n        done.append(1)\n"
+            "except signals.Interrupted as e:\n    print(done, e.exit_code, e.message())\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.strip() == "[1] 143 interrupted (SIGTERM) after OUT was put in place: it is complete", r.stderr
