@@ -148,7 +148,11 @@ class NativeModel:
         V = self.spec.vocab_size
         out = torch.empty((*h.shape[:-1], V), dtype=self.dtype, device=h.device)
         for vr in self.lm_head:
-            out[..., torch.from_numpy(vr.ids).to(h.device)] = F.linear(h, vr.weight)
+            lo, n = int(vr.ids[0]), len(vr.ids)
+            if int(vr.ids[-1]) == lo + n - 1:  # a contiguous vocab range (always, in practice): no index tensor
+                out[..., lo:lo + n] = F.linear(h, vr.weight)
+            else:
+                out[..., torch.from_numpy(vr.ids).to(h.device)] = F.linear(h, vr.weight)
         return out
 
     def project(self, i: int, a, h: torch.Tensor, pos, cos, sin):
