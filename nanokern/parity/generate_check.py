@@ -65,7 +65,7 @@ class GenerateReport:
     hf_class: str = ""
     fault: str | None = None
     native_decode_tok_s: float = 0.0
-    hf_tok_s: float = 0.0
+    hf_tok_s: float = 0.0  # transformers' decode steps (first new token to the last)
     notes: list = field(default_factory=list)
 
     @property
@@ -91,7 +91,8 @@ class GenerateReport:
                 lines.append(f"  seq {s.index}: first difference at new token {s.first_diff} (native {s.native_token}, "
                              f"transformers {s.ref_token}); reference top-1 margin {s.ref_margin:.3e}, gap to the native "
                              f"pick {s.ref_gap:.3e}: {tie}; {lg} -> {'FAIL' if s.failed else 'ok'}")
-        lines.append(f"  tokens/s: native decode {self.native_decode_tok_s:.1f}, transformers generate() {self.hf_tok_s:.1f}")
+        lines.append(f"  decode tokens/s (one cold run each; `bench generate` measures): native {self.native_decode_tok_s:.1f}, "
+                     f"transformers generate() {self.hf_tok_s:.1f}")
         lines += [f"  note: {n}" for n in self.notes]
         lines.append(f"  -> {'PASS' if self.passed else 'FAIL'}")
         return "\n".join(lines)
@@ -192,6 +193,6 @@ def run_generate_parity(ckpt, hf_dir=None, n_new: int = 32, dtype: str = "fp32",
     notes = list(native.notes)
     if fault:
         notes.append(f"DECODER FAULT INJECTED: {fault}")
-    hf_tok = B * n_new / ref.seconds if ref.seconds > 0 else 0.0
+    hf_tok = B * (n_new - 1) / ref.decode_s if ref.decode_s > 0 else 0.0  # decode steps, as the native side counts
     return GenerateReport(os.fspath(ck.step_dir), os.fspath(hf_dir), _dtype_name(dtype), native.backend, n_new, [B, S],
                           threshold, scale, floor, logits_limit, seqs, rule, hf_class, fault, gen.decode_tok_s, hf_tok, notes)
