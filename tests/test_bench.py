@@ -149,3 +149,17 @@ def test_csv_header_grows_in_place(tmp_path):
     assert path.read_text().splitlines() == ["a,b,c", "1,2", "3,4,5"]
     rows = list(csv.DictReader(path.open()))
     assert rows[0]["c"] is None and rows[1]["c"] == "5"
+
+
+@pytest.mark.parametrize("arch_name", ["moe", "smollm3"])
+def test_bench_convert_other_families_tiny(tmp_path, arch_name):
+    """A synthetic checkpoint of the family, exported and checked tensor for tensor against its
+    source (no naive script exists for these); the row says which family."""
+    opts = Options(size="20MB", tp=2, pp=2, dtype="bf16", reps=1, cache_dir=str(tmp_path / "cache"), csv_path="", settle=0,
+                   arch=arch_name)
+    res = run_convert_bench(opts, echo=lambda *_: None)
+    assert res.identical is True, res.problems
+    assert res.row["arch"] == arch_name and res.row["naive_s"] == "" and res.row["whole_s"] > 0
+    cfg = json.loads(next((tmp_path / "cache").glob(f"nt-{arch_name}-*")).joinpath("0", "model_config.json").read_text())
+    assert cfg["is_qwen2_config"] is True and (cfg["moe_config"] is not None) == (arch_name == "moe")
+    assert f"(export, {arch_name})" in format_table(res)

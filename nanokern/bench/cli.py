@@ -34,6 +34,9 @@ def bench():
 @click.option("--out-tp", type=click.IntRange(1), default=1, show_default=True, help="Reshard: target TP (import: --tp).")
 @click.option("--out-pp", type=click.IntRange(1), default=1, show_default=True, help="Reshard: target PP (import: --pp).")
 @click.option("--out-dtype", type=OUT_DTYPES, default="keep", show_default=True)
+@click.option("--arch", "arch_name", type=click.Choice(["llama", "qwen2", "smollm3", "moe"]), default="llama", show_default=True,
+              help="Synthetic family: qwen2 = q/k/v bias + window, smollm3 = NoPE layers, moe = Qwen2-MoE (8 experts, "
+                   "shared expert). The naive baseline exists for llama only; the others are checked against the source.")
 @click.option("--reps", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--workers", type=int, default=None, help="nanokern's --workers [default: its own].")
 @click.option("--backend", type=click.Choice(["auto", "torch", "cpu", "cuda", "triton"]), default="auto", show_default=True)
@@ -50,7 +53,7 @@ def bench():
               help="Idle seconds before each measured run, so all start from the same memory state.")
 @click.option("--keep-outputs", type=click.Path(file_okay=False), default=None, hidden=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full result as JSON.")
-def convert_cmd(size, tp, pp, dtype, to, source, out_tp, out_pp, out_dtype, reps, workers, backend, nproc, device, threads, cache_dir, scratch_dir,
+def convert_cmd(size, tp, pp, dtype, to, source, out_tp, out_pp, out_dtype, arch_name, reps, workers, backend, nproc, device, threads, cache_dir, scratch_dir,
                 csv_path, no_csv, check, clean_cache, settle, keep_outputs, json_path):
     """Time nanokern's conversion against `cp -r` + sync of the same files and a naive
     load/cat/save_file script; peak anonymous memory against the largest tensor. nanokern and
@@ -65,7 +68,8 @@ def convert_cmd(size, tp, pp, dtype, to, source, out_tp, out_pp, out_dtype, reps
     from nanokern.bench.harness import Options
 
     opts = Options(size, tp, pp, short_dtype(dtype), to, short_dtype(out_dtype), reps, workers, backend, nproc, device,
-                   threads, cache_dir, scratch_dir, csv_path, check, keep_outputs, clean_cache, settle, source, out_tp, out_pp)
+                   threads, cache_dir, scratch_dir, csv_path, check, keep_outputs, clean_cache, settle, source, out_tp, out_pp,
+                   arch_name)
     from nanokern.bench.harness import append_csv, format_table, run_convert_bench
 
     res = run_convert_bench(opts)

@@ -18,6 +18,7 @@ CSV_COLUMNS = [
     "peak_anon_mb", "baseline_anon_mb", "largest_tensor_mb", "mem_ratio",
     # whole processes (exec to exit, then sync), per direction; older rows end before these
     "direction", "out_tp", "out_pp", "reps", "whole_s", "naive_whole_s", "whole_ratio_floor", "whole_speedup_naive",
+    "arch",  # the synthetic family (older rows: llama)
 ]
 ST_DTYPES = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}
 DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # torch's names

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import shutil
 import statistics
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import click
 
+from nanokern.arch import decoder
 from nanokern.bench.common import (CSV_COLUMNS, ITEMSIZE, MB, REPO_ROOT, append_csv_rows, commit, device_name, machine,
                                    parse_size, short_dtype)
 from nanokern.bench.measure import Run, _rm, _run_measured, _torchrun_supported
@@ -53,6 +55,7 @@ class Options:
     source: str = "nanotron"  # with to="nanotron": "hf" = import, "nanotron" = reshard
     out_tp: int = 1  # reshard target
     out_pp: int = 1
+    arch: str = "llama"  # synthetic family (bench/synthetic.py ARCHS); the naive scripts know only llama
 
     @property
     def direction(self) -> str:
@@ -133,7 +136,7 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
         raise click.ClickException("--nproc > 1: this nanokern has no torchrun support yet (nothing reads "
                                    "WORLD_SIZE / calls init_process_group); rerun with --nproc 1")
     cache = Path(opts.cache_dir) if opts.cache_dir else REPO_ROOT / ".bench-cache"
-    nt_src, shape = cached_checkpoint(cache, nbytes, opts.tp, opts.pp, opts.dtype, echo)
+    nt_src, shape = cached_checkpoint(cache, nbytes, opts.tp, opts.pp, opts.dtype, echo, opts.arch)
     if direction == "import":
         src = cached_hf_source(cache, nt_src, echo)
         floor_src = src
@@ -145,11 +148,12 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
     _warm(src)  # every approach reads a source already in the page cache
     target = opts.target_layout
     big_name, big_numel = shape.largest_tensor()
-    if target is not None:  # Nanotron keeps qkv and gate_up fused: per TP rank
-        H, I, d = shape.hidden, shape.intermediate, shape.head_dim
-        for name, numel in (("gate_up_proj", 2 * I * H // target[0]), ("qkv_proj", (shape.heads + 2 * shape.kv_heads) * d * H // target[0])):
+    if target is not None:  # Nanotron's own tensors (fused qkv and gate_up per TP rank, merged experts)
+        spec = shape.spec()
+        for name, p, _i in decoder.nanotron_params(spec):
+            numel = math.prod(p.nt_shape(spec)) // (1 if p.split_dim() is None else target[0])
             if numel > big_numel:
-                big_name, big_numel = name, numel
+                big_name, big_numel = name.rsplit(".pp_block.", 1)[-1], numel
     out_isz = ITEMSIZE[opts.out_dtype] if opts.out_dtype != "keep" else ITEMSIZE[opts.dtype]
     big_bytes = big_numel * max(ITEMSIZE[opts.dtype], out_isz)
     res = Result(asdict(opts), asdict(shape), source_bytes, big_name, big_bytes)
@@ -211,7 +215,7 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
 
     echo(f"{direction}: source {src.name}: {shape.layers} layer(s), hidden {shape.hidden}, intermediate {shape.intermediate}, "
          f"vocab {shape.vocab}, {source_bytes / 1e9:.3f} GB; largest tensor {big_name} {big_bytes / MB:.1f} MB")
-    approaches = ["floor", "nanokern", "cli", "naive"]
+    approaches = ["floor", "nanokern", "cli"] + (["naive"] if opts.arch == "llama" else [])
     compare = compare_hf if direction == "export" else compare_nanotron
     try:
         for rep in range(opts.reps):
@@ -223,8 +227,13 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
                      f"cpu {r.cpu:6.2f} s  peak anon {r.peak_anon / MB:8.1f} MB")
                 if a == "floor" or rep < opts.reps - 1 or (not opts.check and not opts.keep_outputs):
                     _rm(outs[a])
-        if opts.check:
+        if opts.check and "naive" in approaches:
             res.problems = compare(outs["nanokern"], outs["naive"]) + compare(outs["cli"], outs["naive"])
+            res.identical = not res.problems
+        elif opts.check:  # no naive script for this family: every tensor against the source's
+            from nanokern.verify import verify
+
+            res.problems = [p for a in ("nanokern", "cli") for p in verify(outs[a], src).problems]
             res.identical = not res.problems
         if opts.keep_outputs:
             keep = Path(opts.keep_outputs)
@@ -239,21 +248,23 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
             if direction == "import":
                 shutil.rmtree(src, ignore_errors=True)
 
-    floor, nk, naive = (res.median(a) for a in ("floor", "nanokern", "naive"))
-    whole, naive_whole = res.median_wall("cli"), res.median_wall("naive")
+    floor, nk = res.median("floor"), res.median("nanokern")
+    whole = res.median_wall("cli")
+    naive, naive_whole = (res.median("naive"), res.median_wall("naive")) if "naive" in res.runs else (None, None)
+    ratio = lambda a, b: "" if a is None else round(a / b, 3)  # noqa: E731
     peak, base = res.peak("nanokern"), res.baseline("nanokern")
     res.row = {
         "timestamp": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(), "device": device_name(opts.device), "commit": commit(), "size": opts.size,
         "tp": opts.tp, "pp": opts.pp, "dtype": opts.dtype, "out_dtype": opts.out_dtype,
         "workers": opts.workers if opts.workers else "auto", "backend": opts.backend, "nproc": opts.nproc,
-        "floor_s": round(floor, 3), "nanokern_s": round(nk, 3), "naive_s": round(naive, 3),
-        "ratio_floor": round(nk / floor, 3), "speedup_naive": round(naive / nk, 3),
+        "floor_s": round(floor, 3), "nanokern_s": round(nk, 3), "naive_s": "" if naive is None else round(naive, 3),
+        "ratio_floor": round(nk / floor, 3), "speedup_naive": ratio(naive, nk),
         "peak_anon_mb": round(peak / MB, 1), "baseline_anon_mb": round(base / MB, 1),
         "largest_tensor_mb": round(big_bytes / MB, 1), "mem_ratio": round((peak - base) / big_bytes, 3),
         "direction": direction, "out_tp": "" if target is None else target[0], "out_pp": "" if target is None else target[1],
-        "reps": opts.reps, "whole_s": round(whole, 3), "naive_whole_s": round(naive_whole, 3),
-        "whole_ratio_floor": round(whole / floor, 3), "whole_speedup_naive": round(naive_whole / whole, 3),
+        "reps": opts.reps, "whole_s": round(whole, 3), "naive_whole_s": "" if naive_whole is None else round(naive_whole, 3),
+        "whole_ratio_floor": round(whole / floor, 3), "whole_speedup_naive": ratio(naive_whole, whole), "arch": opts.arch,
     }
     return res
 
@@ -269,36 +280,42 @@ def format_table(res: Result) -> str:
     o = res.options
     d = o.get("direction", "export")
     floor = res.median("floor")
-    naive = res.median("naive")
-    naive_whole = res.median_wall("naive")
+    has_naive = "naive" in res.runs
+    naive = res.median("naive") if has_naive else None
+    naive_whole = res.median_wall("naive") if has_naive else None
     layout = f"TP{o['tp']}xPP{o['pp']}"
     what = {"export": f"Nanotron {layout} -> HF", "import": f"HF -> Nanotron {layout}",
             "reshard": f"Nanotron {layout} -> Nanotron TP{o.get('out_tp', 1)}xPP{o.get('out_pp', 1)}"}[d]
-    lines = [f"nanokern bench convert ({d}): {o['size']} {o['dtype']} {what} ({o['out_dtype']}), "
+    arch = o.get("arch", "llama")
+    lines = [f"nanokern bench convert ({d}{'' if arch == 'llama' else ', ' + arch}): {o['size']} {o['dtype']} {what} ({o['out_dtype']}), "
              f"{o['reps']} rep(s), medians; {machine()}",
              f"{'approach':<22} {'time s':>8} {'GB/s':>7} {'x floor':>8} {'vs naive':>9} {'cpu s':>7} {'peak anon MB':>13} {'(peak-base)/largest':>20}"]
     rows = (("floor", "cp+sync", False), ("nanokern", "nanokern in-process", False),
             ("cli", "nanokern whole process", True), ("naive", "naive in-process", False), ("naive", "naive whole process", True))
     for a, label, wall in rows:
+        if a not in res.runs:
+            continue
         t = res.median_wall(a) if wall else res.median(a)
         peak = res.peak(a)
         mem = "-" if a in ("floor", "cli") else f"{(peak - res.baseline(a)) / res.largest_tensor_bytes:.2f}"
         cpu = statistics.median(r.cpu for r in res.runs[a])
-        vs = (naive_whole if wall else naive) / t
-        lines.append(f"{label:<22} {t:8.2f} {res.source_bytes / t / 1e9:7.2f} {t / floor:8.2f} {vs:8.2f}x "
+        vs = f"{(naive_whole if wall else naive) / t:8.2f}x" if has_naive else f"{'-':>9}"
+        lines.append(f"{label:<22} {t:8.2f} {res.source_bytes / t / 1e9:7.2f} {t / floor:8.2f} {vs} "
                      f"{cpu:7.2f} {peak / MB:13.1f} {mem:>20}")
     lines.append(f"whole process = exec of the command to its exit, then sync (start-up included); in-process = after imports. "
-                 f"baseline anon after imports: nanokern {res.baseline('nanokern') / MB:.1f} MB, naive {res.baseline('naive') / MB:.1f} MB; "
+                 f"baseline anon after imports: nanokern {res.baseline('nanokern') / MB:.1f} MB"
+                 + (f", naive {res.baseline('naive') / MB:.1f} MB; " if has_naive else " (no naive script for this family); ") +
                  f"largest tensor {res.largest_tensor} {res.largest_tensor_bytes / MB:.1f} MB; GB/s = source GB / time; "
                  f"cpu = user+sys of the process (kernel writeback not included); load average before: {res.load_before}")
     if res.identical is not None:
-        lines.append("nanokern outputs (in-process and whole process) == naive output, tensor for tensor, bit-exact: "
+        against = "naive output" if has_naive else "the source (nanokern verify --against)"
+        lines.append(f"nanokern outputs (in-process and whole process) == {against}, tensor for tensor, bit-exact: "
                      + ("yes" if res.identical else f"NO ({len(res.problems)}): " + "; ".join(res.problems[:5])))
     r = res.row
     verdict = lambda ok: "ok" if ok else "MISSED"  # noqa: E731
     most, least = TARGETS[d]
     line = f"targets: whole process <= {most}x its floor: {r['whole_ratio_floor']:.2f} {verdict(r['whole_ratio_floor'] <= most)}"
-    if least:
+    if least and has_naive:
         line += f"; >= {least}x faster than the naive script: {r['whole_speedup_naive']:.2f} {verdict(r['whole_speedup_naive'] >= least)}"
     line += f"; (peak - baseline) <= 2x largest tensor: {r['mem_ratio']:.2f} {verdict(r['mem_ratio'] <= 2)}"
     lines.append(line)
