@@ -5,6 +5,7 @@
 # does not eat the lease; a failed step does not stop the next ones. Exit status: 0 when every
 # step passed, 1 otherwise.
 #
+#   bash benchmarks/gpu_wheels.sh                # here, first: the missing wheels into .whl/ (carry it)
 #   bash benchmarks/gpu_check.sh                 # PYTHON=python3 by default
 #   PYTHON=/path/to/python OUT=/tmp/out bash benchmarks/gpu_check.sh
 #
@@ -105,6 +106,14 @@ if ! "$PYTHON" -c "import pytest" 2>/dev/null; then
     echo "pytest borrowed from $SITE"
   fi
 fi
+
+# Wheels carried from the development machine (benchmarks/gpu_wheels.sh: zlib-ng, which the
+# image lacks), installed into a private folder ahead of the image's packages.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/nanokern-site .whl/*.whl \
+    && export PYTHONPATH="/tmp/nanokern-site${PYTHONPATH:+:$PYTHONPATH}" && echo "wheels from .whl installed: $(ls .whl)"
+fi
+"$PYTHON" -c "import zlib_ng" 2>/dev/null || echo "gpu_check: zlib_ng missing (run benchmarks/gpu_wheels.sh here and carry .whl): execute/bench steps will fail" >&2
 
 # ---- 1. build ---------------------------------------------------------------------------------
 # torch refuses to build CUDA code when nvcc's major version differs from torch.version.cuda:
