@@ -84,11 +84,11 @@ def append_csv_rows(path: str | os.PathLike, columns: list[str], rows: list[dict
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.is_file() or path.stat().st_size == 0
     if not new:
-        text = path.read_text()
-        head, _, rest = text.partition("\n")
-        old = head.strip().split(",")
-        if old != columns and columns[: len(old)] == old:
-            path.write_text(",".join(columns) + "\n" + rest)
+        data = path.read_bytes()
+        head, nl, rest = data.partition(b"\n")
+        old = head.decode().strip().split(",")
+        if old != columns and columns[: len(old)] == old:  # the rows' bytes (CRLF, as csv writes them) kept
+            path.write_bytes(",".join(columns).encode() + (b"\r" if head.endswith(b"\r") else b"") + nl + rest)
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
         if new:
