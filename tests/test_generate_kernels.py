@@ -160,3 +160,29 @@ def test_ring_longer_than_the_generation_is_cut_to_it_and_attends_over_filled_sl
     c.store(x, x, torch.arange(3))
     kk, _, kp = c.attend(x[:, :1], x[:, :1], torch.tensor([3]))
     assert kk.shape[1] == 4 and kp.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_decode_attention_left_padding_triton_vs_reference(dtype):
+    """k_min (left padding): batch b's real queries never see its first k_min[b] slots; a padding
+    query sees only itself (finite). Triton equals the reference; the pads really are masked
+    (changing their keys and values changes no real query's output)."""
+    g = torch.Generator().manual_seed(4)
+    for B, T, nq, nkv, d, L, w in [(3, 1, 4, 2, 16, 9, None), (2, 5, 6, 2, 16, 5, 3), (3, 4, 4, 1, 16, 7, None)]:
+        q = torch.randn(B, T, nq, d, generator=g).to(dtype)
+        k, v = (torch.randn(B, L, nkv, d, generator=g).to(dtype) for _ in range(2))
+        kp, qp = torch.arange(L), torch.arange(L - T, L)
+        k_min = torch.tensor([0, 3, L - 1][:B])
+        ref = GK.decode_attention_ref(q, k, v, qp, kp, w, k_min=k_min)
+        got = GK.decode_attention(q, k, v, qp, kp, w, "triton", k_min=k_min)
+        assert torch.isfinite(ref).all() and torch.isfinite(got).all()
+        tol = 2e-6 if dtype == torch.float32 else 2 ** -7
+        assert float((got.float() - ref.float()).abs().max()) <= tol * max(1.0, float(ref.float().abs().max()))
+        k2, v2 = k.clone(), v.clone()
+        for b in range(B):
+            k2[b, : int(k_min[b])] = 7.0
+            v2[b, : int(k_min[b])] = -7.0
+        ref2 = GK.decode_attention_ref(q, k2, v2, qp, kp, w, k_min=k_min)
+        real = qp[None, :] >= k_min[:, None]  # [B, T] real queries
+        assert torch.equal(ref2[real], ref[real])
+        assert not torch.equal(GK.decode_attention_ref(q, k2, v2, qp, kp, w), GK.decode_attention_ref(q, k, v, qp, kp, w))

@@ -56,7 +56,8 @@ def _tokenizer(folder):
 
 @click.command("generate")
 @click.argument("ckpt", type=click.Path(exists=True))
-@click.option("--prompt", "prompts", multiple=True, help="Prompt text (repeat for a batch; equal token lengths).")
+@click.option("--prompt", "prompts", multiple=True,
+              help="Prompt text (repeat for a batch; prompts of different lengths are left-padded).")
 @click.option("--prompt-ids", "prompt_ids", multiple=True, help="Prompt as token ids, e.g. 1,2,3 (repeat for a batch).")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None,
               help="Tokenizer folder (default: CKPT itself when it is a HF folder with one).")
@@ -106,9 +107,6 @@ def generate(ckpt, prompts, prompt_ids, tokenizer, max_new_tokens, greedy, tempe
         rows = [_parse_ids(p) for p in prompt_ids]
     if any(not r for r in rows):
         raise click.UsageError("a prompt encodes to no tokens")
-    if len({len(r) for r in rows}) > 1:
-        raise click.UsageError(f"prompts of different token lengths {[len(r) for r in rows]}: a batch needs equal "
-                               "lengths (no padding)")
     try:
         model, kind = load_model(ckpt, dtype, backend, device)
         vocab = vocab_size or (len(tok) if tok is not None else None)
@@ -118,13 +116,14 @@ def generate(ckpt, prompts, prompt_ids, tokenizer, max_new_tokens, greedy, tempe
         if stop_at_eos and eos is None:
             raise click.UsageError("--stop-at-eos needs a tokenizer with an EOS token")
         stream = _Stream(tok, len(rows))
-        g = dec.generate(torch.tensor(rows), max_new_tokens, sampler, on_token=stream, eos_id=eos)
+        g = dec.generate(rows, max_new_tokens, sampler, on_token=stream, eos_id=eos)  # unequal lengths: left-padded
     except ValueError as e:
         raise NanokernError(str(e), ckpt) from None
     stream.finish(g.new_ids)
-    B, S = len(rows), len(rows[0])
+    B, S = len(rows), max(len(r) for r in rows)
     n_dec = sum(max(0, len(x) - 1) for x in g.new_ids)
-    click.echo(f"[{kind} {Path(ckpt).name}: {model.dtype}, {model.backend} on {model.device}] prefill {B}x{S} tokens "
+    click.echo(f"[{kind} {Path(ckpt).name}: {model.dtype}, {model.backend} on {model.device}] prefill {B}x{S} tokens"
+               f"{'' if len({len(r) for r in rows}) == 1 else ' (left-padded)'} "
                f"in {1e3 * g.prefill_s:.1f} ms ({g.prefill_tok_s:.1f} tok/s); decode {n_dec} tokens in "
                f"{1e3 * g.decode_s:.1f} ms ({g.decode_tok_s:.1f} tok/s)", err=True)
     if json_path:

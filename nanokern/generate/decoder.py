@@ -87,7 +87,8 @@ class Decoder:
         return self._tables[1], self._tables[2]
 
     # -- one step -------------------------------------------------------------------------------
-    def attention(self, i: int, layer, h, B: int, T: int, start: int, pos, rope_pos, cache: list[LayerCache], cos, sin):
+    def attention(self, i: int, layer, h, B: int, T: int, start: int, pos, rope_pos, cache: list[LayerCache], cos, sin,
+                  pad: torch.Tensor | None = None):
         m = self.model
         d, be = m.spec.head_dim, m.backend
         window = None if self.fault == "window_static" else m.window(i)
@@ -96,38 +97,47 @@ class Decoder:
             q, k, v = m.project(i, a, h, rope_pos, cos, sin)
             nq, nkv = q.shape[1], k.shape[1]
             q, k, v = q.reshape(B, T, nq, d), k.reshape(B, T, nkv, d), v.reshape(B, T, nkv, d)
-            if start == 0:  # prefill of an empty cache: the parity forward's attention
+            if start == 0 and pad is None:  # prefill of an empty cache: the parity forward's attention
                 o = K.attention(q, k, v, True, be, window=m.window(i))
                 c.store(k, v, pos)
             else:
                 kc, vc, kp = c.attend(k, v, pos)
+                if kp is None and pad is not None:
+                    kp = torch.arange(kc.shape[1], device=kc.device)
                 mask = None
-                if be == "torch" and kp is not None and T == 1 and c.window is not None:
-                    # every ring of this size holds the same positions after a one-token step
-                    key = (start, c.size, window)
+                if be == "torch" and kp is not None:
+                    # the key positions are a function of the step and the cache's kind and size, so
+                    # every layer of this kind shares the step's mask
+                    key = (start, T, c.size if c.window is not None else None, window)
                     if self._mask is None or self._mask[0] != key:
-                        self._mask = (key, GK.decode_mask(pos, kp, window))
+                        self._mask = (key, GK.decode_mask(pos, kp, window, pad))
                     mask = self._mask[1]
-                o = GK.decode_attention(q, kc, vc, pos, kp, window, be, mask)
+                o = GK.decode_attention(q, kc, vc, pos, kp, window, be, mask, pad)
             part = torch.nn.functional.linear(o.reshape(B * T, nq * d), a.o)
             out = part if out is None else out + part  # all-reduce of the row-parallel o_proj
         return out
 
     @torch.no_grad()
-    def step(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def step(self, ids: torch.Tensor, cache: KVCache, pad: torch.Tensor | None = None) -> torch.Tensor:
         """Run the new tokens ids [B, T] through the model, extending the cache; the last
-        position's logits [B, vocab]."""
+        position's logits [B, vocab]. pad [B]: left padding, sequence b's first pad[b] cache slots
+        are padding (its token positions start after them; no real query sees them)."""
         m = self.model
         sp, be, nm = m.spec, m.backend, m.op_numerics
         B, T = ids.shape
         start = cache.length
         cos, sin = self._rope(start + T)
         pos = torch.arange(start, start + T, device=m.device)
-        rope_pos = (torch.arange(T, device=m.device) if self.fault == "rope_offset0" else pos).repeat(B)
+        if self.fault == "rope_offset0":
+            rope_pos = torch.arange(T, device=m.device).repeat(B)
+        elif pad is not None:
+            rope_pos = (pos[None, :] - pad[:, None]).clamp_min(0).reshape(-1)
+        else:
+            rope_pos = pos.repeat(B)
         x = m.embed_tokens(ids).reshape(B * T, sp.hidden_size)
         for i, layer in enumerate(m.layers):
             h = K.rms_norm(x, layer.input_norm, sp.rms_norm_eps, be, nm["input_norm"])
-            x = x + self.attention(i, layer, h, B, T, start, pos, rope_pos, cache.layers[i], cos, sin)
+            x = x + self.attention(i, layer, h, B, T, start, pos, rope_pos, cache.layers[i], cos, sin, pad)
             h = K.rms_norm(x, layer.post_norm, sp.rms_norm_eps, be, nm["post_norm"])
             x = x + (m.moe(layer.moe, h) if layer.moe is not None else m.dense(layer.mlp, h))
         last = x.reshape(B, T, -1)[:, -1].contiguous()
@@ -138,21 +148,21 @@ class Decoder:
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor | list, max_new_tokens: int, sampler: Sampler | None = None,
                  on_token=None, keep_logits: bool = False, eos_id: int | None = None) -> Generation:
-        """prompt [B, S] ids (equal lengths, no padding); max_new_tokens new ids per sequence.
-        on_token(step, ids [B]) is called as each token is chosen (streaming). eos_id: stop once
-        every sequence has produced it (None: exactly max_new_tokens)."""
+        """prompt [B, S] ids, or a list of id lists of different lengths (left-padded: see
+        left_pad); max_new_tokens new ids per sequence. on_token(step, ids [B]) is called as each
+        token is chosen (streaming). eos_id: stop once every sequence has produced it (None:
+        exactly max_new_tokens)."""
         m = self.model
-        ids = torch.as_tensor(prompt, dtype=torch.long)
-        if ids.dim() == 1:
-            ids = ids[None]
-        if ids.dim() != 2 or ids.shape[1] == 0:
-            raise ValueError(f"prompt ids must be [batch, seq] with seq >= 1, got {tuple(ids.shape)}")
+        ids, pad = left_pad(prompt)
         if int(ids.min()) < 0 or int(ids.max()) >= self.vocab:
             raise ValueError(f"prompt token ids must be in [0, {self.vocab})")
         if max_new_tokens < 1:
             raise ValueError("max_new_tokens must be >= 1")
         sampler = sampler or Sampler()
+        prompts = [row[p:] for row, p in zip(ids.tolist(), pad)]
         ids = ids.to(m.device)
+        padt = torch.tensor(pad, device=m.device) if any(pad) else None
+        self._mask = None
         B, S = ids.shape
         total = S + max_new_tokens  # past max_position_embeddings too, as transformers does
         cache = self.new_cache(B, total)
@@ -161,7 +171,7 @@ class Decoder:
         out, logits_kept = [], []
         sync()
         t0 = time.perf_counter()
-        logits = self.step(ids, cache)
+        logits = self.step(ids, cache, padt)
         tok = sampler(logits)
         sync()
         t1 = time.perf_counter()
@@ -175,7 +185,7 @@ class Decoder:
         for n in range(1, max_new_tokens):
             if done is not None and bool(done.all()):
                 break
-            logits = self.step(tok[:, None], cache)
+            logits = self.step(tok[:, None], cache, padt)
             tok = sampler(logits)
             out.append(tok)
             if done is not None:
@@ -189,4 +199,23 @@ class Decoder:
         sync()
         t2 = time.perf_counter()
         new = torch.stack(out, 1).cpu().tolist()
-        return Generation(ids.cpu().tolist(), new, t1 - t0, t2 - t1 - t_cb, logits_kept)
+        return Generation(prompts, new, t1 - t0, t2 - t1 - t_cb, logits_kept)
+
+
+def left_pad(prompt, pad_id: int = 0) -> tuple[torch.Tensor, list[int]]:
+    """([B, S] ids, pads per sequence): a [B, S] tensor (or one sequence) as it is; a list of id
+    lists of different lengths left-padded with pad_id to the longest (as transformers' batched
+    generation pads decoder-only models: the pads never attended to, the positions of each
+    sequence counted from its first real token)."""
+    if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], (list, tuple)):
+        if any(len(r) == 0 for r in prompt):
+            raise ValueError("a prompt has no tokens")
+        S = max(len(r) for r in prompt)
+        pad = [S - len(r) for r in prompt]
+        return torch.tensor([[pad_id] * p + list(r) for r, p in zip(prompt, pad)], dtype=torch.long), pad
+    ids = torch.as_tensor(prompt, dtype=torch.long)
+    if ids.dim() == 1:
+        ids = ids[None]
+    if ids.dim() != 2 or ids.shape[1] == 0:
+        raise ValueError(f"prompt ids must be [batch, seq] with seq >= 1, got {tuple(ids.shape)}")
+    return ids, [0] * ids.shape[0]

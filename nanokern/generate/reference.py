@@ -37,10 +37,16 @@ class _Clock:
 
 @torch.no_grad()
 def hf_generate(model, ids: torch.Tensor, max_new_tokens: int) -> HFGeneration:
+    """ids [B, S], or id lists of different lengths: left-padded with an attention mask (as the
+    native decoder pads them, nanokern.generate.decoder.left_pad)."""
+    from nanokern.generate.decoder import left_pad
+
     dev = next(model.parameters()).device
-    ids = torch.as_tensor(ids, dtype=torch.long).to(dev)
-    if ids.dim() == 1:
-        ids = ids[None]
+    ids, pad = left_pad(ids)
+    ids = ids.to(dev)
+    mask = torch.ones_like(ids)
+    for b, p in enumerate(pad):
+        mask[b, :p] = 0
     g = copy.deepcopy(model.generation_config)
     g.do_sample, g.temperature, g.top_p, g.top_k = False, None, None, None
     # no EOS: nothing stops it early and nothing suppresses EOS either (None would be replaced by
@@ -51,7 +57,6 @@ def hf_generate(model, ids: torch.Tensor, max_new_tokens: int) -> HFGeneration:
     g.max_length = None
     g.use_cache = True
     g.return_dict_in_generate, g.output_logits = True, True
-    mask = torch.ones_like(ids)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     clock = _Clock(sync)
     sync()

@@ -5,6 +5,9 @@ contiguous last dim: views into a preallocated buffer), q_pos [T] and k_pos [L] 
 positions shared by the batch (k_pos -1: an empty slot). Query at position p sees key slot j iff
 0 <= k_pos[j] <= p and, with a window w, k_pos[j] > p - w (w keys including itself, as
 nanokern/parity/kernels.attention_mask). Slots may be in any order (a rolling window's ring).
+Left padding: k_min [B] (optional), the first real slot position of each sequence: batch b's
+query sees only keys with k_pos >= k_min[b], except that a padding query (q_pos < k_min[b])
+sees itself, so that its (unused) output stays finite.
 
 One program per (batch, kv head, query): it holds the N_REP q heads that share the kv head, so
 each key block is loaded once for all of them. Scores, softmax and the weighted sum in fp32
@@ -26,9 +29,10 @@ from nanokern.triton.rounding import bf16_bits
 
 @triton.jit
 def _decode_attn_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, qpos_ptr, kpos_ptr, L, NKV, N_REP, scale, WINDOW,
+    q_ptr, k_ptr, v_ptr, o_ptr, qpos_ptr, kpos_ptr, kmin_ptr, L, NKV, N_REP, scale, WINDOW,
     sqb, sqt, sqh, skb, skl, skh, svb, svl, svh, sob, sot, soh,
     D: tl.constexpr, R: tl.constexpr, BLOCK_N: tl.constexpr, BF16: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    HAS_KMIN: tl.constexpr,
 ):
     pid_bh = tl.program_id(0)
     t = tl.program_id(1)
@@ -41,6 +45,8 @@ def _decode_attn_kernel(
     q = tl.load(q_ptr + b * sqb + t * sqt + h[:, None] * sqh + offs_d[None, :], mask=rmask[:, None], other=0.0)
     q = q.to(tl.float32) * scale  # [R, D]
     qp = tl.load(qpos_ptr + t)
+    if HAS_KMIN:
+        kmin = tl.load(kmin_ptr + b)
     m_i = tl.full([R], float("-inf"), tl.float32)
     l_i = tl.full([R], 0.0, tl.float32)
     acc = tl.full([R, D], 0.0, tl.float32)
@@ -51,6 +57,8 @@ def _decode_attn_kernel(
         valid = nmask & (kp >= 0) & (kp <= qp)
         if HAS_WINDOW:
             valid = valid & (kp > qp - WINDOW)
+        if HAS_KMIN:
+            valid = valid & ((kp >= kmin) | (kp == qp))
         k = tl.load(k_ptr + b * skb + n[:, None] * skl + kvh * skh + offs_d[None, :], mask=nmask[:, None], other=0.0)
         s = tl.reduce(q[:, None, :] * k.to(tl.float32)[None, :, :], 2, tl.standard._sum_combine)  # [R, BLOCK_N]
         s = tl.where(valid[None, :], s, float("-inf"))
@@ -72,8 +80,10 @@ def _decode_attn_kernel(
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-                     window: int | None = None, scale: float | None = None, config: str | None = None) -> torch.Tensor:
+                     window: int | None = None, scale: float | None = None, config: str | None = None,
+                     k_min: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(q k^T * scale + position mask) v with GQA; q [B,T,nq,d], k/v [B,L,nkv,d] -> [B,T,nq,d].
+    k_min [B]: left padding (see the module docstring).
 
     config: "gpu" (small key blocks) or "cpu" (one large block for the interpreter), default by device.
     """
@@ -105,12 +115,16 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: t
         kw = {"num_warps": 4}
     q_pos = q_pos.to(device=q.device, dtype=torch.int64).contiguous()
     k_pos = k_pos.to(device=q.device, dtype=torch.int64).contiguous()
+    if k_min is not None:
+        if k_min.shape != (B,):
+            raise ValueError(f"k_min must be [{B}], got {tuple(k_min.shape)}")
+        k_min = k_min.to(device=q.device, dtype=torch.int64).contiguous()
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     grid = (B * nkv, T)
     _decode_attn_kernel[grid](
-        q, k, v, out.view(torch.int16) if bf16 else out, q_pos, k_pos, L, nkv, n_rep, float(scale), int(window or 0),
+        q, k, v, out.view(torch.int16) if bf16 else out, q_pos, k_pos, k_pos if k_min is None else k_min, L, nkv, n_rep, float(scale), int(window or 0),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        D=d, R=R, BLOCK_N=block, BF16=bf16, HAS_WINDOW=window is not None, **kw,
+        D=d, R=R, BLOCK_N=block, BF16=bf16, HAS_WINDOW=window is not None, HAS_KMIN=k_min is not None, **kw,
     )
     return out
