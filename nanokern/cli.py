@@ -89,7 +89,13 @@ def _load_bench():
     return bench
 
 
-LAZY = {"bench": _load_bench, "parity": _load_parity}
+def _load_generate():
+    from nanokern.generate.cli import generate
+
+    return generate
+
+
+LAZY = {"bench": _load_bench, "parity": _load_parity, "generate": _load_generate}
 
 
 class _Group(click.Group):
@@ -123,6 +129,7 @@ def cli():
     nanokern convert HF OUT --tp 2 --pp 2  HF -> Nanotron
     nanokern inspect CKPT                  what is in a checkpoint, what a conversion would do
     nanokern parity CKPT                   native-layout forward vs transformers, layer by layer
+    nanokern generate CKPT --prompt-ids 1,2  decode straight from the training layout (KV cache)
     nanokern demo                          the whole loop on a tiny built-in model
     """
 

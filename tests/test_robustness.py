@@ -291,7 +291,7 @@ def test_torch_dtype_names_are_accepted(tmp_path):
 def test_help_imports_no_heavy_library():
     code = ("import sys\nfrom nanokern.cli import cli\n"
             "for args in ([], ['convert'], ['parity'], ['bench'], ['bench', 'convert'], ['bench', 'backends'],"
-            " ['verify'], ['inspect'], ['demo']):\n"
+            " ['verify'], ['inspect'], ['demo'], ['generate'], ['bench', 'generate']):\n"
             "    try:\n        cli([*args, '--help'], prog_name='nanokern')\n    except SystemExit:\n        pass\n"
             "heavy = [m for m in ('torch', 'transformers', 'triton', 'safetensors', 'numpy', 'nanokern.parity',"
             " 'nanokern.execute') if m in sys.modules]\n"

@@ -128,3 +128,12 @@ def kernels_cmd(args):
     if not script.is_file():
         raise click.ClickException(f"{script} does not exist")
     sys.exit(subprocess.call([sys.executable, str(script), *args]))
+
+
+def _register_generate() -> None:
+    from nanokern.bench.generate import generate_cmd
+
+    bench.add_command(generate_cmd, "generate")
+
+
+_register_generate()

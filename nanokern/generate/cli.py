@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import click
-import torch
 
 from nanokern.errors import NanokernError
 
 
 def load_model(path, dtype: str, backend: str, device: str | None):
     """(NativeModel, kind) for a Nanotron checkpoint ("nanotron") or a HF folder ("hf")."""
+    import torch
+
     from nanokern.formats.hf import is_hf
     from nanokern.parity.native import NativeModel
 
@@ -140,7 +141,7 @@ class _Stream:
     def __init__(self, tok, batch: int):
         self.tok, self.batch, self.ids, self.shown = tok, batch, [], ""
 
-    def __call__(self, _step: int, ids: torch.Tensor) -> None:
+    def __call__(self, _step: int, ids) -> None:
         if self.batch != 1:
             return
         self.ids.append(int(ids[0]))
