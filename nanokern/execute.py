@@ -130,13 +130,27 @@ def _fill_rows(t, r0: int, r1: int, out: torch.Tensor, sources: _Sources, backen
         rows = None if p.rows is None else p.rows[k0:k1]
         if rows is None:
             src = src[p.row0 + k0 : p.row0 + k1]
-        if p.transpose:  # a transposed view (expert matrices): gathered into a contiguous copy first
-            src = (src if rows is None else src[torch.from_numpy(rows)]).contiguous()
-            rows = None
+        if p.transpose and rows is not None:  # a gather from a transposed view: index_select copies it
+            src, rows = src[torch.from_numpy(rows)], None
+        if p.transpose and stager is None and not src.is_contiguous():
+            _copy_transposed(src, dst)
+            continue
+        if p.transpose:
+            src = src.contiguous()
         if stager is not None:
             stager.run_piece(src, rows, dst)
         else:
             gather_cast(src, None if rows is None else torch.from_numpy(rows), dst, backend=backend)
+
+
+TRANSPOSE_TILE = 64  # source rows per block: 4.0 GB/s vs 1.8 GB/s for one strided copy_ (fp32 2048 x 3584, 1 thread)
+
+
+def _copy_transposed(src: torch.Tensor, dst: torch.Tensor) -> None:
+    """dst <- src (a transposed view, e.g. expert matrices), cast as `copy_` does (the torch
+    reference), a block of source rows at a time so that reads stay in cache lines."""
+    for j in range(0, src.shape[1], TRANSPOSE_TILE):
+        dst[:, j : j + TRANSPOSE_TILE].copy_(src[:, j : j + TRANSPOSE_TILE])
 
 
 def write_file(f: OutFile, path: Path, sources: _Sources, backend: str, on_bytes=None, stager: Stager | None = None,

@@ -70,3 +70,23 @@ def test_nope_layers_with_a_sliding_window(tmp_path):
     back = load_file(str(tmp_path / "export" / "model.safetensors"))
     orig = load_file(str(tmp_path / "hf" / "model.safetensors"))
     assert set(back) == set(orig) and all(torch.equal(back[k], orig[k]) for k in orig)
+
+
+def test_moe_export_cast_to_bf16_rounds_like_torch(tmp_path, monkeypatch):
+    """Expert matrices are transposed on the way (in tiles of source rows: 7 here, so that the
+    fixture's 64- and 48-wide matrices take several uneven tiles); cast to bf16 they are exactly
+    the tests' own mapping's tensors .to(bfloat16) (the router too: HF holds it in the model dtype)."""
+    from fixtures_path import fixture
+    from nt_reference import hf_from_nt_qwen2
+
+    import nanokern.execute
+
+    monkeypatch.setattr(nanokern.execute, "TRANSPOSE_TILE", 7)
+    src = fixture("nanotron", "qwen2_moe_tp1_pp2")
+    mc = json.loads((src / "0" / "model_config.json").read_text())
+    want = hf_from_nt_qwen2(assemble(src / "0"), mc)
+    convert(src, tmp_path / "hf", to="hf", dtype="bfloat16", force=True, progress=False)
+    got = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert set(got) == set(want)
+    for name, t in want.items():
+        assert got[name].dtype == torch.bfloat16 and torch.equal(got[name].view(torch.int16), t.to(torch.bfloat16).view(torch.int16)), name
