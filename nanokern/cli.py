@@ -70,17 +70,9 @@ def _os_error_line(e: OSError) -> str:
 
 
 def _load_parity():
-    """The `parity` command, from nanokern/parity/cli.py. That file imports only click; the
-    package's __init__ imports torch, so --help loads the file by itself (the command's body
-    imports the package when it runs)."""
-    mod = sys.modules.get("nanokern.parity.cli")
-    if mod is None:
-        import importlib.util
+    from nanokern.parity_cli import parity
 
-        spec = importlib.util.spec_from_file_location("nanokern._parity_cli", Path(__file__).parent / "parity" / "cli.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-    return mod.parity
+    return parity
 
 
 def _load_bench():

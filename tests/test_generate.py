@@ -19,7 +19,7 @@ from fixtures_path import fixture
 from nanokern.generate.decoder import Decoder
 from nanokern.generate.hf_model import hf_native_model
 from nanokern.generate.reference import hf_generate
-from nanokern.parity.generate_check import run_generate_parity
+from nanokern.generate.check import run_generate_parity
 from nanokern.parity.native import NativeModel
 
 FP32 = ["qwen2_dense_tp1_pp1", "qwen2_bias_tp1_pp2", "smollm3_nope_tp1_pp1_tied", "qwen2_swa_tp2_pp1", "qwen2_moe_tp1_pp2",

@@ -13,7 +13,7 @@ from fixtures_path import fixture
 from nanokern.bench.generate import generate_cmd as bench_generate
 from nanokern.errors import NanokernError
 from nanokern.generate.cli import generate
-from nanokern.parity.cli import parity
+from nanokern.parity_cli import parity
 
 
 def make_tokenizer(folder, n_words: int = 200):

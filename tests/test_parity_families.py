@@ -24,7 +24,7 @@ from fixtures_path import QWEN2_FIXTURES, REPO, fixture
 from nanokern.errors import NanokernError
 from nanokern.formats.nanotron import read_checkpoint
 from nanokern.parity import reproduce_logits, run_parity
-from nanokern.parity.cli import parity as parity_cmd
+from nanokern.parity_cli import parity as parity_cmd
 from nanokern.parity.native import NativeModel
 
 NAMES = list(QWEN2_FIXTURES)

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from fixtures_path import NANOTRON_FIXTURES, fixture
 from nanokern import rope as rope_perm
 from nanokern.parity import reproduce_logits, run_parity
-from nanokern.parity.cli import parity as parity_cmd
+from nanokern.parity_cli import parity as parity_cmd
 
 BF16_FIXTURES = [n for n in NANOTRON_FIXTURES if not n.endswith("_fp32")]
 BACKENDS = ["torch", "triton"]

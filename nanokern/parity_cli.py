@@ -81,7 +81,7 @@ def parity(ckpt, hf_dir, dtype, backend, json_path, plot_path, seq_len, batch, s
             out["nanotron_logits"] = {**lr.__dict__, "passed": lr.passed}
             ok &= lr.passed
         if n_generate:
-            from nanokern.parity.generate_check import run_generate_parity
+            from nanokern.generate.check import run_generate_parity
 
             try:
                 gr = run_generate_parity(ckpt, hf_dir, n_generate, dtype=dtype, backend=backend, seed=seed, seq_len=seq_len,
