@@ -90,3 +90,26 @@ def test_moe_export_cast_to_bf16_rounds_like_torch(tmp_path, monkeypatch):
     assert set(got) == set(want)
     for name, t in want.items():
         assert got[name].dtype == torch.bfloat16 and torch.equal(got[name].view(torch.int16), t.to(torch.bfloat16).view(torch.int16)), name
+
+
+def test_moe_import_of_fused_experts(tmp_path):
+    """A Qwen2-MoE folder holding its experts fused, as transformers does in memory
+    ([E, 2I, H] gate rows first, [E, H, I]), imports to the same Nanotron files as the
+    per-expert tensors save_pretrained writes."""
+    from hf_families import build
+    from safetensors.torch import save_file
+
+    hf = build("qwen2_moe", tmp_path / "hf")
+    sd = load_file(str(hf / "model.safetensors"))
+    fused = {k: v for k, v in sd.items() if ".mlp.experts." not in k}
+    layers = sorted({int(k.split(".")[2]) for k in sd if ".mlp.experts." in k})
+    for i in layers:
+        p = f"model.layers.{i}.mlp.experts."
+        E = len({k for k in sd if k.startswith(p) and k.endswith("down_proj.weight")})
+        fused[p + "gate_up_proj"] = torch.stack([torch.cat([sd[f"{p}{e}.gate_proj.weight"], sd[f"{p}{e}.up_proj.weight"]]) for e in range(E)])
+        fused[p + "down_proj"] = torch.stack([sd[f"{p}{e}.down_proj.weight"] for e in range(E)])
+    shutil.copytree(hf, tmp_path / "hf_fused")
+    save_file(fused, str(tmp_path / "hf_fused" / "model.safetensors"), metadata={"format": "pt"})
+    for name in ("hf", "hf_fused"):
+        convert(tmp_path / name, tmp_path / f"nt_{name}", to="nanotron", tp=2, pp=2, force=True, progress=False)
+    assert_same_weights(tmp_path / "nt_hf_fused", tmp_path / "nt_hf")

@@ -18,7 +18,7 @@ from nanokern.arch.spec import ModelSpec
 from nanokern.errors import NanokernError
 from nanokern.formats import tokenizer as tok
 from nanokern.formats.safetensors_io import read_header
-from nanokern.model import LogicalTensor, Model, shape2d, whole_block
+from nanokern.model import Block, LogicalTensor, Model, expert_view, shape2d, whole_block
 from nanokern.plan import OutFile, OutTensor, Plan, Source, resolve
 
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -103,6 +103,32 @@ def _all_zero_bits(ref) -> bool:
     return not bool(t.view(ints).any())
 
 
+def _fused_experts(refs: dict, spec: ModelSpec) -> dict[str, LogicalTensor]:
+    """Per-expert logical tensors from experts stored fused, as transformers holds them in memory
+    (`mlp.experts.gate_up_proj` [E, 2I, H] with gate rows first, `mlp.experts.down_proj` [E, H, I])
+    rather than as save_pretrained writes them (one tensor per expert and projection)."""
+    out: dict[str, LogicalTensor] = {}
+    if spec.moe is None:
+        return out
+    E, I, H = spec.moe.num_experts, spec.moe.moe_intermediate_size, spec.hidden_size
+    for i in spec.moe.layers:
+        p = f"model.layers.{i}.mlp.experts."
+        gu, dn = refs.get(p + "gate_up_proj"), refs.get(p + "down_proj")
+        if gu is None or dn is None:
+            continue
+        for ref, want in ((gu, (E, 2 * I, H)), (dn, (E, H, I))):
+            if ref.shape != want:
+                raise NanokernError(f"fused experts of layer {i} have shape {list(ref.shape)}, config.json implies {list(want)}",
+                                    ref.path)
+        rows = np.arange(I, dtype=np.int64)
+        for e in range(E):
+            g = expert_view(gu, e)
+            out[f"{p}{e}.gate_proj.weight"] = LogicalTensor(f"{p}{e}.gate_proj.weight", (I, H), gu.dtype, [Block(g, rows, 0, rows, 0, H)])
+            out[f"{p}{e}.up_proj.weight"] = LogicalTensor(f"{p}{e}.up_proj.weight", (I, H), gu.dtype, [Block(g, rows + I, 0, rows, 0, H)])
+            out[f"{p}{e}.down_proj.weight"] = LogicalTensor(f"{p}{e}.down_proj.weight", (H, I), dn.dtype, [whole_block(expert_view(dn, e))])
+    return out
+
+
 def read_hf(path: str | os.PathLike) -> Model:
     d = Path(path)
     cfg_file = d / "config.json"
@@ -140,8 +166,12 @@ def read_hf(path: str | os.PathLike) -> Model:
             f"({len(wrong) - 1} more tensor(s) disagree)",
             cfg_file,
         )
+    fused = _fused_experts(refs, spec)
     for name, shape in want.items():
         ref = refs.get(name)
+        if ref is None and name in fused:
+            tensors[name] = fused[name]
+            continue
         if ref is None:
             if wm is not None and name in wm:
                 raise NanokernError(f"missing tensor {name} (the index places it in this file)", d / wm[name])
