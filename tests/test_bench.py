@@ -39,6 +39,7 @@ def test_shape_choice(size):
         assert (s.hidden, s.intermediate, s.heads, s.kv_heads) == (4096, 14336, 32, 8)
 
 
+@pytest.mark.slow
 def test_bench_convert_tiny(tmp_path):
     csv_path = tmp_path / "convert.csv"
     keep = tmp_path / "outputs"
@@ -96,6 +97,7 @@ def test_bench_convert_tiny(tmp_path):
         assert a.stat().st_size == b.stat().st_size, rel
 
 
+@pytest.mark.slow
 def test_bench_backends_tiny(tmp_path):
     from click.testing import CliRunner
 
@@ -122,6 +124,7 @@ def test_bench_backends_tiny(tmp_path):
     assert float(rows[0]["vs_torch"]) == pytest.approx(t_torch / t_cpu, rel=tol)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source,direction", [("hf", "import"), ("nanotron", "reshard")])
 def test_bench_convert_import_and_reshard_tiny(tmp_path, source, direction):
     """Each direction against its own floor and its own naive script, whose output matches
@@ -151,6 +154,7 @@ def test_csv_header_grows_in_place(tmp_path):
     assert rows[0]["c"] is None and rows[1]["c"] == "5"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch_name", ["moe", "smollm3"])
 def test_bench_convert_other_families_tiny(tmp_path, arch_name):
     """A synthetic checkpoint of the family, exported and checked tensor for tensor against its

@@ -77,6 +77,7 @@ def test_manifest_crcs_are_the_stdlib_crc32_of_the_bytes(tmp_path):
             assert zlib.crc32(data[t["offset"] : t["offset"] + t["nbytes"]]) == t["crc32"], (rel, name)
 
 
+@pytest.mark.slow
 def test_verify_detects_a_flipped_byte_in_any_tensor(tmp_path):
     dst = tmp_path / "hf"
     assert run("convert", fixture("nanotron", "tp2_pp1_tied"), dst, "-q", "--max-shard-size", "100KB").returncode == 0
@@ -119,6 +120,7 @@ def _journaled(parent: Path) -> int:
     return n
 
 
+@pytest.mark.slow
 def test_kill_and_rerun_gives_identical_bytes(big_checkpoint, tmp_path):
     args = ["convert", big_checkpoint, None, "-q", "--dtype", "keep", "--max-shard-size", "25MB", "--workers", "1",
             "--backend", "cpu"]

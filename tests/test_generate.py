@@ -84,6 +84,7 @@ def test_greedy_tokens_equal_transformers_fp32(name, exports):
     assert len(seen) >= 12  # real continuations, not one id repeated (random models do fall into loops)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FP32)
 def test_greedy_tokens_equal_transformers_fp32_triton(name, exports):
     hf_dir = str(exports(name))
@@ -197,6 +198,7 @@ def test_hf_family_imported_interleaved_tp2_pp2_generates_like_transformers(fami
         assert not bad.passed, bad.table()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FP32)
 def test_unequal_prompts_left_padded_equal_transformers(name, exports):
     """Prompts of 1, 17 and 9 tokens in one batch, left-padded (transformers: an attention mask):

@@ -119,6 +119,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_bf16_logits_bit_exact_with_avx2_gemms():
     """Nanotron's bf16 forward, reproduced bit for bit: "nanotron" numerics (Qwen2Config: plain
     input_layernorm, fused post-attention/final norms and RoPE; LlamaConfig: all fused). The

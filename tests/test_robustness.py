@@ -41,6 +41,7 @@ def one_error_line(stderr: str) -> str:
 
 # --- one conversion per OUT ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_conversions_raced_for_one_out(tmp_path):
     """Started together, again and again: every run that exits 0 leaves OUT complete and equal to
     a clean run; a run that does not succeed refuses with one line (the holder, or OUT exists)."""
@@ -71,6 +72,7 @@ def test_two_conversions_raced_for_one_out(tmp_path):
     assert run("verify", dst).returncode == 0
 
 
+@pytest.mark.slow
 def test_lock_holder_is_named_and_wait_waits(tmp_path):
     from nanokern import lock
 
@@ -234,6 +236,7 @@ def _journaled(parent: Path) -> int:
     return n
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_run_then_the_same_command_gives_clean_bytes(mid_checkpoint, tmp_path, sig):
     args = ["convert", mid_checkpoint, None, "-q", "--dtype", "keep", "--max-shard-size", "8MB", "--workers", "1"]

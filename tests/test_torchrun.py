@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from fixtures_path import fixture
 from nt_reference import random_hf, write_nanotron
@@ -25,6 +26,7 @@ def convert(args, procs: int):
     return subprocess.run([*cmd, "convert", *map(str, args), "-q"], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_export_with_several_shards_is_byte_identical(tmp_path):
     args = [fixture("nanotron", "tp2_pp2"), None, "--max-shard-size", "60KB", "--vocab-size", "250"]
     for procs in (1, 2):
@@ -35,6 +37,7 @@ def test_export_with_several_shards_is_byte_identical(tmp_path):
     assert one == two
 
 
+@pytest.mark.slow
 def test_reshard_is_byte_identical(tmp_path):
     args = [fixture("nanotron", "tp1_pp1"), None, "--to", "nanotron", "--tp", "2", "--pp", "2"]
     for procs in (1, 2):
@@ -43,6 +46,7 @@ def test_reshard_is_byte_identical(tmp_path):
     assert tree_bytes(tmp_path / "p1") == tree_bytes(tmp_path / "p2")
 
 
+@pytest.mark.slow
 def test_failure_on_one_rank_fails_the_run(tmp_path):
     cfg = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=4,
                num_key_value_heads=2, vocab_size=64, tie_word_embeddings=False)
