@@ -138,7 +138,9 @@ def cli():
 @click.option("--vocab-size", type=int, default=None, help="True vocabulary size: trims Nanotron's padded rows.")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None, help="Copy this tokenizer into a HF output.")
 @click.option("--rope-interleaved", type=click.Choice(["auto", "true", "false"]), default="auto", show_default=True,
-              help="Nanotron source: auto reads model_config.json (missing key = interleaved). Nanotron target: permute q/k for interleaved RoPE.")
+              help="Export (Nanotron source): how the source was trained (auto: model_config.json; a missing key means "
+                   "interleaved for LlamaConfig). Nanotron output: write q/k for interleaved RoPE (auto: as the source; "
+                   "a reshard reads the source by its own config unless that lacks the key).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="HF output: largest safetensors shard.")
 @click.option("--tp", type=int, default=None, help="Nanotron output: tensor-parallel size.")
 @click.option("--pp", type=int, default=None, help="Nanotron output: pipeline-parallel size.")

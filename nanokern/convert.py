@@ -61,7 +61,7 @@ def make_plan(
         raise NanokernError("--hf-arch names the HF class of a HF output (--to hf)", src)
     if nanotron_config and target != "nanotron":
         raise NanokernError("--nanotron-config names the config class of a Nanotron output (--to nanotron)", src)
-    model = load_source(src, interleaved if _source_is_nanotron(src) else None, hf_arch)
+    model = load_source(src, _source_override(src, target, interleaved), hf_arch)
     if target == "hf":
         if tp not in (None, 1) or pp not in (None, 1):
             raise NanokernError("--tp/--pp describe Nanotron output; HF output is unsharded by layers", src)
@@ -75,6 +75,20 @@ def make_plan(
         return plan_nanotron(model, tp or 1, pp or 1, dtype or "keep", vocab_size, make_vocab_size_divisible_by, out_interleaved,
                              nanotron_config)
     raise ValueError(f"unknown target {target!r}: choose hf or nanotron")
+
+
+def _source_override(src, target: str, interleaved: bool | None) -> bool | None:
+    """How --rope-interleaved applies to the source. HF sources have no such flag. For a Nanotron
+    -> HF export it says how the source was trained (overriding model_config.json). For a reshard
+    it describes the output; it also tells how to read the source only when the source's
+    model_config.json has no rope_interleaved key (then the output keeps the source's rows and
+    records the flag)."""
+    if interleaved is None or not _source_is_nanotron(src):
+        return None
+    if target == "hf":
+        return interleaved
+    cfg = nanotron.read_model_config(nanotron.find_step_dir(src))
+    return interleaved if cfg.get("rope_interleaved") is None else None
 
 
 def _source_is_nanotron(src) -> bool:

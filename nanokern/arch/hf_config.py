@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Callable
 
 from nanokern.arch.spec import ModelSpec
 from nanokern.errors import NanokernError
@@ -139,9 +140,12 @@ def read_common(cfg: dict, where: Path, **features) -> ModelSpec:
     return spec
 
 
-def sliding_from_hf(cfg: dict, where: Path, rope_layers: list[bool] | None = None) -> int | None:
+def sliding_from_hf(cfg: dict, where: Path, rope_layers: list[bool] | None = None,
+                    default_slides: Callable[[int], bool] | None = None) -> int | None:
     """Window keys -> the window of the layers that slide (None: none slides). Nanotron slides
-    every RoPE layer (rope_layers: which layers apply RoPE; default all)."""
+    every RoPE layer (rope_layers: which layers apply RoPE; default all). Without layer_types,
+    layer i slides as the class's own default says (default_slides(i); Qwen2's: i >=
+    max_window_layers)."""
     n = cfg["num_hidden_layers"]
     if not cfg.get("use_sliding_window") or cfg.get("sliding_window") is None:
         return None
@@ -151,7 +155,8 @@ def sliding_from_hf(cfg: dict, where: Path, rope_layers: list[bool] | None = Non
     types = cfg.get("layer_types")
     if types is None:
         mwl = cfg.get("max_window_layers") or 0
-        types = ["sliding_attention" if i >= mwl else "full_attention" for i in range(n)]
+        slides_at = default_slides or (lambda i: i >= mwl)
+        types = ["sliding_attention" if slides_at(i) else "full_attention" for i in range(n)]
     slides = [t == "sliding_attention" for t in types]
     want = rope_layers if rope_layers is not None else [True] * n
     if not any(slides):

@@ -50,6 +50,7 @@ def hf_config(spec: ModelSpec, dtype: str, vocab: int) -> dict:
 
 def spec_from_hf(cfg: dict, where: Path) -> ModelSpec:
     refuse_keys(cfg, where, {"norm_topk_prob": "Nanotron does not renormalise the top-k routing weights"})
+    mwl = cfg.get("max_window_layers", 28)  # Qwen2MoeConfig's default: windows layers 0, 2, 4, ... below it
     n = cfg.get("num_hidden_layers")
     step = cfg.get("decoder_sparse_step", 1)
     only = cfg.get("mlp_only_layers") or []
@@ -64,7 +65,7 @@ def spec_from_hf(cfg: dict, where: Path) -> ModelSpec:
                   cfg["shared_expert_intermediate_size"], layers,
                   router_aux_loss_coef=cfg.get("router_aux_loss_coef", 0.01))
     return read_common(cfg, where, attention_bias=bool(cfg.get("qkv_bias", True)), moe=moe,
-                       sliding_window=sliding_from_hf(cfg, where))
+                       sliding_window=sliding_from_hf(cfg, where, default_slides=lambda i: (i + 1) % 2 == 1 and i < mwl))
 
 
 def _shared_expert(spec: ModelSpec) -> list[str]:

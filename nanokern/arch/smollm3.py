@@ -62,7 +62,8 @@ def spec_from_hf(cfg: dict, where: Path) -> ModelSpec:
     if not isinstance(flags, list) or len(flags) != n:
         raise NanokernError(f"no_rope_layers must list one flag per layer, not {flags!r}", where)
     k = _interval(flags, where)
-    return read_common(cfg, where, no_rope_layer=k, sliding_window=sliding_from_hf(cfg, where, [bool(f) for f in flags]))
+    rope = [bool(f) for f in flags]  # SmolLM3Config's default layer_types window the NoPE layers
+    return read_common(cfg, where, no_rope_layer=k, sliding_window=sliding_from_hf(cfg, where, rope, lambda i: not rope[i]))
 
 
 FAMILY = Family("smollm3", "SmolLM3ForCausalLM", "smollm3", PARAMS, refuses, hf_config, spec_from_hf)
