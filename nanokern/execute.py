@@ -257,6 +257,14 @@ def _syncfs(path: Path) -> None:
         os.close(fd)
 
 
+def _allocated(path: Path) -> int:
+    """Bytes the filesystem holds for a file (0 when it does not exist)."""
+    try:
+        return path.stat().st_blocks * 512
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+
+
 def partial_dir(dst: Path, fingerprint: str) -> Path:
     return dst.parent / f"{dst.name}.partial-{fingerprint}"
 
@@ -318,7 +326,8 @@ def execute(
                 if dst.exists() and not force:
                     raise NanokernError("output exists (use --force to replace it)", dst)
                 reusable = _finished(work, plan) if work.is_dir() else {}
-                diskspace.check_fits(dst, [f.size for f in plan.files if f.path not in reusable]
+                # an unfinished file left by an interrupted run is rewritten in place: its blocks count as free
+                diskspace.check_fits(dst, [max(0, f.size - _allocated(work / f.path)) for f in plan.files if f.path not in reusable]
                                      + [len(d) for d in plan.aux.values()])
                 work.mkdir(exist_ok=True)
             except NanokernError as e:
@@ -487,6 +496,7 @@ def _write_all(plan, dst, work, todo, mine, entries, pending, workers, run, make
     if rank == 0:
         with signals.deferred(str(dst)):
             _finish(plan, work, dst, entries, batched)
+        signals.completed(str(dst))  # DST is in place: a signal from now on (the barrier) says so
     if dist:
         dist.barrier()
     return report

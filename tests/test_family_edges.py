@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 import transformers
 from hf_families import COMMON, randomize
@@ -113,3 +114,48 @@ def test_moe_import_of_fused_experts(tmp_path):
     for name in ("hf", "hf_fused"):
         convert(tmp_path / name, tmp_path / f"nt_{name}", to="nanotron", tp=2, pp=2, force=True, progress=False)
     assert_same_weights(tmp_path / "nt_hf_fused", tmp_path / "nt_hf")
+
+
+def test_reshard_into_interleaved_rope_permutes_the_rows(tmp_path):
+    """A reshard with --rope-interleaved true reads the source by its own config (here an explicit
+    false) and writes interleaved q/k rows: the result still reproduces Nanotron's logits. (Used
+    for both sides, the flag would leave the rows as they were under a config that says true.)"""
+    from fixtures_path import fixture
+
+    from nanokern.parity import reproduce_logits
+
+    src = fixture("nanotron", "qwen2_bias_tp1_pp2")
+    convert(src, tmp_path / "nt", to="nanotron", tp=1, pp=1, rope_interleaved="true", force=True, progress=False)
+    assert json.loads((step_dir(tmp_path / "nt") / "model_config.json").read_text())["rope_interleaved"] is True
+    rep = reproduce_logits(tmp_path / "nt", fixture("logits", "qwen2_bias_tp1_pp2.safetensors"), backend="torch")
+    assert rep.passed, rep.line()
+
+
+@pytest.mark.parametrize("family,edit", [
+    ("qwen2_moe", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 6}),  # HF: even layers slide
+    ("qwen2_moe", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 0}),  # HF: none slides
+    ("qwen2_swa", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 0}),  # HF: all slide
+    ("smollm3_nope", {"use_sliding_window": True, "sliding_window": 8}),  # HF: the NoPE layers slide
+])
+def test_window_of_a_config_without_layer_types_follows_transformers(tmp_path, family, edit):
+    """Without layer_types each class has its own default; the import takes the window exactly
+    where transformers' config puts it, or refuses a layout Nanotron cannot hold (it slides the
+    RoPE layers, all of them)."""
+    from hf_families import build
+
+    from nanokern.errors import NanokernError
+
+    hf = build(family, tmp_path / "hf")
+    cfg = json.loads((hf / "config.json").read_text())
+    cfg = {**{k: v for k, v in cfg.items() if k != "layer_types"}, **edit}
+    (hf / "config.json").write_text(json.dumps(cfg))
+    types = transformers.AutoConfig.from_pretrained(hf).layer_types
+    rope = cfg.get("no_rope_layers") or [1] * cfg["num_hidden_layers"]
+    slides = [t == "sliding_attention" for t in types]
+    if slides == [bool(r) for r in rope] or not any(slides):
+        convert(hf, tmp_path / "nt", to="nanotron", force=True, progress=False)
+        mc = json.loads((step_dir(tmp_path / "nt") / "model_config.json").read_text())
+        assert mc["sliding_window_size"] == (8 if any(slides) else None), types
+    else:
+        with pytest.raises(NanokernError, match="layer_types"):
+            convert(hf, tmp_path / "nt", to="nanotron", force=True, progress=False)

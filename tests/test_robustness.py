@@ -311,3 +311,26 @@ def test_a_signal_while_putting_out_in_place_waits_for_it():
             "except signals.Interrupted as e:\n    print(done, e.exit_code, e.message())\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "[1] 143 interrupted (SIGTERM) after OUT was put in place: it is complete", r.stderr
+
+
+def test_a_resume_counts_the_space_an_unfinished_file_already_holds(tmp_path, monkeypatch):
+    """A killed run leaves unfinished files at full size (posix_fallocate): the resume rewrites
+    them in place, so the free-space check must not ask for their bytes a second time."""
+    import nanokern.diskspace
+    from nanokern.convert import make_plan
+    from nanokern.execute import execute, partial_dir, plan_fingerprint
+    from nanokern.verify import verify
+
+    plan = make_plan(fixture("nanotron", "tp2_pp2"), "hf", "fp32", max_shard_size="100KB")
+    dst = tmp_path / "out"
+    left = plan.files[0]
+    f = partial_dir(dst, plan_fingerprint(plan)) / left.path
+    f.parent.mkdir(parents=True)
+    with open(f, "wb") as fh:
+        os.posix_fallocate(fh.fileno(), 0, left.size)
+    asked = []
+    check = nanokern.diskspace.check_fits
+    monkeypatch.setattr(nanokern.diskspace, "check_fits", lambda d, sizes: asked.append(list(sizes)) or check(d, sizes))
+    execute(plan, dst, workers=1, progress=False, backend="torch")
+    assert asked[0][0] == 0 and asked[0][1:len(plan.files)] == [g.size for g in plan.files[1:]]
+    assert verify(dst, fixture("nanotron", "tp2_pp2")).ok
