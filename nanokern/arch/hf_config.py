@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Callable
 
 from nanokern.arch.spec import ModelSpec
+from nanokern.arch.values import number, pos_int
 from nanokern.errors import NanokernError
 
 
@@ -55,21 +55,13 @@ def write_common(spec: ModelSpec, hf_class: str, model_type: str, dtype: str, vo
     }
 
 
-def _pos_int(x) -> bool:
-    return type(x) is int and x > 0
-
-
-def _number(x) -> bool:
-    return type(x) in (int, float) and math.isfinite(x)
-
-
 _REQUIRED = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 _OPTIONAL = (  # key, check, what it must be (absent or null means the default)
-    ("num_key_value_heads", _pos_int, "a positive integer"),
-    ("head_dim", _pos_int, "a positive integer"),
-    ("max_position_embeddings", _pos_int, "a positive integer"),
-    ("rms_norm_eps", lambda x: _number(x) and x > 0, "a positive number"),
-    ("rope_theta", lambda x: _number(x) and x > 0, "a positive number"),
+    ("num_key_value_heads", pos_int, "a positive integer"),
+    ("head_dim", pos_int, "a positive integer"),
+    ("max_position_embeddings", pos_int, "a positive integer"),
+    ("rms_norm_eps", lambda x: number(x) and x > 0, "a positive number"),
+    ("rope_theta", lambda x: number(x) and x > 0, "a positive number"),
     ("rope_scaling", lambda x: isinstance(x, dict), "an object or null"),
     ("rope_parameters", lambda x: isinstance(x, dict), "an object or null"),
     ("tie_word_embeddings", lambda x: isinstance(x, bool), "true or false"),
@@ -89,7 +81,7 @@ def read_common(cfg: dict, where: Path, **features) -> ModelSpec:
     missing = [k for k in _REQUIRED if k not in cfg]
     if missing:
         raise NanokernError(f"config.json lacks {', '.join(map(repr, missing))}", where)
-    bad = [k for k in _REQUIRED if not _pos_int(cfg[k])]
+    bad = [k for k in _REQUIRED if not pos_int(cfg[k])]
     if bad:
         raise NanokernError(f"{bad[0]} must be a positive integer, not {cfg[bad[0]]!r}", where)
     for key, ok, what in _OPTIONAL:
@@ -103,7 +95,7 @@ def read_common(cfg: dict, where: Path, **features) -> ModelSpec:
         theta = cfg.get("rope_theta")
     if theta is None:
         theta = 10000.0
-    if not (_number(theta) and theta > 0):
+    if not (number(theta) and theta > 0):
         raise NanokernError(f"rope_theta must be a positive number, not {theta!r}", where)
     rtype = rp.pop("rope_type", "default")
     scaling = cfg.get("rope_scaling") or (None if rtype == "default" else {"rope_type": rtype, **rp})
@@ -150,7 +142,7 @@ def sliding_from_hf(cfg: dict, where: Path, rope_layers: list[bool] | None = Non
     if not cfg.get("use_sliding_window") or cfg.get("sliding_window") is None:
         return None
     w = cfg["sliding_window"]
-    if not _pos_int(w):
+    if not pos_int(w):
         raise NanokernError(f"sliding_window must be a positive integer, not {w!r}", where)
     types = cfg.get("layer_types")
     if types is None:

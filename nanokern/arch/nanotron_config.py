@@ -6,10 +6,10 @@ order. The field lists below are those orders, with the defaults a source that l
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from nanokern.arch.spec import ModelSpec, MoeSpec
+from nanokern.arch.values import number, pos_int
 from nanokern.errors import NanokernError
 
 _COMMON_HEAD = {
@@ -45,26 +45,18 @@ def config_class(cfg: dict, where: Path) -> str:
     return "qwen2" if cfg.get("is_qwen2_config") else "llama"
 
 
-def _pos_int(x) -> bool:
-    return type(x) is int and x > 0
-
-
-def _number(x) -> bool:
-    return type(x) in (int, float) and math.isfinite(x)
-
-
 _REQUIRED = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "vocab_size")
 _OPTIONAL = (  # key, check, what it must be (None always means "the default")
     ("rope_interleaved", lambda x: isinstance(x, bool), "true or false"),
     ("tie_word_embeddings", lambda x: isinstance(x, bool), "true or false"),
     ("attention_bias", lambda x: isinstance(x, bool), "true or false"),
-    ("rope_theta", lambda x: _number(x) and x > 0, "a positive number"),
-    ("rms_norm_eps", lambda x: _number(x) and x > 0, "a positive number"),
+    ("rope_theta", lambda x: number(x) and x > 0, "a positive number"),
+    ("rms_norm_eps", lambda x: number(x) and x > 0, "a positive number"),
     ("rope_scaling", lambda x: isinstance(x, dict), "an object or null"),
     ("hidden_act", lambda x: isinstance(x, str), "a string"),
-    ("max_position_embeddings", _pos_int, "a positive integer"),
-    ("sliding_window_size", _pos_int, "a positive integer or null"),
-    ("no_rope_layer", _pos_int, "a positive integer or null"),
+    ("max_position_embeddings", pos_int, "a positive integer"),
+    ("sliding_window_size", pos_int, "a positive integer or null"),
+    ("no_rope_layer", pos_int, "a positive integer or null"),
     ("moe_config", lambda x: isinstance(x, dict), "an object or null"),
 )
 
@@ -76,8 +68,8 @@ def _or(value, default):
 def check(cfg: dict, where: Path) -> str:
     """Validate model_config.json; return its class. Raises NanokernError naming the key."""
     cls = config_class(cfg, where)
-    missing = [k for k in _REQUIRED if not _pos_int(cfg.get(k))]
-    if cfg.get("num_key_value_heads") is not None and not _pos_int(cfg["num_key_value_heads"]):
+    missing = [k for k in _REQUIRED if not pos_int(cfg.get(k))]
+    if cfg.get("num_key_value_heads") is not None and not pos_int(cfg["num_key_value_heads"]):
         missing.append("num_key_value_heads")
     if missing:
         raise NanokernError(f"missing or not a positive integer: {', '.join(missing)}", where)
@@ -101,7 +93,7 @@ def _moe(m: dict | None, n: int, where: Path) -> MoeSpec | None:
     if m is None:
         return None
     for k in ("num_experts", "top_k", "moe_intermediate_size"):
-        if not _pos_int(m.get(k)):
+        if not pos_int(m.get(k)):
             raise NanokernError(f"moe_config.{k} must be a positive integer, not {m.get(k)!r}", where)
     if m["top_k"] > m["num_experts"]:
         raise NanokernError(f"moe_config.top_k {m['top_k']} exceeds num_experts {m['num_experts']}", where)
@@ -112,9 +104,9 @@ def _moe(m: dict | None, n: int, where: Path) -> MoeSpec | None:
         raise NanokernError(f"moe_config.layers must list layers in 0..{n - 1} (or [-1]), not {layers!r}", where)
     shared = bool(m.get("enable_shared_expert", False))
     width = m.get("shared_expert_intermediate_size")
-    if shared and not _pos_int(width):
+    if shared and not pos_int(width):
         raise NanokernError(f"moe_config.shared_expert_intermediate_size must be a positive integer, not {width!r}", where)
-    return MoeSpec(m["num_experts"], m["top_k"], m["moe_intermediate_size"], width if _pos_int(width) else m["moe_intermediate_size"],
+    return MoeSpec(m["num_experts"], m["top_k"], m["moe_intermediate_size"], width if pos_int(width) else m["moe_intermediate_size"],
                    sorted(layers), shared, m.get("router_aux_loss_coef", 0.01), m.get("token_dispatcher_type", "alltoall"))
 
 

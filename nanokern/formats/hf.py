@@ -94,13 +94,19 @@ def _read_json(f: Path, what: str):
         raise NanokernError(f"cannot read: {e.strerror or e}", f) from None
 
 
-def _all_zero_bits(ref) -> bool:
-    """Every element is +0.0 (bit pattern 0; -0.0 would not survive the round trip)."""
+def _all_zero_bits(refs) -> bool:
+    """Every element of every tensor is +0.0 (bit pattern 0; -0.0 would not survive the round
+    trip). Each file is mapped once, and unmapped after."""
     from nanokern.formats.safetensors_io import map_tensor
 
-    t = map_tensor(ref)
-    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
-    return not bool(t.view(ints).any())
+    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    maps: dict = {}
+    try:
+        return not any(bool(map_tensor(ref, maps).view(ints[ref.dtype.itemsize]).any()) for ref in refs)
+    finally:
+        for m in maps.values():
+            if m is not None:
+                m.close()
 
 
 def _fused_experts(refs: dict, spec: ModelSpec) -> dict[str, LogicalTensor]:
@@ -184,7 +190,7 @@ def read_hf(path: str | os.PathLike) -> Model:
         tensors[name] = LogicalTensor(name, shape, ref.dtype, [whole_block(ref)])
     for z in family.zero_means_absent:
         names = z.names(spec)
-        if names and all(_all_zero_bits(tensors[n].blocks[0].ref) for n in names):
+        if names and _all_zero_bits(tensors[n].blocks[0].ref for n in names):
             spec = z.off(spec)
             for n in names:
                 del tensors[n]

@@ -508,19 +508,15 @@ def to_model(ck: NanotronCheckpoint, rope_interleaved: bool | None = None, hf_ar
 
 def source_extras(step_dir: Path) -> dict:
     """Facts of a Nanotron source that a reshard carries over (configs)."""
-    out = {"step": step_dir.name}
-    cm = step_dir / "checkpoint_metadata.json"
-    if cm.is_file():
-        try:
-            out["checkpoint_metadata"] = json.loads(cm.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-            raise NanokernError(f"unreadable checkpoint metadata ({e})", cm) from None
-    cy = step_dir / "config.yaml"
-    if cy.is_file():
-        import yaml
+    import yaml
 
-        try:
-            out["config_yaml"] = yaml.safe_load(cy.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError, OSError) as e:
-            raise NanokernError(f"unreadable config.yaml ({e})", cy) from None
+    out = {"step": step_dir.name}
+    for key, name, load, errors in (("checkpoint_metadata", "checkpoint_metadata.json", json.loads, json.JSONDecodeError),
+                                    ("config_yaml", "config.yaml", yaml.safe_load, yaml.YAMLError)):
+        f = step_dir / name
+        if f.is_file():
+            try:
+                out[key] = load(f.read_text())
+            except (errors, UnicodeDecodeError, OSError) as e:
+                raise NanokernError(f"unreadable {name} ({e})", f) from None
     return out

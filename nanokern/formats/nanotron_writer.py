@@ -23,13 +23,12 @@ from nanokern.arch import decoder, nanotron_config
 from nanokern.arch.kinds import Kind
 from nanokern.errors import NanokernError
 from nanokern.formats import nanotron_layout as L
-from nanokern.formats.hf import resolve_dtype
+from nanokern.formats.hf import DTYPE_NAMES, resolve_dtype
 from nanokern.formats.slices import format_pairs, format_unsharded_shape
 from nanokern.model import Model
 from nanokern.plan import OutFile, OutTensor, Plan, Source, resolve
 
 CHECKPOINT_VERSION = "1.5"
-DTYPE_YAML = {torch.bfloat16: "bfloat16", torch.float32: "float32", torch.float16: "float16"}
 
 
 def padded_vocab(v: int, divisible_by: int, tp: int) -> int:
@@ -54,7 +53,7 @@ def _yaml_config(model: Model, mc: dict, tp: int, pp: int, dtype: torch.dtype, s
     par.update({"tp": tp, "pp": pp})
     cfg["parallelism"] = par
     mod = dict(cfg.get("model") or {"ddp_bucket_cap_mb": 25, "init_method": {"std": 0.025}, "make_vocab_size_divisible_by": 1})
-    mod.update({"dtype": DTYPE_YAML[dtype], "model_config": dict(mc)})
+    mod.update({"dtype": DTYPE_NAMES[dtype], "model_config": dict(mc)})
     cfg["model"] = mod
     cfg.setdefault("tokenizer", {"tokenizer_max_length": None, "tokenizer_name_or_path": None, "tokenizer_revision": None})
     return cfg
@@ -201,6 +200,6 @@ def plan_nanotron(model: Model, tp: int = 1, pp: int = 1, dtype: str = "keep", v
     }
     if V != s.vocab_size:
         warnings.append(f"vocab: {true_v} true rows, padded to {V} (multiple of {make_vocab_size_divisible_by} x TP={tp}); padding rows are zero")
-    summary = {"tp": tp, "pp": pp, "dtype": DTYPE_YAML[out_dtype], "vocab_size": V, "rope_interleaved": rope_interleaved,
+    summary = {"tp": tp, "pp": pp, "dtype": DTYPE_NAMES[out_dtype], "vocab_size": V, "rope_interleaved": rope_interleaved,
                "pp_owner": owner, "nanotron_config": cls}
     return resolve(Plan(model, "nanotron", files, aux, warnings, summary))
