@@ -48,6 +48,7 @@ def main() -> None:
     from nt_reference import random_hf, write_nanotron
 
     import nanokern.execute as ex
+    from nanokern.execute import durable, write
     from nanokern.convert import make_plan
 
     torch.set_num_threads(1)
@@ -63,7 +64,7 @@ def main() -> None:
              "reshard tp2pp2->tp4pp2": make_plan(src, "nanotron", "keep", tp=4, pp=2)}
     times: dict[tuple[str, str], list[float]] = {}
     modes = ["floor", "fsync", "syncfs", "syncfs_threads"]
-    small = ex.SMALL_FILE_BYTES
+    small = write.SMALL_FILE_BYTES
     for rep in range(a.reps):
         for mode in modes if rep % 2 == 0 else modes[::-1]:
             for name, plan in plans.items():
@@ -75,13 +76,13 @@ def main() -> None:
                 if mode == "floor":
                     subprocess.run(["cp", "-r", str(src / "0" / "model"), str(out)], check=True)
                 else:
-                    ex.DURABILITY = "fsync" if mode == "fsync" else "syncfs"
-                    ex.SMALL_FILE_BYTES = 0 if mode == "syncfs_threads" else small
+                    durable.DURABILITY = "fsync" if mode == "fsync" else "syncfs"
+                    write.SMALL_FILE_BYTES = 0 if mode == "syncfs_threads" else small
                     ex.execute(plan, out, progress=False)
                 os.sync()
                 times.setdefault((name, mode), []).append(time.perf_counter() - t0)
                 shutil.rmtree(out, ignore_errors=True)
-    ex.DURABILITY, ex.SMALL_FILE_BYTES = "syncfs", small
+    durable.DURABILITY, write.SMALL_FILE_BYTES = "syncfs", small
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     rows = []
     for name, plan in plans.items():

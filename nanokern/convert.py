@@ -67,11 +67,11 @@ def make_plan(
             raise NanokernError("--tp/--pp describe Nanotron output; HF output is unsharded by layers", src)
         return hf.plan_hf(model, dtype or "bf16", vocab_size, max_shard_size, tokenizer)
     if target == "nanotron":
-        from nanokern.formats.nanotron_writer import plan_nanotron
+        from nanokern.formats.nanotron.writer import plan_nanotron
 
         out_interleaved = interleaved if interleaved is not None else False
         if model.origin == "nanotron" and interleaved is None:
-            out_interleaved = bool(model.layout.get("rope_interleaved"))
+            out_interleaved = model.layout.rope_interleaved
         return plan_nanotron(model, tp or 1, pp or 1, dtype or "keep", vocab_size, make_vocab_size_divisible_by, out_interleaved,
                              nanotron_config)
     raise ValueError(f"unknown target {target!r}: choose hf or nanotron")

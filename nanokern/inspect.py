@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from nanokern.convert import load_source, parse_tristate
 from nanokern.formats.hf import plan_hf
 
@@ -21,7 +23,7 @@ def _pp_stages(owner: dict[str, int], pp: int) -> list[str]:
 def inspect_checkpoint(path, rope_interleaved: str = "auto") -> tuple[str, dict]:
     model = load_source(path, parse_tristate(rope_interleaved))
     s, lay = model.spec, model.layout
-    dtype = str(model.dtype).replace("torch.", "")
+    dtype = str(model.dtype)
     facts = {
         "path": model.path,
         "format": model.origin,
@@ -31,19 +33,19 @@ def inspect_checkpoint(path, rope_interleaved: str = "auto") -> tuple[str, dict]
         "family": model.family.name,
         "hf_class": model.family.hf_class,
         "features": s.features(),
-        "layout": {k: v for k, v in lay.items() if k != "pp_owner"},
+        "layout": {"format": model.origin, **{k: v for k, v in dataclasses.asdict(lay).items() if k != "pp_owner"}},
         "warnings": model.warnings,
     }
     lines = [f"{model.origin} checkpoint {model.path}"]
     if model.origin == "nanotron":
-        cls = {"qwen2": "Qwen2Config", "llama": "LlamaConfig"}[lay["config_class"]]
-        lines.append(f"  layout: {cls}, TP={lay['tp']} PP={lay['pp']}, {lay['files']} weight file(s)"
-                     + (" (legacy v0.5 file names)" if lay.get("bad_naming") else ""))
-        lines += _pp_stages(lay["pp_owner"], lay["pp"])
-        facts["pp_stages"] = {r: [b for b, o in lay["pp_owner"].items() if o == r] for r in range(lay["pp"])}
-        lines.append(f"  RoPE: {'interleaved (GPT-J): q/k rows are permuted on export' if lay['rope_interleaved'] else 'half-split (HF convention): no q/k permutation'}")
+        cls = {"qwen2": "Qwen2Config", "llama": "LlamaConfig"}[lay.config_class]
+        lines.append(f"  layout: {cls}, TP={lay.tp} PP={lay.pp}, {lay.files} weight file(s)"
+                     + (" (legacy v0.5 file names)" if lay.bad_naming else ""))
+        lines += _pp_stages(lay.pp_owner, lay.pp)
+        facts["pp_stages"] = {r: [b for b, o in lay.pp_owner.items() if o == r] for r in range(lay.pp)}
+        lines.append(f"  RoPE: {'interleaved (GPT-J): q/k rows are permuted on export' if lay.rope_interleaved else 'half-split (HF convention): no q/k permutation'}")
     else:
-        lines.append(f"  layout: {lay['files']} safetensors file(s){' with index' if lay['sharded'] else ''}")
+        lines.append(f"  layout: {lay.files} safetensors file(s){' with index' if lay.sharded else ''}")
     lines += [
         f"  model: {model.family.hf_class} ({', '.join(s.features()) or 'plain LLaMA: no bias, RoPE everywhere, full attention, dense'}), {s.num_hidden_layers} layers, hidden {s.hidden_size}, intermediate {s.intermediate_size}, "
         f"heads {s.num_attention_heads} (kv {s.num_key_value_heads}, head_dim {s.head_dim}), vocab {s.vocab_size} rows",

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from nanokern.arch.family import Family
 from nanokern.arch.spec import ModelSpec
-from nanokern.formats.safetensors_io import TensorRef
+from nanokern.io.dtypes import DType
+from nanokern.io.safetensors import TensorRef
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Block:
 class LogicalTensor:
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: DType
     blocks: list[Block] = field(default_factory=list)
 
     @property
@@ -56,6 +56,31 @@ def shape2d(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 @dataclass
+class NanotronLayout:
+    """What a Nanotron source holds beyond its tensors: its layout, and the configs a reshard
+    carries over."""
+
+    step_dir: str
+    tp: int
+    pp: int
+    rope_interleaved: bool
+    files: int
+    pp_owner: dict[str, int]  # block ("embedding", "layer 3", ...) -> PP rank
+    bad_naming: bool
+    config_class: str  # "llama" (LlamaConfig) or "qwen2" (Qwen2Config)
+    model_config: dict  # model_config.json as stored
+    step: str = "0"
+    checkpoint_metadata: dict | None = None
+    config_yaml: dict | None = None
+
+
+@dataclass
+class HfLayout:
+    files: int
+    sharded: bool  # with a model.safetensors.index.json
+
+
+@dataclass
 class Model:
     spec: ModelSpec
     family: Family  # the HF class the tensors are named for
@@ -63,10 +88,10 @@ class Model:
     origin: str  # "nanotron" or "hf"
     path: str
     warnings: list[str] = field(default_factory=list)
-    layout: dict = field(default_factory=dict)  # origin-specific facts for `inspect`
+    layout: NanotronLayout | HfLayout | None = None
 
     @property
-    def dtype(self) -> torch.dtype:
+    def dtype(self) -> DType:
         return next(iter(self.tensors.values())).dtype
 
     def num_parameters(self) -> int:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from nanokern.formats.safetensors_io import TensorRef, build_header
+from nanokern.io.dtypes import DType
+from nanokern.io.safetensors import TensorRef, build_header
 from nanokern.model import LogicalTensor, Model, shape2d
 
 
@@ -50,7 +50,7 @@ class Piece:
 class OutTensor:
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: DType
     sources: list[Source] = field(default_factory=list)
     pieces: list[Piece] = field(default_factory=list)
     offset: int = 0  # absolute byte offset in its file, set by OutFile.layout()
@@ -200,7 +200,7 @@ def describe(plan: Plan, limit: int | None = None) -> str:
                 continue
             shown += 1
             src = ", ".join(sorted({p.ref.path.rsplit("/", 1)[-1] for p in t.pieces})) or "zeros"
-            lines.append(f"    {t.name} {list(t.shape)} {str(t.dtype).replace('torch.', '')} <- {len(t.pieces)} piece(s) from {src}")
+            lines.append(f"    {t.name} {list(t.shape)} {t.dtype} <- {len(t.pieces)} piece(s) from {src}")
     if limit is not None and shown < plan.num_tensors:
         lines.append(f"    ... {plan.num_tensors - shown} more tensor(s)")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from nanokern.direct_io import ALIGN, SequentialWriter
+from nanokern.io.direct import ALIGN, SequentialWriter
 
 
 def _produce(path, data: bytes, sizes, **kw):
@@ -19,8 +19,8 @@ def _produce(path, data: bytes, sizes, **kw):
         for n in sizes:
             n = min(n, len(data) - pos)
             region = w.region(n)
-            region.numpy()[:] = np.frombuffer(data, np.uint8, n, pos)
-            w.check(lambda r=region, at=pos: seen.append((at, zlib.crc32(r.numpy()))))
+            region[:] = np.frombuffer(data, np.uint8, n, pos)
+            w.check(lambda r=region, at=pos: seen.append((at, zlib.crc32(r))))
             w.advance(n)
             pos += n
             if pos == len(data):
@@ -53,7 +53,7 @@ def test_ramp_starts_small_and_grows_to_the_chunk(tmp_path):
     rooms = []
     while w.offset < 64 << 20:
         rooms.append(w.room)
-        w.region(w.room).zero_()
+        w.region(w.room)[:] = 0
         w.advance(w.room)
     w.close()
     assert rooms[:5] == [1 << 20, 2 << 20, 4 << 20, 8 << 20, 8 << 20]
@@ -68,11 +68,11 @@ def test_a_buffer_is_not_reused_before_its_checks_are_done(tmp_path):
 
     def slow_crc(region, at):
         time.sleep(0.01)
-        seen.append((at, zlib.crc32(region.numpy())))
+        seen.append((at, zlib.crc32(region)))
 
     for at in range(0, len(data), 16 << 10):
         region = w.region(16 << 10)
-        region.numpy()[:] = np.frombuffer(data, np.uint8, 16 << 10, at)
+        region[:] = np.frombuffer(data, np.uint8, 16 << 10, at)
         w.check(functools.partial(slow_crc, region, at))
         w.advance(16 << 10)
     w.close()
@@ -88,7 +88,7 @@ def test_a_failing_check_is_raised_and_the_writer_stops(tmp_path):
     w.check(_boom)
     with pytest.raises(RuntimeError, match="check failed"):
         for _ in range(256):
-            w.region(ALIGN).zero_()
+            w.region(ALIGN)[:] = 0
             w.advance(ALIGN)
         w.close()
     w.abort()
@@ -99,12 +99,12 @@ def test_an_error_met_by_close_stops_the_threads(tmp_path):
     """The check of an earlier buffer failed; close() finds it on its final submit."""
     w = SequentialWriter(tmp_path / "f", 3 * ALIGN, chunk=2 * ALIGN, max_region=ALIGN, first_chunk=ALIGN, depth=2)
     w.check(_boom)
-    w.region(ALIGN).zero_()
+    w.region(ALIGN)[:] = 0
     w.advance(ALIGN)  # a full buffer: submitted, its check fails on the checker thread
     deadline = time.monotonic() + 10
     while w.error is None and time.monotonic() < deadline:
         time.sleep(0.005)
-    w.region(ALIGN).zero_()
+    w.region(ALIGN)[:] = 0
     w.advance(ALIGN)  # half of the next (2-block) buffer: nothing submitted until close()
     with pytest.raises(RuntimeError, match="check failed"):
         w.close()

@@ -181,8 +181,10 @@ def test_parallel_workers_and_small_chunks_give_the_single_worker_torch_bytes(tm
     plan = make_plan(src, "hf", dtype, max_shard_size="100KB")
     assert len(plan.files) >= 4
     ex.execute(plan, tmp_path / "one", backend="torch", workers=1, progress=False)
-    monkeypatch.setattr(ex, "CHUNK_BYTES", 8 << 10)
-    monkeypatch.setattr(ex, "MIN_CHUNK_BYTES", 8 << 10)
+    import nanokern.execute.write
+
+    monkeypatch.setattr(nanokern.execute.write, "CHUNK_BYTES", 8 << 10)
+    monkeypatch.setattr(nanokern.execute.write, "MIN_CHUNK_BYTES", 8 << 10)
     ex.execute(plan, tmp_path / "three", backend="cpu", workers=3, progress=False)
     assert tree_bytes(tmp_path / "three") == tree_bytes(tmp_path / "one")
 

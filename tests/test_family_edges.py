@@ -80,9 +80,9 @@ def test_moe_export_cast_to_bf16_rounds_like_torch(tmp_path, monkeypatch):
     from fixtures_path import fixture
     from nt_reference import hf_from_nt_qwen2
 
-    import nanokern.execute
+    import nanokern.ops.host
 
-    monkeypatch.setattr(nanokern.execute, "TRANSPOSE_TILE", 7)
+    monkeypatch.setattr(nanokern.ops.host, "TRANSPOSE_TILE", 7)
     src = fixture("nanotron", "qwen2_moe_tp1_pp2")
     mc = json.loads((src / "0" / "model_config.json").read_text())
     want = hf_from_nt_qwen2(assemble(src / "0"), mc)

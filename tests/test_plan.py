@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from nanokern.convert import convert, make_plan
 from nanokern.arch.spec import ModelSpec
-from nanokern.formats.nanotron_layout import parse_file_name, pp_stage_blocks
-from nanokern.formats.slices import format_pairs, parse_pairs, parse_unsharded_shape
+from nanokern.formats.nanotron.layout import parse_file_name, pp_stage_blocks
+from nanokern.io.slices import format_pairs, parse_pairs, parse_unsharded_shape
 
 
 def stages(owner, pp):

@@ -97,10 +97,10 @@ def test_lock_holder_is_named_and_wait_waits(tmp_path):
 
 KILL_SCRIPT = r"""
 import os, sys
-import nanokern.execute as ex
+import nanokern.execute.replace as ex
 from nanokern.convert import convert
 where = sys.argv[3]
-real_exchange, real_replace = ex._exchange, os.replace
+real_exchange, real_replace = ex.exchange, os.replace
 def exchange(a, b):
     if where == "before-swap":
         os._exit(9)
@@ -116,7 +116,7 @@ def replace(a, b):
     calls.append(a)
     if where == "rename-between" and str(a).endswith(sys.argv[2].split("/")[-1]):
         os._exit(9)  # OUT was renamed aside, the new one not yet into place
-ex._exchange = exchange
+ex.exchange = exchange
 ex.os.replace = replace
 convert(sys.argv[1], sys.argv[2], force=True, progress=False, max_shard_size="100KB")
 """
@@ -148,7 +148,7 @@ def test_recover_puts_back_a_folder_renamed_aside(tmp_path):
     """The fallback path killed between its two renames: the next run's recovery restores OUT
     (the new folder when it is complete)."""
     from nanokern.convert import convert
-    from nanokern.execute import _recover
+    from nanokern.execute.replace import recover as _recover
 
     src = fixture("nanotron", "tp2_pp2")
     convert(src, tmp_path / "ref", progress=False)

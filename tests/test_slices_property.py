@@ -1,4 +1,4 @@
-"""Property-based tests of Nanotron's shard metadata (nanokern/formats/slices.py) and of the
+"""Property-based tests of Nanotron's shard metadata (nanokern/io/slices.py) and of the
 reader's coverage check (nanokern/formats/nanotron.py).
 
 - Valid layouts (random shapes, TP sizes, row/column splits, chunked qkv/gate_up-like splits)
@@ -29,8 +29,8 @@ from safetensors import safe_open
 
 from nanokern.errors import NanokernError
 from nanokern.formats import nanotron
-from nanokern.formats.safetensors_io import map_tensor
-from nanokern.formats.slices import (
+from nanokern.io.safetensors import map_tensor
+from nanokern.io.slices import (
     SliceFormatError,
     check_tiling,
     format_pairs,
@@ -297,7 +297,7 @@ def materialize(model) -> dict[str, torch.Tensor]:
     try:
         for name, t in model.tensors.items():
             rows, cols = t.shape2d
-            full = torch.zeros((rows, cols), dtype=t.dtype)
+            full = torch.zeros((rows, cols), dtype=t.dtype.torch)
             seen = torch.zeros((rows, cols), dtype=torch.int32)
             for b in t.blocks:
                 src = map_tensor(b.ref, maps)[:, b.src_col0 : b.src_col0 + b.ncols]

@@ -19,7 +19,7 @@ from nanokern.arch import decoder, nanotron_config
 from nanokern.arch.kinds import Kind, Param
 from nanokern.arch.spec import ModelSpec, MoeSpec
 from nanokern.bench.common import GEN_VERSION, ITEMSIZE, ST_DTYPES
-from nanokern.formats import nanotron_layout as L
+from nanokern.formats.nanotron import layout as L
 
 
 ARCHS = ("llama", "qwen2", "smollm3", "moe")

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from nanokern import arch
 from nanokern.arch.family import Family
@@ -17,11 +16,11 @@ from nanokern.arch.hf_config import transformers_version
 from nanokern.arch.spec import ModelSpec
 from nanokern.errors import NanokernError
 from nanokern.formats import tokenizer as tok
-from nanokern.formats.safetensors_io import read_header
-from nanokern.model import Block, LogicalTensor, Model, expert_view, shape2d, whole_block
+from nanokern.io import dtypes
+from nanokern.io.safetensors import map_array, read_header
+from nanokern.model import Block, HfLayout, LogicalTensor, Model, expert_view, shape2d, whole_block
 from nanokern.plan import OutFile, OutTensor, Plan, Source, resolve
 
-DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 SIZE_UNITS = {"TB": 10**12, "GB": 10**9, "MB": 10**6, "KB": 10**3}
 
 
@@ -97,12 +96,9 @@ def _read_json(f: Path, what: str):
 def _all_zero_bits(refs) -> bool:
     """Every element of every tensor is +0.0 (bit pattern 0; -0.0 would not survive the round
     trip). Each file is mapped once, and unmapped after."""
-    from nanokern.formats.safetensors_io import map_tensor
-
-    ints = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
     maps: dict = {}
     try:
-        return not any(bool(map_tensor(ref, maps).view(ints[ref.dtype.itemsize]).any()) for ref in refs)
+        return not any(bool(map_array(ref, maps).view(f"<u{ref.dtype.itemsize}").any()) for ref in refs)
     finally:
         for m in maps.values():
             if m is not None:
@@ -185,8 +181,8 @@ def read_hf(path: str | os.PathLike) -> Model:
             raise NanokernError(f"missing tensor {name}", where)
         if ref.shape != shape:
             raise NanokernError(f"{name} has shape {list(ref.shape)} but config.json implies {list(shape)}", ref.path)
-        if ref.dtype not in DTYPE_NAMES:
-            raise NanokernError(f"{name}: unsupported dtype {str(ref.dtype).replace('torch.', '')} (supported: fp32, bf16, fp16)", ref.path)
+        if ref.dtype not in dtypes.FLOATS:
+            raise NanokernError(f"{name}: unsupported dtype {ref.dtype} (supported: fp32, bf16, fp16)", ref.path)
         tensors[name] = LogicalTensor(name, shape, ref.dtype, [whole_block(ref)])
     for z in family.zero_means_absent:
         names = z.names(spec)
@@ -197,26 +193,11 @@ def read_hf(path: str | os.PathLike) -> Model:
             warnings.append(f"every {z.what} tensor is zero: imported without them")
     if spec.tie_word_embeddings and "lm_head.weight" in refs:
         warnings.append("tie_word_embeddings is true: the stored lm_head.weight is ignored")
-    layout = {"format": "hf", "files": len(files), "sharded": wm is not None}
-    return Model(spec, family, tensors, "hf", str(d), warnings, layout)
+    return Model(spec, family, tensors, "hf", str(d), warnings, HfLayout(len(files), wm is not None))
 
 
 # ---------------------------------------------------------------------------------------------
 # planning HF output
-
-
-DTYPE_ALIASES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-                 "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
-
-
-def resolve_dtype(name: str, source: torch.dtype) -> torch.dtype:
-    """An output dtype by its name (bf16 or torch's bfloat16, ...); keep: the source's."""
-    if name == "keep":
-        return source
-    try:
-        return DTYPE_ALIASES[name]
-    except KeyError:
-        raise ValueError(f"dtype {name!r}: choose bf16, fp16, fp32 (or torch's bfloat16, float16, float32) or keep") from None
 
 
 def plan_hf(
@@ -227,7 +208,7 @@ def plan_hf(
     tokenizer: str | None = None,
 ) -> Plan:
     spec = model.spec
-    out_dtype = resolve_dtype(dtype, model.dtype)
+    out_dtype = dtypes.resolve(dtype, model.dtype)
     V = spec.vocab_size if vocab_size is None else vocab_size
     if not 0 < V <= spec.vocab_size:
         raise NanokernError(f"--vocab-size {V} must be in 1..{spec.vocab_size} (the rows stored)", model.path)
@@ -245,7 +226,7 @@ def plan_hf(
                 warnings.append(f"{k}_token_id {have} in the model config disagrees with the tokenizer ({v}): using {v}")
                 setattr(out_spec, f"{k}_token_id", v)
         aux.update(files)
-    aux["config.json"] = dump_json(model.family.hf_config(out_spec, DTYPE_NAMES[out_dtype], V))
+    aux["config.json"] = dump_json(model.family.hf_config(out_spec, out_dtype.name, V))
     aux["generation_config.json"] = dump_json(generation_config(out_spec))
 
     tensors, zeros = [], []
@@ -288,6 +269,6 @@ def plan_hf(
             "weight_map": {t.name: f.path for f in files for t in f.tensors},
         }
         aux["model.safetensors.index.json"] = dump_json(index)
-    summary = {"dtype": DTYPE_NAMES[out_dtype], "vocab_size": V, "shards": n, "tied": spec.tie_word_embeddings,
+    summary = {"dtype": out_dtype.name, "vocab_size": V, "shards": n, "tied": spec.tie_word_embeddings,
                "hf_class": model.family.hf_class}
     return resolve(Plan(model, "hf", files, aux, warnings, summary))

@@ -24,13 +24,13 @@ def load_model(path, dtype: str, backend: str, device: str | None):
         from nanokern.generate.hf_model import hf_native_model
 
         if dtype == "auto":
-            dtype = "bf16" if read_hf(path).dtype == torch.bfloat16 else "fp32"
+            dtype = "bf16" if read_hf(path).dtype.torch == torch.bfloat16 else "fp32"
         return hf_native_model(path, dtype, backend, device), "hf"
     from nanokern.formats.nanotron import read_checkpoint
 
     ck = read_checkpoint(path)
     if dtype == "auto":
-        dtype = "bf16" if next(iter(ck.params.values())).dtype == torch.bfloat16 else "fp32"
+        dtype = "bf16" if next(iter(ck.params.values())).dtype.torch == torch.bfloat16 else "fp32"
     return NativeModel(ck, dtype, backend, device), "nanotron"
 
 

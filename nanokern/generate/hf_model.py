@@ -18,7 +18,7 @@ import torch
 
 from nanokern.errors import NanokernError
 from nanokern.formats.hf import read_hf
-from nanokern.formats.safetensors_io import map_tensor
+from nanokern.io.safetensors import map_tensor
 from nanokern.parity.native import NativeModel
 from nanokern.parity.native_weights import AttnRank, Layer, MlpRank, MoeWeights, VocabRank, Weights
 

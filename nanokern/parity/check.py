@@ -265,7 +265,7 @@ def reproduce_logits(ckpt, logits_file, backend: str = "auto", dtype: str | None
     except KeyError as e:
         raise NanokernError(f"logits file lacks tensor {e}", logits_file) from None
     if dtype is None:
-        dt = next(iter(ck.params.values())).dtype
+        dt = next(iter(ck.params.values())).dtype.torch
         dtype = "bf16" if dt in (torch.bfloat16, torch.float16) else "fp32"
     native = NativeModel(ck, dtype, backend, device, numerics)
     got = native(ids).logits.float().cpu()
@@ -273,6 +273,6 @@ def reproduce_logits(ckpt, logits_file, backend: str = "auto", dtype: str | None
     got, want = got[..., :V], want[..., :V].float()
     diff = (got - want).abs()
     agree = float((got.argmax(-1) == want.argmax(-1)).float().mean())
-    fp32 = torch_dtype(dtype) == torch.float32 and next(iter(ck.params.values())).dtype == torch.float32
+    fp32 = torch_dtype(dtype) == torch.float32 and next(iter(ck.params.values())).dtype.torch == torch.float32
     return LogitsReport(os.fspath(ck.step_dir), os.fspath(logits_file), _dtype_name(dtype), native.backend, numerics,
                         float(diff.max()), float(diff.mean()), agree, 1e-4 if fp32 else 0.03, 1.0 if fp32 else 0.95)

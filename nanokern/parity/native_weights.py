@@ -24,7 +24,7 @@ from nanokern.arch import decoder as D
 from nanokern.arch.kinds import Param
 from nanokern.errors import NanokernError
 from nanokern.formats.nanotron import NanotronCheckpoint, NtParam, Shard
-from nanokern.formats.safetensors_io import map_tensor
+from nanokern.io.safetensors import map_tensor
 
 QKV = D.qkv(bias=lambda s: s.attention_bias)
 ROUTER, EXPERTS_GATE_UP, EXPERTS_DOWN, SHARED_GATE_UP, SHARED_DOWN, SHARED_GATE = D.MOE

@@ -12,23 +12,11 @@ import os
 import struct
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 from nanokern.errors import NanokernError
+from nanokern.io.dtypes import BY_CODE, DType
 
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -38,7 +26,7 @@ class TensorRef:
 
     path: str
     offset: int
-    dtype: torch.dtype
+    dtype: DType
     shape: tuple[int, ...]
 
     @property
@@ -106,7 +94,7 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
         if not isinstance(info, dict):
             raise NanokernError(f"corrupt safetensors header: the entry for tensor {name!r} is not an object", path)
         dt, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if dt not in DTYPES:
+        if dt not in BY_CODE:
             what = f"unsupported dtype {dt!r}" if isinstance(dt, str) else f"no valid dtype ({dt!r})"
             raise NanokernError(f"tensor {name!r}: {what}", path)
         if not isinstance(shape, list) or not all(_uint(s) for s in shape):
@@ -114,7 +102,7 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(_uint(x) for x in offsets) or offsets[0] > offsets[1]:
             raise NanokernError(f"corrupt safetensors header: tensor {name!r} has data_offsets {offsets!r}", path)
         begin, end = offsets
-        ref = TensorRef(path, data_start + begin, DTYPES[dt], tuple(shape))
+        ref = TensorRef(path, data_start + begin, BY_CODE[dt], tuple(shape))
         if end - begin != ref.nbytes:
             raise NanokernError(
                 f"corrupt safetensors header: tensor {name!r} has {end - begin} bytes (data_offsets {offsets}) "
@@ -136,7 +124,7 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     return SafetensorsHeader(path, metadata, tensors, data_start)
 
 
-def build_header(tensors: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict[str, str] | None) -> tuple[bytes, list[int]]:
+def build_header(tensors: list[tuple[str, DType, tuple[int, ...]]], metadata: dict[str, str] | None) -> tuple[bytes, list[int]]:
     """Header bytes (length prefix included) for tensors laid out in the given order.
 
     Returns the header and each tensor's byte offset relative to the start of the file.
@@ -150,7 +138,7 @@ def build_header(tensors: list[tuple[str, torch.dtype, tuple[int, ...]]], metada
         nbytes = dtype.itemsize
         for s in shape:
             nbytes *= s
-        entries[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape), "data_offsets": [rel, rel + nbytes]}
+        entries[name] = {"dtype": dtype.code, "shape": list(shape), "data_offsets": [rel, rel + nbytes]}
         rels.append(rel)
         rel += nbytes
     raw = json.dumps(entries, separators=(",", ":")).encode()
@@ -159,21 +147,31 @@ def build_header(tensors: list[tuple[str, torch.dtype, tuple[int, ...]]], metada
     return head, [len(head) + r for r in rels]
 
 
-def safetensors_order(tensors: list[tuple[str, torch.dtype, tuple[int, ...]]]):
-    """The data order safetensors' own writer uses: larger dtypes first, then by name."""
-    return sorted(tensors, key=lambda t: (-t[1].itemsize, t[0]))
-
-
-def map_tensor(ref: TensorRef, maps: dict[str, mmap.mmap] | None = None) -> torch.Tensor:
-    """A zero-copy, read-only CPU tensor over the file's bytes (memory-mapped)."""
-    m = None if maps is None else maps.get(ref.path)
+def _map(path: str, maps: dict[str, mmap.mmap] | None):
+    m = None if maps is None else maps.get(path)
     if m is None:
-        with open(ref.path, "rb") as f:
+        with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
         if maps is not None:
-            maps[ref.path] = m
+            maps[path] = m
+    return m
+
+
+def map_array(ref: TensorRef, maps: dict[str, mmap.mmap] | None = None) -> np.ndarray:
+    """A zero-copy numpy view of the file's bytes (memory-mapped), in the dtype's storage type
+    (bfloat16 as uint16 bits). Pass `maps` to map each file once; close them after."""
     if ref.numel == 0:
-        return torch.empty(ref.shape, dtype=ref.dtype)
-    t = torch.frombuffer(m, dtype=ref.dtype, count=ref.numel, offset=ref.offset)
+        return np.empty(ref.shape, dtype=ref.dtype.np)
+    m = _map(ref.path, maps)
+    return np.frombuffer(m, dtype=ref.dtype.np, count=ref.numel, offset=ref.offset).reshape(ref.shape)
+
+
+def map_tensor(ref: TensorRef, maps: dict[str, mmap.mmap] | None = None):
+    """The same view as a CPU torch tensor (imports torch)."""
+    import torch
+
+    if ref.numel == 0:
+        return torch.empty(ref.shape, dtype=ref.dtype.torch)
+    t = torch.frombuffer(_map(ref.path, maps), dtype=ref.dtype.torch, count=ref.numel, offset=ref.offset)
     return t.view(ref.shape)

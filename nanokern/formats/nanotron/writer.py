@@ -15,16 +15,16 @@ import json
 import math
 
 import numpy as np
-import torch
 import yaml
 
 from nanokern import rope
 from nanokern.arch import decoder, nanotron_config
 from nanokern.arch.kinds import Kind
 from nanokern.errors import NanokernError
-from nanokern.formats import nanotron_layout as L
-from nanokern.formats.hf import DTYPE_NAMES, resolve_dtype
-from nanokern.formats.slices import format_pairs, format_unsharded_shape
+from nanokern.formats.nanotron import layout as L
+from nanokern.io import dtypes
+from nanokern.io.dtypes import DType
+from nanokern.io.slices import format_pairs, format_unsharded_shape
 from nanokern.model import Model
 from nanokern.plan import OutFile, OutTensor, Plan, Source, resolve
 
@@ -36,8 +36,8 @@ def padded_vocab(v: int, divisible_by: int, tp: int) -> int:
     return int(math.ceil(v / m) * m)
 
 
-def _yaml_config(model: Model, mc: dict, tp: int, pp: int, dtype: torch.dtype, step: int) -> dict:
-    src = model.layout.get("config_yaml")
+def _yaml_config(model: Model, mc: dict, tp: int, pp: int, dtype: DType, step: int) -> dict:
+    src = model.layout.config_yaml if model.origin == "nanotron" else None
     cfg = dict(src) if isinstance(src, dict) else {}
     cfg.setdefault("general", {"project": "nanokern", "run": "converted", "seed": 42, "step": step,
                                "consumed_train_samples": 0, "benchmark_csv_path": None, "ignore_sanity_checks": True})
@@ -53,7 +53,7 @@ def _yaml_config(model: Model, mc: dict, tp: int, pp: int, dtype: torch.dtype, s
     par.update({"tp": tp, "pp": pp})
     cfg["parallelism"] = par
     mod = dict(cfg.get("model") or {"ddp_bucket_cap_mb": 25, "init_method": {"std": 0.025}, "make_vocab_size_divisible_by": 1})
-    mod.update({"dtype": DTYPE_NAMES[dtype], "model_config": dict(mc)})
+    mod.update({"dtype": dtype.name, "model_config": dict(mc)})
     cfg["model"] = mod
     cfg.setdefault("tokenizer", {"tokenizer_max_length": None, "tokenizer_name_or_path": None, "tokenizer_revision": None})
     return cfg
@@ -80,7 +80,7 @@ def default_config_class(model: Model) -> str:
     """A Nanotron source keeps its class; a HF LlamaForCausalLM becomes a LlamaConfig (as before),
     every other family a Qwen2Config (what Nanotron builds by default)."""
     if model.origin == "nanotron":
-        return model.layout.get("config_class", "llama")
+        return model.layout.config_class
     return "llama" if model.family.name == "llama" else "qwen2"
 
 
@@ -109,7 +109,7 @@ def plan_nanotron(model: Model, tp: int = 1, pp: int = 1, dtype: str = "keep", v
     if not 0 < true_v <= s.vocab_size:
         raise NanokernError(f"--vocab-size {true_v} must be in 1..{s.vocab_size} (the rows stored)", where)
     V = padded_vocab(true_v, make_vocab_size_divisible_by, tp)
-    out_dtype = resolve_dtype(dtype, model.dtype)
+    out_dtype = dtypes.resolve(dtype, model.dtype)
     d, H = s.head_dim, s.hidden_size
     owner = L.pp_stage_blocks(s, V, pp)
     warnings = list(model.warnings)
@@ -152,7 +152,7 @@ def plan_nanotron(model: Model, tp: int = 1, pp: int = 1, dtype: str = "keep", v
         return [Source(name, rows, 0, cols, loc0, 0)]
 
     for name, param, i in decoder.nanotron_params(s):
-        dt = torch.float32 if param.fp32 else out_dtype
+        dt = dtypes.FLOAT32 if param.fp32 else out_dtype
         hf = [param.hf_name(part, i) for part in param.parts]
         sizes = param.sizes(s, V)
         if param.kind is Kind.VOCAB:
@@ -185,21 +185,22 @@ def plan_nanotron(model: Model, tp: int = 1, pp: int = 1, dtype: str = "keep", v
                     off += n
             files.append(OutFile(L.param_path(name), [OutTensor("data", shape, dt, sources)], {}))
 
-    step_name = str(model.layout.get("step", "0"))
+    nt = model.layout if model.origin == "nanotron" else None
+    step_name = nt.step if nt else "0"
     step = int(step_name) if step_name.isdigit() else 0
     for f in files:
         f.path = f"{step_name}/{f.path}"
-    base = dict(model.layout.get("model_config") or {})
+    base = dict(nt.model_config) if nt else {}
     mc = nanotron_config.model_config(s, cls, V, rope_interleaved, base, warnings, where)
     aux = {
         "latest.txt": step_name.encode(),
         f"{step_name}/model_config.json": json.dumps(mc).encode(),
         f"{step_name}/checkpoint_metadata.json": json.dumps(
-            checkpoint_metadata(tp, step, model.layout.get("checkpoint_metadata")), indent=2, sort_keys=True).encode(),
+            checkpoint_metadata(tp, step, nt.checkpoint_metadata if nt else None), indent=2, sort_keys=True).encode(),
         f"{step_name}/config.yaml": yaml.safe_dump(_yaml_config(model, mc, tp, pp, out_dtype, step)).encode(),
     }
     if V != s.vocab_size:
         warnings.append(f"vocab: {true_v} true rows, padded to {V} (multiple of {make_vocab_size_divisible_by} x TP={tp}); padding rows are zero")
-    summary = {"tp": tp, "pp": pp, "dtype": DTYPE_NAMES[out_dtype], "vocab_size": V, "rope_interleaved": rope_interleaved,
+    summary = {"tp": tp, "pp": pp, "dtype": out_dtype.name, "vocab_size": V, "rope_interleaved": rope_interleaved,
                "pp_owner": owner, "nanotron_config": cls}
     return resolve(Plan(model, "nanotron", files, aux, warnings, summary))

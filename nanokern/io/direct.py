@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 
-import torch
+import numpy as np
 
 ALIGN = 4096
 FIRST_CHUNK = 4 << 20  # the ramp's first buffer: about 5 ms of producing, then the disk has work
@@ -67,7 +67,7 @@ class SequentialWriter:
         self.chunk = max(ALIGN, min(chunk, -(-size // ALIGN) * ALIGN))
         cap = -(-(self.chunk + max_region + 2 * ALIGN) // ALIGN) * ALIGN
         self.maps = _pool.take(depth + 1, cap)
-        self.bufs = [torch.frombuffer(m, dtype=torch.uint8) for m in self.maps]
+        self.bufs = [np.frombuffer(m, dtype=np.uint8) for m in self.maps]
         self.free: queue.Queue = queue.Queue()
         for i in range(1, depth + 1):
             self.free.put(i)
@@ -129,7 +129,7 @@ class SequentialWriter:
         everything filled so far is final), in submission order; fn only reads the buffer."""
         self.checks[self.cur].append(fn)
 
-    def region(self, nbytes: int) -> torch.Tensor:
+    def region(self, nbytes: int) -> np.ndarray:
         """A uint8 view of the next `nbytes` of the file, to fill before `advance(nbytes)`."""
         if self.fill + nbytes > len(self.maps[self.cur]):
             raise ValueError(f"region of {nbytes} bytes exceeds the staging buffer")
@@ -145,14 +145,14 @@ class SequentialWriter:
         n = self.fill if final else self.fill - self.fill % ALIGN
         if final and self.direct:
             padded = -(-n // ALIGN) * ALIGN
-            self.bufs[self.cur][n:padded].zero_()
+            self.bufs[self.cur][n:padded] = 0
             n = padded
         tail = 0 if final else self.fill - n
         nxt = self.free.get()  # a buffer no writer is using
         if self.error is not None:
             raise self.error
         if tail:
-            self.bufs[nxt][:tail].copy_(self.bufs[self.cur][n : n + tail])
+            self.bufs[nxt][:tail] = self.bufs[self.cur][n : n + tail]
         self.busy[self.cur] = 2
         self.jobs.put((self.cur, n, self.base))
         self.check_jobs.put((self.cur, self.checks[self.cur]))
@@ -192,10 +192,10 @@ class SequentialWriter:
 
 
 class _SmallPool(threading.local):
-    def take(self, nbytes: int) -> torch.Tensor:
+    def take(self, nbytes: int) -> np.ndarray:
         buf = getattr(self, "buf", None)
-        if buf is None or buf.numel() < nbytes:
-            buf = self.buf = torch.empty(max(nbytes, 1 << 20), dtype=torch.uint8)
+        if buf is None or buf.size < nbytes:
+            buf = self.buf = np.empty(max(nbytes, 1 << 20), dtype=np.uint8)
         return buf
 
 
@@ -223,7 +223,7 @@ class SmallFileWriter:
     def room(self) -> int:
         return self.size - self.fill
 
-    def region(self, nbytes: int) -> torch.Tensor:
+    def region(self, nbytes: int) -> np.ndarray:
         if self.fill + nbytes > self.size:
             raise ValueError(f"region of {nbytes} bytes exceeds the file size")
         return self.buf[self.fill : self.fill + nbytes]
@@ -238,7 +238,7 @@ class SmallFileWriter:
         self.closed = True
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(self.buf.numpy())[: self.fill]
+            view = memoryview(self.buf)[: self.fill]
             off = 0
             while off < len(view):
                 off += os.pwrite(fd, view[off:], off)

@@ -1,0 +1,71 @@
+// nanokern._cpu: the CPU gather_cast kernel (gather_cast_kernel.cpp) bound with pybind11 on raw
+// buffer addresses, without torch, so a CPU conversion never loads libtorch. The Python side
+// (nanokern/ops/host.py) checks shapes, strides and row ranges before calling in; the GIL is
+// released while the kernel runs (the converter's worker threads run in parallel).
+#include <omp.h>
+#include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "gather_cast_kernel.h"
+
+namespace py = pybind11;
+using nanokern::Kind;
+
+namespace {
+
+Kind kind(int k) {
+  if (k < 0 || k > 2) throw py::value_error("gather_cast: kind must be 0 (fp32), 1 (bf16) or 2 (fp16)");
+  return static_cast<Kind>(k);
+}
+
+template <typename T>
+const T* ptr(uintptr_t addr) { return reinterpret_cast<const T*>(addr); }
+
+void gather_cast(uintptr_t src, int64_t src_row_stride, int skind, uintptr_t rows, int64_t nrows, int64_t ncols,
+                 uintptr_t out, int64_t out_row_stride, int dkind, int threads) {
+  const nanokern::GatherCastPlan plan = nanokern::plan_gather_cast(
+      ptr<char>(src), src_row_stride, kind(skind), rows ? ptr<int64_t>(rows) : nullptr, nrows, ncols,
+      reinterpret_cast<char*>(out), out_row_stride, kind(dkind));
+  py::gil_scoped_release nogil;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, plan.items / plan.grain));
+  if (parts == 1) return nanokern::run_gather_cast(plan, 0, plan.items);
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+  for (int64_t t = 0; t < parts; ++t) {
+    nanokern::run_gather_cast(plan, plan.items * t / parts, plan.items * (t + 1) / parts);
+  }
+}
+
+void transpose_cast(uintptr_t src, int64_t src_row_stride, int skind, int64_t row0, uintptr_t rows, int64_t n,
+                    int64_t ncols, uintptr_t out, int64_t out_row_stride, int dkind, int64_t tile, int threads) {
+  const Kind sk = kind(skind), dk = kind(dkind);
+  const int64_t* r = rows ? ptr<int64_t>(rows) : nullptr;
+  py::gil_scoped_release nogil;
+  if (tile < 1) throw py::value_error("transpose_cast: tile must be positive");
+  const int64_t tiles = (ncols + tile - 1) / tile;
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({int64_t(threads), tiles, n * ncols / (1 << 16)}));
+#pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
+  for (int64_t t = 0; t < parts; ++t) {
+    const int64_t j0 = tiles * t / parts * tile;
+    const int64_t j1 = std::min(ncols, tiles * (t + 1) / parts * tile);
+    nanokern::transpose_cast(ptr<char>(src), src_row_stride, sk, row0, r, n, ncols, reinterpret_cast<char*>(out),
+                             out_row_stride, dk, tile, j0, j1);
+  }
+}
+
+bool all_finite(uintptr_t data, int64_t n, int k) {
+  const Kind kd = kind(k);
+  py::gil_scoped_release nogil;
+  return nanokern::all_finite(ptr<char>(data), n, kd);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, m) {
+  m.doc() = "nanokern's CPU gather_cast kernel on raw buffers (no torch); see nanokern/ops/host.py";
+  m.def("gather_cast", &gather_cast, "out[i, :] = cast(src[rows[i], :]) on raw addresses (strides in elements)");
+  m.def("transpose_cast", &transpose_cast, "out[i, j] = cast(src[j, rows[i]]) on raw addresses");
+  m.def("all_finite", &all_finite, "no NaN or inf among n values");
+  m.def("max_threads", []() { return omp_get_max_threads(); });
+}

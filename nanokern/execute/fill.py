@@ -1,0 +1,97 @@
+"""Filling rows of one output tensor from its pieces (plan.py): each piece is a row gather from
+one memory-mapped source tensor into a rectangle of the output, cast on the way.
+
+`out` is a numpy view of the writer's staging buffer (the dtype's storage type). The "cpu"
+backend runs the C++ kernel on it through the torch-free binding (ops/host.py); the other
+backends ("torch", "triton", "cuda", and the staged GPU pipeline) see it as a torch tensor.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from nanokern.io.safetensors import map_array, map_tensor
+from nanokern.ops import host
+
+class Sources:
+    """Memory maps of source files, opened once and shared by the worker threads."""
+
+    def __init__(self):
+        self._maps: dict = {}
+        self._lock = threading.Lock()
+
+    def array(self, ref) -> np.ndarray:
+        with self._lock:
+            return map_array(ref, self._maps)
+
+    def tensor(self, ref):
+        with self._lock:
+            return map_tensor(ref, self._maps)
+
+    def close(self):
+        for m in self._maps.values():
+            if m is not None:
+                m.close()
+        self._maps.clear()
+
+
+def uses_host(backend: str, stager) -> bool:
+    """Whether pieces run on the torch-free host kernel."""
+    return backend == "cpu" and stager is None and host.ERROR is None
+
+
+def _spans(t, r0: int, r1: int):
+    """(piece, a, b, k0, k1): the rows [a, b) of the output that piece covers within [r0, r1),
+    which are its rows [k0, k1)."""
+    for p in t.pieces:
+        a, b = max(p.dst_row0, r0), min(p.dst_row0 + p.nrows, r1)
+        if a < b:
+            yield p, a, b, a - p.dst_row0, b - p.dst_row0
+
+
+def fill_rows(t, r0: int, r1: int, out: np.ndarray, sources: Sources, backend: str, stager=None) -> None:
+    """out (rows r0..r1 of tensor t) <- every piece's share of those rows."""
+    if uses_host(backend, stager):
+        for p, a, b, k0, k1 in _spans(t, r0, r1):
+            src = sources.array(p.ref)
+            dst = out[a - r0 : b - r0, p.dst_col0 : p.dst_col0 + p.ncols]
+            rows = None if p.rows is None else np.ascontiguousarray(p.rows[k0:k1])
+            if p.transpose:  # output rows are source columns
+                host.transpose_cast(src[p.col0 : p.col0 + p.ncols], p.row0 + k0, rows, dst)
+            else:
+                src = src[:, p.col0 : p.col0 + p.ncols]
+                host.gather_cast(src if rows is not None else src[p.row0 + k0 : p.row0 + k1], rows, dst)
+        return
+    _fill_rows_torch(t, r0, r1, out, sources, backend, stager)
+
+
+def _fill_rows_torch(t, r0, r1, out, sources, backend, stager) -> None:
+    import torch
+
+    from nanokern.ops import gather_cast
+
+    out = torch.from_numpy(out).view(t.dtype.torch)
+    for p, a, b, k0, k1 in _spans(t, r0, r1):
+        src = sources.tensor(p.ref)
+        if p.transpose:
+            src = src.t()
+        src = src[:, p.col0 : p.col0 + p.ncols]
+        dst = out[a - r0 : b - r0, p.dst_col0 : p.dst_col0 + p.ncols]
+        rows = None if p.rows is None else p.rows[k0:k1]
+        if rows is None:
+            src = src[p.row0 + k0 : p.row0 + k1]
+        if p.transpose and rows is not None:  # a gather from a transposed view: index_select copies it
+            src, rows = src[torch.from_numpy(rows)], None
+        if p.transpose and stager is None and not src.is_contiguous():
+            tile = host.TRANSPOSE_TILE  # a block of source rows at a time
+            for j in range(0, src.shape[1], tile):
+                dst[:, j : j + tile].copy_(src[:, j : j + tile])
+            continue
+        if p.transpose:
+            src = src.contiguous()
+        if stager is not None:
+            stager.run_piece(src, rows, dst)
+        else:
+            gather_cast(src, None if rows is None else torch.from_numpy(rows), dst, backend=backend)

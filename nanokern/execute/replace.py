@@ -1,0 +1,102 @@
+"""Putting a finished output folder at DST, and cleaning up what a killed run left beside it.
+
+Replacing an existing DST (--force) so that a kill at any moment leaves a complete DST, old or
+new: the finished folder and DST are swapped in one atomic renameat2(RENAME_EXCHANGE), then the
+old one (now at the partial folder's name) is removed. An intent file beside DST, written before
+the swap and removed after the clean-up, tells the next run what a kill left behind (`recover`).
+Where the filesystem cannot exchange, DST is renamed aside first and the next run puts back
+whichever complete folder a kill left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from nanokern.execute.durable import fsync_dir, write_small
+from nanokern.execute.manifest import JOURNAL_GLOB, MANIFEST
+
+
+def _intent_path(dst: Path) -> Path:
+    return dst.parent / f"{dst.name}.replacing"
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import errno
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _write_intent(dst: Path, info: dict) -> None:
+    write_small(_intent_path(dst), json.dumps(info).encode())
+    fsync_dir(dst.parent)
+
+
+def _remove(path: Path) -> None:
+    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
+def replace(work: Path, dst: Path) -> None:
+    """Move the finished folder `work` to `dst`, swapping atomically with an existing one."""
+    if dst.exists() or dst.is_symlink():
+        _write_intent(dst, {"mode": "exchange", "new": work.name, "ino": work.stat().st_ino})
+        if exchange(work, dst):
+            fsync_dir(dst.parent)
+            _remove(work)
+        else:
+            old = dst.parent / f"{dst.name}.old-{os.getpid()}"
+            _write_intent(dst, {"mode": "rename", "new": work.name, "old": old.name})
+            os.replace(dst, old)
+            os.replace(work, dst)
+            fsync_dir(dst.parent)
+            _remove(old)
+        _intent_path(dst).unlink()
+    else:
+        os.replace(work, dst)
+    fsync_dir(dst.parent)
+
+
+def recover(dst: Path, keep: Path | None = None) -> None:
+    """Under DST's lock, before a run: finish or undo what a killed run left beside DST (a swap
+    in progress, `DST.old-*`, partial folders of other plans); `keep` is this run's own."""
+    parent = dst.parent
+    intent = _intent_path(dst)
+    if intent.is_file():
+        try:
+            info = json.loads(intent.read_text())
+        except (json.JSONDecodeError, OSError):
+            info = {}
+        new = parent / info.get("new", "")
+        if info.get("mode") == "exchange":
+            # swapped when DST is the new folder: then `new` holds the old output
+            if dst.exists() and dst.stat().st_ino == info.get("ino") and new.is_dir() and new != parent:
+                shutil.rmtree(new)
+        elif info.get("mode") == "rename" and not dst.exists():
+            old = parent / info.get("old", "")
+            if new.is_dir() and new != parent and not any(new.glob(JOURNAL_GLOB)) and (new / MANIFEST).is_file():
+                os.replace(new, dst)  # complete: the journals go just before the rename
+            elif old.is_dir() and old != parent:
+                os.replace(old, dst)
+        intent.unlink()
+        fsync_dir(parent)
+    for stale in parent.glob(f"{dst.name}.old-*"):
+        if stale.name.rsplit("-", 1)[1].isdigit():  # DST.old-PID: nanokern's own
+            shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    for stale in parent.glob(f"{dst.name}.partial-*"):
+        if stale != keep:
+            shutil.rmtree(stale, ignore_errors=True)

@@ -1,0 +1,84 @@
+"""Writing one output file front to back.
+
+Every output file's header and tensor offsets are known from the plan: each tensor is produced
+in row chunks, gathered and cast by the fused kernel straight into the writer's staging buffer
+and handed to the writer threads (O_DIRECT where the filesystem allows it, io/direct.py): every
+byte is written once, no tensor is ever whole in memory. While a chunk is being written, the
+writer's checker thread takes its CRC32 (for the manifest) and scans it for NaN/inf.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+
+import numpy as np
+from zlib_ng.zlib_ng import crc32
+
+from nanokern.execute.fill import Sources, fill_rows
+from nanokern.execute.manifest import file_entry
+from nanokern.io.direct import FIRST_CHUNK, SequentialWriter, SmallFileWriter
+from nanokern.ops import host
+from nanokern.plan import OutFile
+
+# Bytes handed to the writer threads at a time (few large O_DIRECT writes measured fastest); the
+# run caps it at the largest output tensor / (2 x workers), so that the staging memory, workers x
+# (depth + 1) chunks, stays within about 1.5x the largest tensor.
+CHUNK_BYTES = 128 << 20
+MIN_CHUNK_BYTES = 16 << 20
+WRITE_DEPTH = 2
+# Files up to this size are built whole in memory and written at once, without writer threads
+# (SmallFileWriter): layer norms, biases, small shards of a TP x PP checkpoint.
+SMALL_FILE_BYTES = FIRST_CHUNK
+
+
+class Cancelled(Exception):
+    """Another writer failed or the run was interrupted: stop this file here."""
+
+
+def _digest(raw: np.ndarray, out: np.ndarray, s: dict) -> None:
+    s["finite"] = s["finite"] and host.all_finite(out)
+    s["crc32"] = crc32(raw, s["crc32"])
+
+
+def write_file(f: OutFile, path: Path, sources: Sources, backend: str, on_bytes=None, stager=None,
+               direct: bool = True, chunk: int = CHUNK_BYTES, cancel: threading.Event | None = None,
+               fsync: bool = True) -> dict:
+    """Write one output file; return its manifest entry (size, header and tensor CRC32s, non-finite)."""
+    max_row = max((t.shape2d[1] * t.dtype.itemsize for t in f.tensors), default=0)
+    if f.size <= SMALL_FILE_BYTES:
+        w = SmallFileWriter(path, f.size)
+    else:
+        w = SequentialWriter(path, f.size, chunk, max(max_row, len(f.header)), depth=WRITE_DEPTH, direct=direct)
+    sums = {t.name: {"offset": t.offset, "nbytes": t.nbytes, "crc32": 0, "finite": True} for t in f.tensors}
+    try:
+        w.region(len(f.header))[:] = np.frombuffer(f.header, np.uint8)
+        w.advance(len(f.header))
+        for t in f.tensors:
+            assert w.offset == t.offset, (t.name, w.offset, t.offset)
+            rows, cols = t.shape2d
+            row_bytes = cols * t.dtype.itemsize
+            covered = sum(p.nrows * p.ncols for p in t.pieces) == rows * cols
+            r0 = 0
+            while row_bytes and r0 < rows:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(str(path))
+                r1 = min(rows, r0 + max(1, w.room // row_bytes))
+                raw = w.region((r1 - r0) * row_bytes)
+                out = raw.view(t.dtype.np).reshape(r1 - r0, cols)
+                if not covered:
+                    out[...] = 0  # rows no piece covers (vocab padding) are zero
+                fill_rows(t, r0, r1, out, sources, backend, stager)
+                w.check(functools.partial(_digest, raw, out, sums[t.name]))
+                w.advance(raw.size)
+                if on_bytes:
+                    on_bytes(raw.size)
+                r0 = r1
+        w.close(fsync=fsync)
+    except BaseException:
+        w.abort()
+        raise
+    if on_bytes:
+        on_bytes(len(f.header))
+    return file_entry(f.size, f.header, sums)

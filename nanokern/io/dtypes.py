@@ -1,0 +1,87 @@
+"""The one dtype table: safetensors codes, torch's names, the short names users type, sizes, and
+the numpy type that holds the bits. No torch here: a CPU conversion never imports it.
+
+`DType.torch` gives the torch dtype (importing torch then) for the code that computes with
+tensors (parity, generation, verify, the torch/CUDA/Triton backends).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str  # torch's name, also HF's `torch_dtype`: "bfloat16"
+    code: str  # safetensors' header code: "BF16"
+    itemsize: int
+    storage: str  # numpy type of the bits ("<u2" for bfloat16, which numpy lacks)
+    short: str = ""  # the short spelling: "bf16"
+    kind: int = -1  # the gather_cast kernels' code (0 fp32, 1 bf16, 2 fp16); -1: not a kernel dtype
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, DType):
+            return self.name == other.name
+        if other is None:
+            return False
+        # a torch dtype (or a name) compared with a DType is a bug that would pass silently
+        raise TypeError(f"comparing nanokern DType {self.name} with {other!r}: use .torch or dtypes.parse()")
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    @property
+    def torch(self):
+        import torch
+
+        return getattr(torch, self.name)
+
+    @property
+    def np(self) -> np.dtype:
+        return np.dtype(self.storage)
+
+
+FLOAT32 = DType("float32", "F32", 4, "<f4", "fp32", 0)
+BFLOAT16 = DType("bfloat16", "BF16", 2, "<u2", "bf16", 1)
+FLOAT16 = DType("float16", "F16", 2, "<f2", "fp16", 2)
+TABLE = (
+    DType("float64", "F64", 8, "<f8", "fp64"), FLOAT32, FLOAT16, BFLOAT16,
+    DType("int64", "I64", 8, "<i8"), DType("int32", "I32", 4, "<i4"), DType("int16", "I16", 2, "<i2"),
+    DType("int8", "I8", 1, "i1"), DType("uint8", "U8", 1, "u1"), DType("bool", "BOOL", 1, "?"),
+)
+BY_CODE = {d.code: d for d in TABLE}
+FLOATS = (FLOAT32, BFLOAT16, FLOAT16)  # what conversions read and write
+# What a user may type for a float dtype: the short names, torch's names, and torch's aliases.
+ALIASES = {**{d.short: d for d in FLOATS}, **{d.name: d for d in FLOATS}, "half": FLOAT16, "float": FLOAT32}
+
+
+def parse(name: str) -> DType:
+    """A float dtype from any of its spellings (bf16, bfloat16, torch.bfloat16, ...)."""
+    key = str(name).removeprefix("torch.")
+    if key not in ALIASES:
+        raise ValueError(f"unknown dtype {name!r}: choose one of {', '.join(sorted(ALIASES))}")
+    return ALIASES[key]
+
+
+def resolve(name: str, source: DType) -> DType:
+    """An output dtype by its name (bf16 or torch's bfloat16, ...); keep: the source's."""
+    if name == "keep":
+        return source
+    try:
+        return parse(name)
+    except ValueError:
+        raise ValueError(f"dtype {name!r}: choose bf16, fp16, fp32 (or torch's bfloat16, float16, float32) or keep") from None
+
+
+def of_torch(dtype) -> DType:
+    """The entry for a torch dtype (torch.float32 -> FLOAT32)."""
+    name = str(dtype).removeprefix("torch.")
+    for d in TABLE:
+        if d.name == name:
+            return d
+    raise ValueError(f"dtype {dtype} has no safetensors code")
