@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import click
 
 from nanokern import __version__, signals
 from nanokern.arch import BY_CLASS
+from nanokern.cli_report import Fail, run_guarded, warn_line, write_json
 from nanokern.errors import NanokernError
 
 if os.path.basename(sys.argv[0]) == "nanokern" or sys.argv[0].endswith(os.path.join("nanokern", "__main__.py")):
@@ -24,49 +24,6 @@ if os.path.basename(sys.argv[0]) == "nanokern" or sys.argv[0].endswith(os.path.j
 DTYPES = click.Choice(["bf16", "fp16", "fp32", "keep", "bfloat16", "float16", "float32"])
 BACKENDS = click.Choice(["auto", "torch", "cpu", "cuda", "triton"])
 HF_CLASSES = list(BY_CLASS)
-
-
-def _warn(msg: str) -> None:
-    click.echo(f"warning: {msg}", err=True)
-
-
-def _write_json(path, obj) -> None:
-    if path:
-        with open(path, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
-
-
-class Fail(click.ClickException):
-    """One clear line on stderr, exit code 1."""
-
-    exit_code = 1
-
-    def show(self, file=None):
-        from nanokern.distributed import world
-
-        if world()[0] == 0:
-            click.echo(f"error: {self.message}", err=True)
-
-
-def run_guarded(ctx_json, debug, fn):
-    """Run fn(); turn NanokernError/ValueError/OSError into one line, also in the --json report."""
-    try:
-        return fn()
-    except (NanokernError, ValueError, OSError) as e:
-        if debug:
-            import traceback
-
-            traceback.print_exc()
-        msg = str(e) if not isinstance(e, OSError) or isinstance(e, NanokernError) else _os_error_line(e)
-        _write_json(ctx_json, {"ok": False, "error": msg})
-        raise Fail(msg) from None
-
-
-def _os_error_line(e: OSError) -> str:
-    if e.filename is None:
-        return e.strerror or str(e)
-    return f"{e.filename}: {e.strerror}"
 
 
 def _load_parity():
@@ -177,7 +134,7 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
 
     lead = world()[0] == 0  # under torchrun only rank 0 talks
     say = click.echo if lead else (lambda *a, **k: None)
-    warn = _warn if lead else (lambda msg: None)
+    warn = warn_line if lead else (lambda msg: None)
 
     def go():
         with contextlib.ExitStack() as held:
@@ -185,8 +142,10 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
                 from nanokern import lock
 
                 held.enter_context(lock.hold(dst, wait=wait, on_wait=lambda m: say(m, err=True)))
-            if Path(dst).exists() and not force and not dry_run:
-                raise NanokernError("output exists (use --force to replace it)", dst)
+            if not dry_run:
+                from nanokern.execute.replace import check_target
+
+                check_target(Path(dst), force)
             return convert_locked()
 
     def convert_locked():
@@ -206,7 +165,7 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
         if dry_run:
             say(describe(plan))
             if lead:
-                _write_json(json_path, {**info, "dry_run": True})
+                write_json(json_path, {**info, "dry_run": True})
             return
         report = execute(plan, dst, backend=backend, device=device, workers=workers, force=force,
                          progress=not quiet, strict=strict, direct_io=not buffered_io, wait=wait,
@@ -218,7 +177,7 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
         procs = f", {report.processes} processes" if report.processes > 1 else ""
         say(f"wrote {dst}: {report.files} file(s), {report.tensors} tensor(s), {report.bytes / 1e9:.3f} GB "
             f"in {report.seconds:.2f} s ({report.gbps:.2f} GB/s, backend {report.backend}, {report.workers} worker(s){procs})")
-        _write_json(json_path, {**info, "seconds": report.seconds, "gbps": report.gbps, "backend": report.backend,
+        write_json(json_path, {**info, "seconds": report.seconds, "gbps": report.gbps, "backend": report.backend,
                                 "workers": report.workers, "processes": report.processes,
                                 "reused_files": report.reused_files, "nonfinite": report.nonfinite})
         if report.processes == 1:
@@ -239,7 +198,7 @@ def inspect(ckpt, rope_interleaved, json_path, debug):
     def go():
         text, facts = inspect_checkpoint(ckpt, rope_interleaved)
         click.echo(text)
-        _write_json(json_path, facts)
+        write_json(json_path, facts)
 
     run_guarded(json_path, debug, go)
 
@@ -262,7 +221,7 @@ def verify(path, against, json_path, debug):
         click.echo(f"problem: {p}", err=True)
     what = f"equal to {against}" if against else "well-formed and finite"
     click.echo(f"{path}: {rep.tensors} tensor(s) checked: " + (what if rep.ok else f"{len(rep.problems)} problem(s)"))
-    _write_json(json_path, {"ok": rep.ok, "path": path, "against": against, "tensors": rep.tensors,
+    write_json(json_path, {"ok": rep.ok, "path": path, "against": against, "tensors": rep.tensors,
                             "problems": rep.problems, "notes": rep.notes})
     sys.exit(0 if rep.ok else 1)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from nanokern.errors import NanokernError
 from nanokern.execute import Report, execute
+from nanokern.execute.replace import check_target
 from nanokern.formats import hf, nanotron
 from nanokern.model import Model
 from nanokern.plan import Plan
@@ -108,8 +109,7 @@ def convert(
     **plan_options,
 ) -> tuple[Plan, Report]:
     dst = Path(dst)
-    if dst.exists() and not force:
-        raise NanokernError("output exists (use --force to replace it)", dst)
+    check_target(dst, force)
     if dst.resolve() == Path(src).resolve():
         raise NanokernError("output would replace the source", dst)
     plan = make_plan(src, to, dtype, **plan_options)

@@ -15,8 +15,15 @@ import os
 import shutil
 from pathlib import Path
 
+from nanokern.errors import NanokernError
 from nanokern.execute.durable import fsync_dir, write_small
 from nanokern.execute.manifest import JOURNAL_GLOB, MANIFEST
+
+
+def check_target(dst: Path, force: bool) -> None:
+    """An existing DST is replaced only with --force."""
+    if dst.exists() and not force:
+        raise NanokernError("output exists (use --force to replace it)", dst)
 
 
 def _intent_path(dst: Path) -> Path:

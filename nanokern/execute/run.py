@@ -25,7 +25,7 @@ from nanokern import lock as outlock
 from nanokern.errors import NanokernError, OutOfSpace
 from nanokern.execute import durable, manifest, write
 from nanokern.execute.fill import Sources
-from nanokern.execute.replace import recover, replace
+from nanokern.execute.replace import check_target, recover, replace
 from nanokern.ops import host
 from nanokern.plan import OutFile, Plan
 
@@ -93,8 +93,7 @@ def _prepare(plan: Plan, dst: Path, work: Path, rank: int, dist, force: bool, ta
             dst.parent.mkdir(parents=True, exist_ok=True)
             take_lock()
             recover(dst, keep=work)
-        if dst.exists() and not force:
-            raise NanokernError("output exists (use --force to replace it)", dst)
+        check_target(dst, force)
         if rank == 0:
             reusable = manifest.finished(work, plan) if work.is_dir() else {}
             # an unfinished file left by an interrupted run is rewritten in place: its blocks count as free
