@@ -12,6 +12,7 @@ from nanokern import __version__, signals
 from nanokern.arch import BY_CLASS
 from nanokern.cli_report import Fail, run_guarded, warn_line, write_json
 from nanokern.errors import NanokernError
+from nanokern.io import dtypes
 
 if os.path.basename(sys.argv[0]) == "nanokern" or sys.argv[0].endswith(os.path.join("nanokern", "__main__.py")):
     signals.install()  # the command itself (not an import of this module): a Ctrl-C from here on is one line
@@ -20,8 +21,7 @@ if os.path.basename(sys.argv[0]) == "nanokern" or sys.argv[0].endswith(os.path.j
 # triton and the parity and bench packages are imported where a command uses them (the bench
 # and parity groups are loaded when their name is looked up), so every --help is quick.
 
-# torch's names are accepted too: bfloat16 = bf16, float16 = fp16, float32 = fp32
-DTYPES = click.Choice(["bf16", "fp16", "fp32", "keep", "bfloat16", "float16", "float32"])
+DTYPES = click.Choice([*(d.short for d in dtypes.FLOATS), "keep", *(d.name for d in dtypes.FLOATS)])  # torch's names too
 BACKENDS = click.Choice(["auto", "torch", "cpu", "cuda", "triton"])
 HF_CLASSES = list(BY_CLASS)
 

@@ -1,5 +1,6 @@
 """The one dtype table: safetensors codes, torch's names, the short names users type, sizes, and
-the numpy type that holds the bits. No torch here: a CPU conversion never imports it.
+the numpy type that holds the bits. Nothing is imported here (the CLI reads the spellings for
+its --help): torch and numpy are imported by the properties that return their types.
 
 `DType.torch` gives the torch dtype (importing torch then) for the code that computes with
 tensors (parity, generation, verify, the torch/CUDA/Triton backends).
@@ -8,8 +9,6 @@ tensors (parity, generation, verify, the torch/CUDA/Triton backends).
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
 
 
 @dataclass(frozen=True)
@@ -42,8 +41,10 @@ class DType:
         return getattr(torch, self.name)
 
     @property
-    def np(self) -> np.dtype:
-        return np.dtype(self.storage)
+    def np(self):
+        import numpy
+
+        return numpy.dtype(self.storage)
 
 
 FLOAT32 = DType("float32", "F32", 4, "<f4", "fp32", 0)
