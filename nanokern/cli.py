@@ -139,7 +139,7 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
     def go():
         with contextlib.ExitStack() as held:
             if not dry_run and lead and Path(dst).absolute().parent.is_dir():  # refuse (or wait) before planning
-                from nanokern import lock
+                from nanokern.execute import lock
 
                 held.enter_context(lock.hold(dst, wait=wait, on_wait=lambda m: say(m, err=True)))
             if not dry_run:

@@ -74,7 +74,7 @@ def test_two_conversions_raced_for_one_out(tmp_path):
 
 @pytest.mark.slow
 def test_lock_holder_is_named_and_wait_waits(tmp_path):
-    from nanokern import lock
+    from nanokern.execute import lock
 
     src = fixture("nanotron", "tp2_pp2")
     dst = tmp_path / "out"
@@ -198,12 +198,12 @@ def test_too_small_a_disk_refuses_before_writing(small_fs):
 
 
 def test_disk_filling_up_while_writing_names_the_file_and_keeps_finished_ones(small_fs, monkeypatch):
-    import nanokern.diskspace
+    import nanokern.execute.diskspace
     from nanokern.convert import make_plan
     from nanokern.errors import OutOfSpace
     from nanokern.execute import execute
 
-    monkeypatch.setattr(nanokern.diskspace, "check_fits", lambda dst, sizes: None)  # as if another writer came later
+    monkeypatch.setattr(nanokern.execute.diskspace, "check_fits", lambda dst, sizes: None)  # as if another writer came later
     plan = make_plan(fixture("nanotron", "tp2_pp2"), "hf", "fp32", max_shard_size="100KB")
     dst = small_fs / "out"
     with pytest.raises(OutOfSpace) as e:
@@ -316,7 +316,7 @@ def test_a_signal_while_putting_out_in_place_waits_for_it():
 def test_a_resume_counts_the_space_an_unfinished_file_already_holds(tmp_path, monkeypatch):
     """A killed run leaves unfinished files at full size (posix_fallocate): the resume rewrites
     them in place, so the free-space check must not ask for their bytes a second time."""
-    import nanokern.diskspace
+    import nanokern.execute.diskspace
     from nanokern.convert import make_plan
     from nanokern.execute import execute, partial_dir, plan_fingerprint
     from nanokern.verify import verify
@@ -329,8 +329,8 @@ def test_a_resume_counts_the_space_an_unfinished_file_already_holds(tmp_path, mo
     with open(f, "wb") as fh:
         os.posix_fallocate(fh.fileno(), 0, left.size)
     asked = []
-    check = nanokern.diskspace.check_fits
-    monkeypatch.setattr(nanokern.diskspace, "check_fits", lambda d, sizes: asked.append(list(sizes)) or check(d, sizes))
+    check = nanokern.execute.diskspace.check_fits
+    monkeypatch.setattr(nanokern.execute.diskspace, "check_fits", lambda d, sizes: asked.append(list(sizes)) or check(d, sizes))
     execute(plan, dst, workers=1, progress=False, backend="torch")
     assert asked[0][0] == 0 and asked[0][1:len(plan.files)] == [g.size for g in plan.files[1:]]
     assert verify(dst, fixture("nanotron", "tp2_pp2")).ok

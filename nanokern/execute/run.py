@@ -20,10 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nanokern import diskspace, distributed, signals
-from nanokern import lock as outlock
+from nanokern import distributed, signals
 from nanokern.errors import NanokernError, OutOfSpace
-from nanokern.execute import durable, manifest, write
+from nanokern.execute import diskspace, durable, manifest, write
+from nanokern.execute import lock as outlock
 from nanokern.execute.fill import Sources
 from nanokern.execute.replace import check_target, recover, replace
 from nanokern.ops import host
