@@ -182,9 +182,9 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
         _rm(outs[approach])
         # Same memory state for every approach: on VMs with free page reporting (virtio-balloon
         # page_reporting, as on the dev machines) memory freed by the previous run's `rm` goes
-        # back to the host within seconds, and touching it again costs page faults (about a
-        # second per GB there). Without this pause `cp` (starting in milliseconds) would reuse still-backed
-        # pages while the Python workers (seconds of imports) would pay for fresh ones.
+        # back to the host within seconds, and touching it again costs page faults. Without
+        # this pause `cp` (starting in milliseconds) would reuse still-backed pages while the
+        # Python workers (seconds of imports) would pay for fresh ones.
         time.sleep(opts.settle)
         if approach == "floor":
             return _run_measured(["cp", "-r", str(floor_src), str(outs["floor"])], env)
