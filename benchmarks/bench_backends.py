@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Reproduce the backend comparison of issue 3 (benchmarks/results/backends.csv):
+"""Reproduce the backend comparison (benchmarks/results/backends.csv):
 
     python benchmarks/bench_backends.py                               # 1 GB fp32 TP2 x PP2 -> HF bf16, cpu vs torch, 5 reps
     python benchmarks/bench_backends.py --scratch-dir /dev/shm/nk     # outputs on tmpfs: the disk out of the comparison

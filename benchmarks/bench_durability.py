@@ -16,7 +16,6 @@ plan is made once, outside the timing); each run ends with `sync`.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import shutil
 import statistics
@@ -29,9 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from nanokern.bench.common import append_csv_rows, commit, machine  # noqa: E402
+from nanokern.bench.common import append_csv_rows, stamp  # noqa: E402
 
-COLUMNS = ["timestamp", "machine", "commit", "plan", "files", "mbytes", "reps", "floor_s", "fsync_s", "syncfs_s",
+COLUMNS = ["plan", "files", "mbytes", "floor_s", "fsync_s", "syncfs_s",
            "fsync_ratio_floor", "syncfs_ratio_floor", "syncfs_threads_s", "syncfs_threads_ratio_floor"]
 
 
@@ -83,7 +82,7 @@ def main() -> None:
                 times.setdefault((name, mode), []).append(time.perf_counter() - t0)
                 shutil.rmtree(out, ignore_errors=True)
     durable.DURABILITY, write.SMALL_FILE_BYTES = "syncfs", small
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lead = stamp("cpu", a.reps)  # the executor runs on the CPU
     rows = []
     for name, plan in plans.items():
         med = {m: statistics.median(times[(name, m)]) for m in modes}
@@ -93,8 +92,7 @@ def main() -> None:
               f"syncfs per batch {med['syncfs']:.3f} s ({med['syncfs'] / med['floor']:.2f}x), "
               f"syncfs with writer threads for small files {med['syncfs_threads']:.3f} s "
               f"({med['syncfs_threads'] / med['floor']:.2f}x)")
-        rows.append({"timestamp": stamp, "machine": machine(), "commit": commit(), "plan": name, "files": len(plan.files),
-                     "mbytes": round(mb, 1), "reps": a.reps, "floor_s": round(med["floor"], 3),
+        rows.append({**lead, "plan": name, "files": len(plan.files), "mbytes": round(mb, 1), "floor_s": round(med["floor"], 3),
                      "fsync_s": round(med["fsync"], 3), "syncfs_s": round(med["syncfs"], 3),
                      "fsync_ratio_floor": round(med["fsync"] / med["floor"], 3),
                      "syncfs_ratio_floor": round(med["syncfs"] / med["floor"], 3),

@@ -12,7 +12,6 @@ Every command is run as a child process of the venv's `nanokern` console script 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import shutil
 import statistics
@@ -24,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nanokern.bench.common import REPO_ROOT, append_csv_rows, commit, machine  # noqa: E402
+from nanokern.bench.common import REPO_ROOT, append_csv_rows, stamp  # noqa: E402
 
-COLUMNS = ["timestamp", "machine", "commit", "what", "reps", "median_s", "min_s", "max_s", "all_s"]
+COLUMNS = ["what", "median_s", "min_s", "max_s", "all_s"]
 HELPS = ["--help", "convert --help", "inspect --help", "verify --help", "demo --help", "parity --help",
          "bench --help", "bench convert --help", "bench backends --help"]
 
@@ -91,13 +90,13 @@ def main() -> None:
                 times[ttfb].append(time_first_file(src, scratch))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    lead = stamp("cpu", a.reps)
     rows = []
     for w, ts in times.items():
         med = statistics.median(ts)
         print(f"{w:<60} median {med:6.3f} s  min {min(ts):6.3f}  max {max(ts):6.3f}  ({len(ts)} reps)")
-        rows.append({"timestamp": stamp, "machine": machine(), "commit": commit(), "what": w, "reps": len(ts),
-                     "median_s": round(med, 3), "min_s": round(min(ts), 3), "max_s": round(max(ts), 3),
+        rows.append({**lead, "reps": len(ts), "what": w, "median_s": round(med, 3), "min_s": round(min(ts), 3),
+                     "max_s": round(max(ts), 3),
                      "all_s": " ".join(f"{t:.3f}" for t in ts)})
     if not a.no_csv:
         append_csv_rows(a.csv, COLUMNS, rows)

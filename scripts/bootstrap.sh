@@ -11,5 +11,6 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   "${PIP[@]}" install "${NANOKERN_TORCH:-torch==2.13.0}"
 fi
-"${PIP[@]}" install setuptools wheel ninja pybind11
+# the build requirements ([build-system] requires in pyproject.toml): --no-build-isolation does not install them
+"${PIP[@]}" install "setuptools>=64" wheel ninja pybind11
 "${PIP[@]}" install --no-build-isolation -e ".[test]"

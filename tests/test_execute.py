@@ -5,24 +5,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from fixtures_path import fixture
+from helpers import NANOKERN, journaled, run_cli, tree_bytes
 from nt_reference import random_hf, write_nanotron
-
-NANOKERN = [sys.executable, "-m", "nanokern"]
-
-
-def run(*args, **kw):
-    return subprocess.run([*NANOKERN, *map(str, args)], capture_output=True, text=True, **kw)
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def test_refuses_existing_dst_and_force_replaces(tmp_path):
@@ -30,10 +19,10 @@ def test_refuses_existing_dst_and_force_replaces(tmp_path):
     dst = tmp_path / "out"
     dst.mkdir()
     (dst / "keep.txt").write_text("mine")
-    r = run("convert", src, dst, "-q")
+    r = run_cli("convert", src, dst, "-q")
     assert r.returncode == 1 and "use --force" in r.stderr and str(dst) in r.stderr
     assert (dst / "keep.txt").read_text() == "mine"
-    r = run("convert", src, dst, "-q", "--force", "--json", tmp_path / "r.json")
+    r = run_cli("convert", src, dst, "-q", "--force", "--json", tmp_path / "r.json")
     assert r.returncode == 0, r.stderr
     assert not (dst / "keep.txt").exists() and (dst / "model.safetensors").is_file()
     rep = json.loads((tmp_path / "r.json").read_text())
@@ -42,21 +31,21 @@ def test_refuses_existing_dst_and_force_replaces(tmp_path):
 
 
 def test_dry_run_writes_nothing(tmp_path):
-    r = run("convert", fixture("nanotron", "tp2_pp2"), tmp_path / "out", "--dry-run")
+    r = run_cli("convert", fixture("nanotron", "tp2_pp2"), tmp_path / "out", "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "q_proj" in r.stdout and "model_weight_pp-rank-0-of-2_tp-rank-1-of-2.safetensors" in r.stdout
     assert list(tmp_path.iterdir()) == []
 
 
 def test_inspect_reports_layout():
-    r = run("inspect", fixture("nanotron", "tp2_pp2"))
+    r = run_cli("inspect", fixture("nanotron", "tp2_pp2"))
     assert r.returncode == 0, r.stderr
     assert "TP=2 PP=2" in r.stdout and "PP rank 0: embedding, layers 0-2" in r.stdout
     assert "PP rank 1: layer 3, final_norm, lm_head" in r.stdout and "205,376 parameters" in r.stdout
 
 
 def test_bad_source_is_one_line_and_no_dst(tmp_path):
-    r = run("convert", tmp_path / "nope", tmp_path / "out")
+    r = run_cli("convert", tmp_path / "nope", tmp_path / "out")
     assert r.returncode == 1 and r.stderr.startswith("error: ") and "does not exist" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "out").exists()
 
@@ -65,7 +54,7 @@ def test_manifest_crcs_are_the_stdlib_crc32_of_the_bytes(tmp_path):
     import zlib
 
     dst = tmp_path / "out"
-    r = run("convert", fixture("nanotron", "tp2_pp2"), dst, "-q", "--max-shard-size", "20KB")
+    r = run_cli("convert", fixture("nanotron", "tp2_pp2"), dst, "-q", "--max-shard-size", "20KB")
     assert r.returncode == 0, r.stderr
     files = json.loads((dst / "nanokern-manifest.json").read_text())["files"]
     assert len(files) > 1
@@ -80,8 +69,8 @@ def test_manifest_crcs_are_the_stdlib_crc32_of_the_bytes(tmp_path):
 @pytest.mark.slow
 def test_verify_detects_a_flipped_byte_in_any_tensor(tmp_path):
     dst = tmp_path / "hf"
-    assert run("convert", fixture("nanotron", "tp2_pp1_tied"), dst, "-q", "--max-shard-size", "100KB").returncode == 0
-    assert run("verify", dst).returncode == 0
+    assert run_cli("convert", fixture("nanotron", "tp2_pp1_tied"), dst, "-q", "--max-shard-size", "100KB").returncode == 0
+    assert run_cli("verify", dst).returncode == 0
     manifest = json.loads((dst / "nanokern-manifest.json").read_text())
     for rel, entry in list(manifest["files"].items())[:2]:
         for name, t in list(entry["tensors"].items())[::7]:
@@ -90,11 +79,11 @@ def test_verify_detects_a_flipped_byte_in_any_tensor(tmp_path):
             pos = t["offset"] + t["nbytes"] // 2
             data[pos] ^= 0x01
             f.write_bytes(data)
-            r = run("verify", dst)
+            r = run_cli("verify", dst)
             assert r.returncode == 1 and name in r.stderr, (name, r.stderr)
             data[pos] ^= 0x01
             f.write_bytes(data)
-    assert run("verify", dst).returncode == 0
+    assert run_cli("verify", dst).returncode == 0
 
 
 BIG = dict(num_hidden_layers=4, hidden_size=1024, intermediate_size=2816, num_attention_heads=8,
@@ -110,22 +99,12 @@ def big_checkpoint(tmp_path_factory):
     return root / "nt"
 
 
-def _journaled(parent: Path) -> int:
-    n = 0
-    for j in parent.glob("out.partial-*/.nanokern-done-*.json"):
-        try:
-            n += len(json.loads(j.read_text()))
-        except (json.JSONDecodeError, OSError):
-            pass
-    return n
-
-
 @pytest.mark.slow
 def test_kill_and_rerun_gives_identical_bytes(big_checkpoint, tmp_path):
     args = ["convert", big_checkpoint, None, "-q", "--dtype", "keep", "--max-shard-size", "25MB", "--workers", "1",
             "--backend", "cpu"]
     ref = tmp_path / "ref" / "out"
-    r = run(*[a if a is not None else ref for a in args])
+    r = run_cli(*[a if a is not None else ref for a in args])
     assert r.returncode == 0, r.stderr
     want = tree_bytes(ref)
     dst = tmp_path / "kill" / "out"
@@ -135,14 +114,14 @@ def test_kill_and_rerun_gives_identical_bytes(big_checkpoint, tmp_path):
                                  tmp_path / "r.json"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            if list(dst.parent.glob("out.partial-*")) and _journaled(dst.parent) >= moment:
+            if list(dst.parent.glob("out.partial-*")) and journaled(dst.parent) >= moment:
                 break
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert not dst.exists(), f"DST appeared after kill at moment {moment}"
-        assert _journaled(dst.parent) >= moment
-    r = run(*[a if a is not None else dst for a in args], "--json", tmp_path / "r.json")
+        assert journaled(dst.parent) >= moment
+    r = run_cli(*[a if a is not None else dst for a in args], "--json", tmp_path / "r.json")
     assert r.returncode == 0, r.stderr
     reused.append(json.loads((tmp_path / "r.json").read_text())["reused_files"])
     assert reused[0] >= 4  # the finished files were reused, not rewritten

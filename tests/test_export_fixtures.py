@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from fixtures_path import NANOTRON_FIXTURES, fixture
+from helpers import bits, load_dir, tree_bytes
 from nt_reference import assemble, hf_from_nt
 from safetensors.torch import load_file
 
@@ -18,17 +19,6 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 def expected_hf(step, cfg, vocab=None):
     """HF tensors from independently re-assembled shards (no RoPE permutation: fixtures are half-split)."""
     return hf_from_nt(assemble(step), cfg, vocab)
-
-
-def load_dir(d):
-    tensors = {}
-    for f in sorted(d.glob("*.safetensors")):
-        tensors.update(load_file(f))
-    return tensors
-
-
-def bits(t):
-    return t.contiguous().view(torch.int16 if t.element_size() == 2 else torch.int32)
 
 
 @pytest.mark.parametrize("name", NANOTRON_FIXTURES)
@@ -82,10 +72,6 @@ def test_export_matches_nanotron_script_reference(tmp_path):
     ours = json.loads((tmp_path / "hf" / "config.json").read_text())
     theirs = json.loads((ref_dir / "config.json").read_text())
     assert ours == theirs
-
-
-def tree_bytes(root):
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.mark.parametrize("name", NANOTRON_FIXTURES)

@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 from fixtures_path import QWEN2_FIXTURES, fixture
+from helpers import bits, load_dir
 from nt_reference import (assemble, forward_logits, hf_arch_for, hf_config_kwargs, hf_from_nt, hf_from_nt_qwen2,
                           hf_model)
 from safetensors.torch import load_file
@@ -66,19 +67,6 @@ def assert_logits_match_fixture(logits_of, name: str):
     else:
         ref = logits_file(name)
         assert_fp32_parity(logits_of(ref["input_ids"]), ref["logits"])
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
-
-
-def load_dir(d) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for f in sorted(d.glob("*.safetensors")):
-        part = load_file(f)
-        assert not set(part) & set(tensors), f
-        tensors.update(part)
-    return tensors
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 from hf_families import FAMILIES, REFUSED, build
+from helpers import load_dir
 from nt_reference import assert_same_weights, step_dir
-from safetensors.torch import load_file
 
 from nanokern.convert import convert
 from nanokern.errors import NanokernError
@@ -39,13 +39,6 @@ def hf_source(tmp_path_factory):
         return done[family]
 
     return get
-
-
-def load_dir(d) -> dict[str, torch.Tensor]:
-    tensors = {}
-    for f in sorted(d.glob("*.safetensors")):
-        tensors.update(load_file(f))
-    return tensors
 
 
 def model_settings(folder) -> dict:

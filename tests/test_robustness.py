@@ -16,17 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures_path import fixture
+from helpers import NANOKERN, journaled, run_cli, tree_bytes
 from nt_reference import random_hf, write_nanotron
-
-NANOKERN = [sys.executable, "-m", "nanokern"]
-
-
-def run(*args, **kw):
-    return subprocess.run([*NANOKERN, *map(str, args)], capture_output=True, text=True, **kw)
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def leftovers(dst: Path) -> list[str]:
@@ -47,7 +38,7 @@ def test_two_conversions_raced_for_one_out(tmp_path):
     a clean run; a run that does not succeed refuses with one line (the holder, or OUT exists)."""
     src = fixture("nanotron", "tp2_pp2")
     clean = tmp_path / "clean"
-    assert run("convert", src, clean, "-q").returncode == 0
+    assert run_cli("convert", src, clean, "-q").returncode == 0
     want = tree_bytes(clean)
     dst = tmp_path / "out"
     refusals = 0
@@ -69,7 +60,7 @@ def test_two_conversions_raced_for_one_out(tmp_path):
         assert tree_bytes(dst) == want, f"try {i}: OUT differs from a clean run"
         assert leftovers(dst) == [], leftovers(dst)
     assert refusals >= 4  # the runs really overlapped
-    assert run("verify", dst).returncode == 0
+    assert run_cli("verify", dst).returncode == 0
 
 
 @pytest.mark.slow
@@ -80,7 +71,7 @@ def test_lock_holder_is_named_and_wait_waits(tmp_path):
     dst = tmp_path / "out"
     with lock.hold(dst):
         t0 = time.monotonic()
-        r = run("convert", src, dst, "-q")
+        r = run_cli("convert", src, dst, "-q")
         line = one_error_line(r.stderr)
         assert r.returncode == 1 and f"pid {os.getpid()} on " in line and "--wait" in line
         assert time.monotonic() - t0 < 10 and not dst.exists()
@@ -90,7 +81,7 @@ def test_lock_holder_is_named_and_wait_waits(tmp_path):
         assert waiter.poll() is None  # still waiting for us
     assert waiter.wait(timeout=120) == 0, waiter.stderr.read()
     assert "waiting for pid" in waiter.stderr.read()
-    assert run("verify", dst).returncode == 0 and leftovers(dst) == []
+    assert run_cli("verify", dst).returncode == 0 and leftovers(dst) == []
 
 
 # --- --force killed at any point ------------------------------------------------------------------
@@ -189,7 +180,7 @@ def small_fs(tmp_path):
 def test_too_small_a_disk_refuses_before_writing(small_fs):
     src = fixture("nanotron", "tp2_pp2")  # about 0.8 MB of fp32 output
     dst = small_fs / "out"
-    r = run("convert", src, dst, "-q", "--dtype", "float32")
+    r = run_cli("convert", src, dst, "-q", "--dtype", "float32")
     line = one_error_line(r.stderr)
     assert r.returncode == 1 and str(small_fs) in line and "not enough free space" in line, line
     need, free = map(float, re.search(r"needs ([0-9.]+) MB, ([0-9.]+) MB free", line).groups())
@@ -226,34 +217,24 @@ def mid_checkpoint(tmp_path_factory):
     return write_nanotron(root / "nt", random_hf(MID, dtype=torch.float32, scale=0.02), MID, tp=2, pp=2)
 
 
-def _journaled(parent: Path) -> int:
-    n = 0
-    for j in parent.glob("out.partial-*/.nanokern-done-*.json"):
-        try:
-            n += len(json.loads(j.read_text()))
-        except (json.JSONDecodeError, OSError):
-            pass
-    return n
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_run_then_the_same_command_gives_clean_bytes(mid_checkpoint, tmp_path, sig):
     args = ["convert", mid_checkpoint, None, "-q", "--dtype", "keep", "--max-shard-size", "8MB", "--workers", "1"]
     ref = tmp_path / "ref" / "out"
-    assert run(*[a if a is not None else ref for a in args]).returncode == 0
+    assert run_cli(*[a if a is not None else ref for a in args]).returncode == 0
     dst = tmp_path / "sig" / "out"
     cmd = [*NANOKERN, *map(str, [a if a is not None else dst for a in args])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and _journaled(dst.parent) < 1:
+    while time.time() < deadline and proc.poll() is None and journaled(dst.parent) < 1:
         time.sleep(0.002)
     proc.send_signal(sig)
     _, err = proc.communicate()
     assert proc.returncode == 128 + sig, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
-    kept = _journaled(dst.parent)
+    kept = journaled(dst.parent)
     assert lines[0].startswith(f"interrupted ({sig.name}): {kept} of ") and "kept in" in lines[0], lines[0]
     assert "the same command resumes" in lines[0] and kept >= 1 and not dst.exists()
     r = subprocess.run([*cmd, "--json", str(tmp_path / "r.json")], capture_output=True, text=True)

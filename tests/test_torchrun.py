@@ -6,23 +6,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from fixtures_path import fixture
+from helpers import NANOKERN, tree_bytes
 from nt_reference import random_hf, write_nanotron
 from safetensors.torch import load_file, save_file
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def convert(args, procs: int):
-    cmd = [*TORCHRUN, "-m", "nanokern"] if procs > 1 else [sys.executable, "-m", "nanokern"]
+    cmd = [*TORCHRUN, "-m", "nanokern"] if procs > 1 else NANOKERN
     return subprocess.run([*cmd, "convert", *map(str, args), "-q"], capture_output=True, text=True, timeout=300)
 
 

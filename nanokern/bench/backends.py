@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import shutil
@@ -13,13 +12,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from nanokern.bench.common import REPO_ROOT, append_csv_rows, commit, device_name, machine, parse_size
+from nanokern.bench.common import REPO_ROOT, append_csv_rows, device_name, parse_size, schema, stamp
 from nanokern.bench.measure import _rm, _run_measured
 from nanokern.bench.naive import compare_hf
 from nanokern.bench.synthetic import cached_checkpoint
 
-CSV_COLUMNS = ["timestamp", "machine", "device", "commit", "size", "tp", "pp", "dtype", "out_dtype", "rope_interleaved",
-               "scratch_fs", "reps", "backend", "seconds_median", "seconds_all", "vs_torch"]
+CSV_COLUMNS = schema(["size", "tp", "pp", "dtype", "out_dtype", "rope_interleaved", "scratch_fs", "backend",
+                      "seconds_median", "seconds_all", "vs_torch"])
 
 
 def _fs_type(path: Path) -> str:
@@ -69,15 +68,19 @@ def run_backend_bench(size: str, tp: int, pp: int, dtype: str, out_dtype: str, b
         fs = _fs_type(scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    settings = {"size": size, "tp": tp, "pp": pp, "dtype": dtype, "out_dtype": out_dtype,
+                "rope_interleaved": rope_interleaved, "scratch_fs": fs}
+    return backend_rows(times, stamp(device_name(device), reps), settings)
+
+
+def backend_rows(times: dict[str, list[float]], lead: dict, settings: dict) -> list[dict]:
+    """One row per backend (each with `lead`, the LEADING columns, and `settings`): its median
+    time, every run's, and torch's median over its median (rounded to 1 ms / 0.001)."""
     torch_median = statistics.median(times["torch"]) if "torch" in times else None
     rows = []
     for b, ts in times.items():
         med = statistics.median(ts)
-        rows.append({"timestamp": stamp, "machine": machine(), "device": device_name(device), "commit": commit(),
-                     "size": size, "tp": tp, "pp": pp, "dtype": dtype, "out_dtype": out_dtype,
-                     "rope_interleaved": rope_interleaved, "scratch_fs": fs,
-                     "reps": reps, "backend": b, "seconds_median": round(med, 3),
+        rows.append({**lead, **settings, "backend": b, "seconds_median": round(med, 3),
                      "seconds_all": " ".join(f"{t:.3f}" for t in ts),
                      "vs_torch": round(torch_median / med, 3) if torch_median else ""})
     return rows

@@ -70,7 +70,8 @@ def convert_cmd(size, tp, pp, dtype, to, source, out_tp, out_pp, out_dtype, arch
     opts = Options(size, tp, pp, short_dtype(dtype), to, short_dtype(out_dtype), reps, workers, backend, nproc, device,
                    threads, cache_dir, scratch_dir, csv_path, check, keep_outputs, clean_cache, settle, source, out_tp, out_pp,
                    arch_name)
-    from nanokern.bench.harness import append_csv, format_table, run_convert_bench
+    from nanokern.bench.harness import run_convert_bench
+    from nanokern.bench.report import append_csv, format_table
 
     res = run_convert_bench(opts)
     click.echo(format_table(res))

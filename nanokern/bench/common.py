@@ -1,8 +1,12 @@
-"""Constants, size parsing, machine/commit stamps and CSV appending shared by the benchmarks."""
+"""Constants, size parsing, and the one results schema every benchmark CSV follows: the same
+leading columns (LEADING: when, which commit, which machine and device, which torch and triton,
+how many repetitions), then the benchmark's own columns."""
 
 from __future__ import annotations
 
 import csv
+import datetime as _dt
+import importlib.metadata
 import os
 import re
 import subprocess
@@ -12,13 +16,14 @@ import click
 
 GEN_VERSION = 2  # bump when the generated checkpoint changes: invalidates the cache
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CSV_COLUMNS = [
-    "timestamp", "machine", "device", "commit", "size", "tp", "pp", "dtype", "out_dtype", "workers",
-    "backend", "nproc", "floor_s", "nanokern_s", "naive_s", "ratio_floor", "speedup_naive",
-    "peak_anon_mb", "baseline_anon_mb", "largest_tensor_mb", "mem_ratio",
-    # whole processes (exec to exit, then sync), per direction; older rows end before these
-    "direction", "out_tp", "out_pp", "reps", "whole_s", "naive_whole_s", "whole_ratio_floor", "whole_speedup_naive",
-    "arch",  # the synthetic family (older rows: llama)
+# every results CSV starts with these columns, in this order (rows recorded before a column existed: empty)
+LEADING = ["timestamp", "commit", "machine", "device", "torch", "triton", "reps"]
+CSV_COLUMNS = [  # results/convert.csv
+    *LEADING, "size", "tp", "pp", "dtype", "out_dtype", "workers", "backend", "nproc", "floor_s", "nanokern_s",
+    "naive_s", "ratio_floor", "speedup_naive", "peak_anon_mb", "baseline_anon_mb", "largest_tensor_mb", "mem_ratio",
+    # whole processes (exec to exit, then sync), per direction; rows from before these: empty
+    "direction", "out_tp", "out_pp", "whole_s", "naive_whole_s", "whole_ratio_floor", "whole_speedup_naive",
+    "arch",  # the synthetic family (rows from before it: llama)
 ]
 ST_DTYPES = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}
 DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # torch's names
@@ -63,6 +68,25 @@ def commit() -> str:
         return "unknown"
 
 
+def utc_timestamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def package_version(name: str) -> str:
+    """The installed distribution's version ("" when absent), read from its metadata: nothing is
+    imported, so a process that does not otherwise import torch does not pay for it here."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def stamp(device: str, reps: int | str, timestamp: str | None = None) -> dict:
+    """The LEADING columns of a row: now (or `timestamp`), this commit, machine, torch and triton."""
+    return {"timestamp": timestamp or utc_timestamp(), "commit": commit(), "machine": machine(), "device": device,
+            "torch": package_version("torch"), "triton": package_version("triton"), "reps": reps}
+
+
 def device_name(device: str) -> str:
     if device == "cpu":
         return "cpu"
@@ -76,21 +100,48 @@ def short_dtype(name: str) -> str:
     return DTYPE_ALIASES.get(name, name)
 
 
+def schema(columns: list[str]) -> list[str]:
+    """LEADING, then the benchmark's own columns in their order."""
+    return LEADING + [c for c in columns if c not in LEADING]
+
+
+def migrate_csv(path: str | os.PathLike, columns: list[str] | None = None) -> bool:
+    """Rewrite a results CSV under `schema(columns)` (default: its own header's columns), every
+    value kept under its column's name; a column the file has and `columns` lacks is kept, at the
+    end; a value a row never had is left empty. Returns whether the file changed."""
+    path = Path(path)
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        old = list(reader.fieldnames or [])
+        rows = list(reader)
+    new = schema(columns if columns is not None else old)
+    new += [c for c in old if c not in new]
+    if new == old:
+        return False
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=new, restval="")
+        w.writeheader()
+        w.writerows({k: ("" if v is None else v) for k, v in r.items() if k is not None} for r in rows)
+    os.replace(tmp, path)
+    return True
+
+
 def append_csv_rows(path: str | os.PathLike, columns: list[str], rows: list[dict]) -> None:
-    """Append rows to a results CSV, writing the header first when the file is new or empty. A
-    header that is a prefix of `columns` (a CSV from before columns were added) is extended in
-    place; the older rows keep their fields and end where the old header did."""
+    """Append rows to a results CSV under `schema(columns)`, writing the header first when the
+    file is new or empty. A file under another header is first rewritten by migrate_csv. A row
+    without torch / triton gets the installed versions; any other column it lacks stays empty."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    columns = schema(columns)
     new = not path.is_file() or path.stat().st_size == 0
     if not new:
-        data = path.read_bytes()
-        head, nl, rest = data.partition(b"\n")
-        old = head.decode().strip().split(",")
-        if old != columns and columns[: len(old)] == old:  # the rows' bytes (CRLF, as csv writes them) kept
-            path.write_bytes(",".join(columns).encode() + (b"\r" if head.endswith(b"\r") else b"") + nl + rest)
+        migrate_csv(path, columns)
+        with open(path, newline="") as f:
+            columns = next(csv.reader(f))
+    versions = {"torch": package_version("torch"), "triton": package_version("triton")}
     with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
+        w = csv.DictWriter(f, fieldnames=columns, restval="")
         if new:
             w.writeheader()
-        w.writerows(rows)
+        w.writerows({**versions, **r} for r in rows)

@@ -9,18 +9,17 @@ Appends one row per run to benchmarks/results/generate.csv.
 
 from __future__ import annotations
 
-import datetime as _dt
 import statistics
 import tempfile
 from pathlib import Path
 
 import click
 
-from nanokern.bench.common import REPO_ROOT, append_csv_rows, commit, device_name, machine, parse_size
+from nanokern.bench.common import REPO_ROOT, append_csv_rows, device_name, parse_size, schema, stamp
 
-CSV_COLUMNS = ["timestamp", "machine", "device", "commit", "model", "tp", "pp", "dtype", "threads", "batch", "prompt_len",
-               "new_tokens", "reps", "backend", "hf_attn", "native_prefill_tok_s", "hf_prefill_tok_s", "native_decode_tok_s",
-               "hf_decode_tok_s", "decode_ratio", "native_decode_all", "hf_decode_all", "tokens_equal"]
+CSV_COLUMNS = schema(["model", "tp", "pp", "dtype", "threads", "batch", "prompt_len", "new_tokens", "backend", "hf_attn",
+                      "native_prefill_tok_s", "hf_prefill_tok_s", "native_decode_tok_s", "hf_decode_tok_s", "decode_ratio",
+                      "native_decode_all", "hf_decode_all", "tokens_equal"])
 
 
 def run_generate_bench(ckpt, batch: int, prompt_len: int, new_tokens: int, reps: int, dtype: str, backend: str,
@@ -79,9 +78,8 @@ def _bench(ckpt, batch, prompt_len, new_tokens, reps, dtype, backend, device, at
     sp = ck.spec
     model = f"{Path(ck.step_dir).parent.name} (L{sp.num_hidden_layers} H{sp.hidden_size} V{sp.vocab_size})"
     return {
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "machine": machine(),
-        "device": device_name(device), "commit": commit(), "model": model, "tp": ck.tp, "pp": ck.pp, "dtype": dtype,
-        "threads": torch.get_num_threads(), "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "reps": reps,
+        **stamp(device_name(device), reps), "model": model, "tp": ck.tp, "pp": ck.pp, "dtype": dtype,
+        "threads": torch.get_num_threads(), "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
         "backend": native.backend, "hf_attn": attn, "native_prefill_tok_s": round(med(nat_pre), 1),
         "hf_prefill_tok_s": round(med(hf_pre), 1), "native_decode_tok_s": round(med(nat_dec), 1),
         "hf_decode_tok_s": round(med(hf_dec), 1), "decode_ratio": round(med(nat_dec) / med(hf_dec), 3) if med(hf_dec) else None,

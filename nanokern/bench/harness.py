@@ -1,4 +1,4 @@
-"""`bench convert`: floor, nanokern and naive runs, medians, the table and the CSV row.
+"""`bench convert`: the floor, nanokern and naive runs (the row and the table: report.py).
 
 Three directions, each against its own `cp -r` + `sync` floor of its source and its own naive
 script: export (Nanotron TP x PP -> HF), import (HF -> Nanotron TP x PP; the HF source is the
@@ -9,7 +9,6 @@ to exit, then `sync`; the naive script likewise (its own time, and exec to exit 
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import math
 import os
@@ -24,10 +23,10 @@ from pathlib import Path
 import click
 
 from nanokern.arch import decoder
-from nanokern.bench.common import (CSV_COLUMNS, ITEMSIZE, MB, REPO_ROOT, append_csv_rows, commit, device_name, machine,
-                                   parse_size, short_dtype)
-from nanokern.bench.measure import Run, _rm, _run_measured, _torchrun_supported
+from nanokern.bench.common import ITEMSIZE, MB, REPO_ROOT, device_name, parse_size, short_dtype
+from nanokern.bench.measure import Run, _rm, _run_measured
 from nanokern.bench.naive import compare_hf, compare_nanotron
+from nanokern.bench.report import convert_row
 from nanokern.bench.synthetic import cached_checkpoint
 
 
@@ -132,9 +131,6 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
     direction = opts.direction
     if opts.to == "hf" and opts.source != "nanotron":
         raise click.BadParameter("--to hf: the source is a Nanotron checkpoint (--from nanotron)")
-    if opts.nproc > 1 and not _torchrun_supported():
-        raise click.ClickException("--nproc > 1: this nanokern has no torchrun support yet (nothing reads "
-                                   "WORLD_SIZE / calls init_process_group); rerun with --nproc 1")
     cache = Path(opts.cache_dir) if opts.cache_dir else REPO_ROOT / ".bench-cache"
     nt_src, shape = cached_checkpoint(cache, nbytes, opts.tp, opts.pp, opts.dtype, echo, opts.arch)
     if direction == "import":
@@ -186,9 +182,9 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
         _rm(outs[approach])
         # Same memory state for every approach: on VMs with free page reporting (virtio-balloon
         # page_reporting, as on the dev machines) memory freed by the previous run's `rm` goes
-        # back to the host within seconds, and touching it again costs ~1.3 s of page faults
-        # per GB. Without this pause `cp` (starting in milliseconds) would reuse still-backed
-        # pages while the Python workers (seconds of imports) would pay for fresh ones.
+        # back to the host within seconds, and touching it again costs page faults. Without
+        # this pause `cp` (starting in milliseconds) would reuse still-backed pages while the
+        # Python workers (seconds of imports) would pay for fresh ones.
         time.sleep(opts.settle)
         if approach == "floor":
             return _run_measured(["cp", "-r", str(floor_src), str(outs["floor"])], env)
@@ -248,79 +244,5 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
             if direction == "import":
                 shutil.rmtree(src, ignore_errors=True)
 
-    floor, nk = res.median("floor"), res.median("nanokern")
-    whole = res.median_wall("cli")
-    naive, naive_whole = (res.median("naive"), res.median_wall("naive")) if "naive" in res.runs else (None, None)
-    ratio = lambda a, b: "" if a is None else round(a / b, 3)  # noqa: E731
-    peak, base = res.peak("nanokern"), res.baseline("nanokern")
-    res.row = {
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "machine": machine(), "device": device_name(opts.device), "commit": commit(), "size": opts.size,
-        "tp": opts.tp, "pp": opts.pp, "dtype": opts.dtype, "out_dtype": opts.out_dtype,
-        "workers": opts.workers if opts.workers else "auto", "backend": opts.backend, "nproc": opts.nproc,
-        "floor_s": round(floor, 3), "nanokern_s": round(nk, 3), "naive_s": "" if naive is None else round(naive, 3),
-        "ratio_floor": round(nk / floor, 3), "speedup_naive": ratio(naive, nk),
-        "peak_anon_mb": round(peak / MB, 1), "baseline_anon_mb": round(base / MB, 1),
-        "largest_tensor_mb": round(big_bytes / MB, 1), "mem_ratio": round((peak - base) / big_bytes, 3),
-        "direction": direction, "out_tp": "" if target is None else target[0], "out_pp": "" if target is None else target[1],
-        "reps": opts.reps, "whole_s": round(whole, 3), "naive_whole_s": "" if naive_whole is None else round(naive_whole, 3),
-        "whole_ratio_floor": round(whole / floor, 3), "whole_speedup_naive": ratio(naive_whole, whole), "arch": opts.arch,
-    }
+    res.row = convert_row(res, device_name(opts.device), target)
     return res
-
-
-TARGETS = {  # whole process vs its floor (at most), vs the naive script's whole process (at least)
-    "export": (1.2, 2.5),
-    "import": (1.3, None),
-    "reshard": (1.3, None),
-}
-
-
-def format_table(res: Result) -> str:
-    o = res.options
-    d = o.get("direction", "export")
-    floor = res.median("floor")
-    has_naive = "naive" in res.runs
-    naive = res.median("naive") if has_naive else None
-    naive_whole = res.median_wall("naive") if has_naive else None
-    layout = f"TP{o['tp']}xPP{o['pp']}"
-    what = {"export": f"Nanotron {layout} -> HF", "import": f"HF -> Nanotron {layout}",
-            "reshard": f"Nanotron {layout} -> Nanotron TP{o.get('out_tp', 1)}xPP{o.get('out_pp', 1)}"}[d]
-    arch = o.get("arch", "llama")
-    lines = [f"nanokern bench convert ({d}{'' if arch == 'llama' else ', ' + arch}): {o['size']} {o['dtype']} {what} ({o['out_dtype']}), "
-             f"{o['reps']} rep(s), medians; {machine()}",
-             f"{'approach':<22} {'time s':>8} {'GB/s':>7} {'x floor':>8} {'vs naive':>9} {'cpu s':>7} {'peak anon MB':>13} {'(peak-base)/largest':>20}"]
-    rows = (("floor", "cp+sync", False), ("nanokern", "nanokern in-process", False),
-            ("cli", "nanokern whole process", True), ("naive", "naive in-process", False), ("naive", "naive whole process", True))
-    for a, label, wall in rows:
-        if a not in res.runs:
-            continue
-        t = res.median_wall(a) if wall else res.median(a)
-        peak = res.peak(a)
-        mem = "-" if a in ("floor", "cli") else f"{(peak - res.baseline(a)) / res.largest_tensor_bytes:.2f}"
-        cpu = statistics.median(r.cpu for r in res.runs[a])
-        vs = f"{(naive_whole if wall else naive) / t:8.2f}x" if has_naive else f"{'-':>9}"
-        lines.append(f"{label:<22} {t:8.2f} {res.source_bytes / t / 1e9:7.2f} {t / floor:8.2f} {vs} "
-                     f"{cpu:7.2f} {peak / MB:13.1f} {mem:>20}")
-    lines.append(f"whole process = exec of the command to its exit, then sync (start-up included); in-process = after imports. "
-                 f"baseline anon after imports: nanokern {res.baseline('nanokern') / MB:.1f} MB"
-                 + (f", naive {res.baseline('naive') / MB:.1f} MB; " if has_naive else " (no naive script for this family); ") +
-                 f"largest tensor {res.largest_tensor} {res.largest_tensor_bytes / MB:.1f} MB; GB/s = source GB / time; "
-                 f"cpu = user+sys of the process (kernel writeback not included); load average before: {res.load_before}")
-    if res.identical is not None:
-        against = "naive output" if has_naive else "the source (nanokern verify --against)"
-        lines.append(f"nanokern outputs (in-process and whole process) == {against}, tensor for tensor, bit-exact: "
-                     + ("yes" if res.identical else f"NO ({len(res.problems)}): " + "; ".join(res.problems[:5])))
-    r = res.row
-    verdict = lambda ok: "ok" if ok else "MISSED"  # noqa: E731
-    most, least = TARGETS[d]
-    line = f"targets: whole process <= {most}x its floor: {r['whole_ratio_floor']:.2f} {verdict(r['whole_ratio_floor'] <= most)}"
-    if least and has_naive:
-        line += f"; >= {least}x faster than the naive script: {r['whole_speedup_naive']:.2f} {verdict(r['whole_speedup_naive'] >= least)}"
-    line += f"; (peak - baseline) <= 2x largest tensor: {r['mem_ratio']:.2f} {verdict(r['mem_ratio'] <= 2)}"
-    lines.append(line)
-    return "\n".join(lines)
-
-
-def append_csv(path: Path, row: dict) -> None:
-    append_csv_rows(path, CSV_COLUMNS, [row])

@@ -165,17 +165,6 @@ def _run_measured(cmd: list[str], env=None, inner_result: Path | None = None) ->
     return Run(wall, peak, 0, cpu, wall)
 
 
-def _torchrun_supported() -> bool:
-    """Does this nanokern know about torchrun (reads RANK/WORLD_SIZE or sets up a process group)?"""
-    for f in Path(__file__).parent.rglob("*.py"):
-        if f.name == "bench.py":
-            continue
-        text = f.read_text(errors="replace")
-        if "WORLD_SIZE" in text or "init_process_group" in text:
-            return True
-    return False
-
-
 def _rm(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)

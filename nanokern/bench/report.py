@@ -1,0 +1,95 @@
+"""`bench convert`'s results: the CSV row (medians and ratios of a Result's runs) and the printed
+table with each target's verdict."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nanokern.bench.common import CSV_COLUMNS, MB, append_csv_rows, machine, stamp
+
+if TYPE_CHECKING:
+    from nanokern.bench.harness import Result
+
+
+def convert_row(res: Result, device: str, target: tuple[int, int] | None, timestamp: str | None = None) -> dict:
+    """The results/convert.csv row of a finished run: medians over the reps, rounded (times to
+    1 ms, memory to 0.1 MB), ratios from the unrounded medians."""
+    o = res.options
+    floor, nk = res.median("floor"), res.median("nanokern")
+    whole = res.median_wall("cli")
+    naive, naive_whole = (res.median("naive"), res.median_wall("naive")) if "naive" in res.runs else (None, None)
+    ratio = lambda a, b: "" if a is None else round(a / b, 3)  # noqa: E731
+    peak, base = res.peak("nanokern"), res.baseline("nanokern")
+    big_bytes = res.largest_tensor_bytes
+    return {
+        **stamp(device, o["reps"], timestamp), "size": o["size"],
+        "tp": o["tp"], "pp": o["pp"], "dtype": o["dtype"], "out_dtype": o["out_dtype"],
+        "workers": o["workers"] if o["workers"] else "auto", "backend": o["backend"], "nproc": o["nproc"],
+        "floor_s": round(floor, 3), "nanokern_s": round(nk, 3), "naive_s": "" if naive is None else round(naive, 3),
+        "ratio_floor": round(nk / floor, 3), "speedup_naive": ratio(naive, nk),
+        "peak_anon_mb": round(peak / MB, 1), "baseline_anon_mb": round(base / MB, 1),
+        "largest_tensor_mb": round(big_bytes / MB, 1), "mem_ratio": round((peak - base) / big_bytes, 3),
+        "direction": o["direction"], "out_tp": "" if target is None else target[0],
+        "out_pp": "" if target is None else target[1],
+        "whole_s": round(whole, 3), "naive_whole_s": "" if naive_whole is None else round(naive_whole, 3),
+        "whole_ratio_floor": round(whole / floor, 3), "whole_speedup_naive": ratio(naive_whole, whole), "arch": o["arch"],
+    }
+
+
+TARGETS = {  # whole process vs its floor (at most), vs the naive script's whole process (at least)
+    "export": (1.2, 2.5),
+    "import": (1.3, None),
+    "reshard": (1.3, None),
+}
+
+
+def format_table(res: Result) -> str:
+    o = res.options
+    d = o.get("direction", "export")
+    floor = res.median("floor")
+    has_naive = "naive" in res.runs
+    naive = res.median("naive") if has_naive else None
+    naive_whole = res.median_wall("naive") if has_naive else None
+    layout = f"TP{o['tp']}xPP{o['pp']}"
+    what = {"export": f"Nanotron {layout} -> HF", "import": f"HF -> Nanotron {layout}",
+            "reshard": f"Nanotron {layout} -> Nanotron TP{o.get('out_tp', 1)}xPP{o.get('out_pp', 1)}"}[d]
+    arch = o.get("arch", "llama")
+    lines = [f"nanokern bench convert ({d}{'' if arch == 'llama' else ', ' + arch}): {o['size']} {o['dtype']} {what} ({o['out_dtype']}), "
+             f"{o['reps']} rep(s), medians; {machine()}",
+             f"{'approach':<22} {'time s':>8} {'GB/s':>7} {'x floor':>8} {'vs naive':>9} {'cpu s':>7} {'peak anon MB':>13} {'(peak-base)/largest':>20}"]
+    rows = (("floor", "cp+sync", False), ("nanokern", "nanokern in-process", False),
+            ("cli", "nanokern whole process", True), ("naive", "naive in-process", False), ("naive", "naive whole process", True))
+    for a, label, wall in rows:
+        if a not in res.runs:
+            continue
+        t = res.median_wall(a) if wall else res.median(a)
+        peak = res.peak(a)
+        mem = "-" if a in ("floor", "cli") else f"{(peak - res.baseline(a)) / res.largest_tensor_bytes:.2f}"
+        cpu = statistics.median(r.cpu for r in res.runs[a])
+        vs = f"{(naive_whole if wall else naive) / t:8.2f}x" if has_naive else f"{'-':>9}"
+        lines.append(f"{label:<22} {t:8.2f} {res.source_bytes / t / 1e9:7.2f} {t / floor:8.2f} {vs} "
+                     f"{cpu:7.2f} {peak / MB:13.1f} {mem:>20}")
+    lines.append(f"whole process = exec of the command to its exit, then sync (start-up included); in-process = after imports. "
+                 f"baseline anon after imports: nanokern {res.baseline('nanokern') / MB:.1f} MB"
+                 + (f", naive {res.baseline('naive') / MB:.1f} MB; " if has_naive else " (no naive script for this family); ") +
+                 f"largest tensor {res.largest_tensor} {res.largest_tensor_bytes / MB:.1f} MB; GB/s = source GB / time; "
+                 f"cpu = user+sys of the process (kernel writeback not included); load average before: {res.load_before}")
+    if res.identical is not None:
+        against = "naive output" if has_naive else "the source (nanokern verify --against)"
+        lines.append(f"nanokern outputs (in-process and whole process) == {against}, tensor for tensor, bit-exact: "
+                     + ("yes" if res.identical else f"NO ({len(res.problems)}): " + "; ".join(res.problems[:5])))
+    r = res.row
+    verdict = lambda ok: "ok" if ok else "MISSED"  # noqa: E731
+    most, least = TARGETS[d]
+    line = f"targets: whole process <= {most}x its floor: {r['whole_ratio_floor']:.2f} {verdict(r['whole_ratio_floor'] <= most)}"
+    if least and has_naive:
+        line += f"; >= {least}x faster than the naive script: {r['whole_speedup_naive']:.2f} {verdict(r['whole_speedup_naive'] >= least)}"
+    line += f"; (peak - baseline) <= 2x largest tensor: {r['mem_ratio']:.2f} {verdict(r['mem_ratio'] <= 2)}"
+    lines.append(line)
+    return "\n".join(lines)
+
+
+def append_csv(path: Path, row: dict) -> None:
+    append_csv_rows(path, CSV_COLUMNS, [row])
