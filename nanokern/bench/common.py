@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from nanokern.io import dtypes
+
 GEN_VERSION = 2  # bump when the generated checkpoint changes: invalidates the cache
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # every results CSV starts with these columns, in this order (rows recorded before a column existed: empty)
@@ -25,9 +27,8 @@ CSV_COLUMNS = [  # results/convert.csv
     "direction", "out_tp", "out_pp", "whole_s", "naive_whole_s", "whole_ratio_floor", "whole_speedup_naive",
     "arch",  # the synthetic family (rows from before it: llama)
 ]
-ST_DTYPES = {"fp32": "F32", "bf16": "BF16", "fp16": "F16"}
-DTYPE_ALIASES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}  # torch's names
-ITEMSIZE = {"fp32": 4, "bf16": 2, "fp16": 2}
+ST_DTYPES = {d.short: d.code for d in dtypes.FLOATS}  # from the one table (io/dtypes.py)
+ITEMSIZE = {d.short: d.itemsize for d in dtypes.FLOATS}
 _UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "B": 1}
 MB = 1e6
@@ -97,7 +98,7 @@ def device_name(device: str) -> str:
 
 def short_dtype(name: str) -> str:
     """bf16/fp16/fp32/keep, from those or torch's names."""
-    return DTYPE_ALIASES.get(name, name)
+    return dtypes.ALIASES[name].short if name in dtypes.ALIASES else name
 
 
 def schema(columns: list[str]) -> list[str]:
