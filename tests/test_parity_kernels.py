@@ -383,7 +383,8 @@ def test_check_kernels_passes_and_can_fail(monkeypatch):
     rows = check_kernels("auto", dtypes=("fp32", "bf16"))
     assert rows and all(r.passed for r in rows), format_checks(rows)
     kinds = {(r.kernel, r.impl, r.dtype) for r in rows}
-    for kernel in ("rms_norm", "rope half-split", "rope interleaved", "swiglu", "attention", "attention window"):
+    for kernel in ("rms_norm", "rope half-split", "rope interleaved", "swiglu", "attention", "attention window",
+                   "decode attention"):
         for impl in ("torch", "triton"):
             assert (kernel, impl, "bf16") in kinds and (kernel, impl, "fp32") in kinds
     assert {r.kernel for r in rows if r.against == "torch reference"} >= {"rms_norm", "swiglu", "attention"}

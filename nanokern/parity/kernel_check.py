@@ -14,6 +14,8 @@ checked against transformers, and each Triton kernel against transformers and it
 - Attention vs transformers' eager_attention_forward (repeat_kv GQA, additive causal mask),
   computed in fp32 on the same inputs; windowed attention with the mask from transformers'
   sliding_window_causal_mask_function (Qwen2's sliding window: w keys including the query's own).
+- Decode attention (the generation's: a few new queries over a KV cache in ring order) vs
+  eager_attention_forward with transformers' causal / sliding-window mask of the positions.
 
 Tolerances: fp32 max|diff| <= 1e-5 x max(1, max|ref|) (fp32 rounding); bf16 two bf16 spacings of
 the largest value (2^-6 x max|ref|). The kernels do transformers' bf16 roundings, so against
@@ -31,6 +33,7 @@ from types import SimpleNamespace
 import torch
 
 from nanokern.ops import attention as A
+from nanokern.ops import decode_attention as DA
 from nanokern.ops import rms_norm as N
 from nanokern.ops import rope as R
 from nanokern.ops import swiglu as G
@@ -70,6 +73,7 @@ ROPE_SHAPES = [(2, 32, 4, 2, 16), (1, 17, 8, 2, 64), (2, 8, 2, 2, 128)]  # B, S,
 SWIGLU_SHAPES = [(64, 160), (33, 1000)]
 ATTN_SHAPES = [(2, 32, 4, 2, 16), (1, 50, 8, 2, 32), (1, 70, 4, 4, 64)]
 WINDOW_SHAPES = [(2, 32, 6, 2, 16, 6), (1, 50, 4, 2, 32, 7)]  # B, S, nq, nkv, d, window
+DECODE_SHAPES = [(2, 1, 4, 2, 16, 20, None), (1, 3, 6, 2, 32, 24, 7)]  # B, T new queries, nq, nkv, d, cache L, window
 
 
 def _impls(backend: str) -> list[str]:
@@ -85,7 +89,7 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
     kernels (interpreted without CUDA)."""
     from transformers import LlamaConfig
     from transformers.activations import ACT2FN
-    from transformers.masking_utils import sliding_window_causal_mask_function
+    from transformers.masking_utils import causal_mask_function, sliding_window_causal_mask_function
     from transformers.models.llama.modeling_llama import (
         LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb, eager_attention_forward,
     )
@@ -205,6 +209,22 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
                 record("attention window", impl, "eager + sliding_window mask (fp32)", dname,
                        f"B{B} S{S} q{nq} kv{nkv} d{d} w{w}", lambda be: A.attention(q, k, v, window=w, backend=be), ref,
                        lambda: A.attention_ref(q, k, v, True, w))
+        # decode attention: T new queries over a cache whose slots are in ring order
+        for B, T, nq, nkv, d, L, w in DECODE_SHAPES:
+            q, k, v = randn(B, T, nq, d, dtype=dt), randn(B, L, nkv, d, dtype=dt), randn(B, L, nkv, d, dtype=dt)
+            k_pos, q_pos = torch.randperm(L, generator=g).to(dev), torch.arange(L - T, L, device=dev)
+            fn = causal_mask_function if w is None else sliding_window_causal_mask_function(w)
+            sees = fn(0, 0, q_pos[:, None], k_pos[None, :])
+            mask = torch.zeros(T, L, device=dev).masked_fill(~sees, float("-inf"))[None, None]
+            mod = SimpleNamespace(num_key_value_groups=nq // nkv, training=False)
+            ref, _ = eager_attention_forward(mod, q.transpose(1, 2).float(), k.transpose(1, 2).float(),
+                                             v.transpose(1, 2).float(), mask, d**-0.5)
+            ref = ref.to(dt)
+            for impl in impls:
+                record("decode attention", impl, "eager + causal/window mask (fp32)", dname,
+                       f"B{B} T{T} q{nq} kv{nkv} d{d} L{L}" + ("" if w is None else f" w{w}"),
+                       lambda be: DA.decode_attention(q, k, v, q_pos, k_pos, window=w, backend=be), ref,
+                       lambda: DA.decode_attention_ref(q, k, v, q_pos, k_pos, w))
     return rows
 
 
