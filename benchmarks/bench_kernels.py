@@ -124,8 +124,6 @@ def main(argv=None) -> int:
     p.add_argument("--no-csv", action="store_true", help="do not append to " + CSV_PATH)
     args = p.parse_args(argv)
 
-    if args.device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
 
     from nanokern.bench.common import append_csv_rows, commit, device_name, machine

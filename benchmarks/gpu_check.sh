@@ -8,22 +8,34 @@
 #   bash benchmarks/gpu_wheels.sh                # here, first: the missing wheels into .whl/ (carry it)
 #   bash benchmarks/gpu_check.sh                 # PYTHON=python3 by default
 #   PYTHON=/path/to/python OUT=/tmp/out bash benchmarks/gpu_check.sh
+#   bash benchmarks/gpu_check.sh --collect-only  # no GPU needed: environment, wheels, then only
+#                                                # `pytest --collect-only` of the GPU test list and the
+#                                                # package imports (benchmarks/gpu_dryrun.sh runs this)
+#
+# The GPU machine: Python 3.12, torch 2.11 + CUDA 13.0, triton 3.6, transformers 5.17, pytest,
+# click, tqdm; no zlib-ng; no network.
 #
 # Environment: PYTHON, OUT, TOTAL_BUDGET (s for the whole script, 560: under a 600 s lease call;
 # each step's timeout is cut to what is left, and steps that would start with under 20 s left are
 # skipped), BUILD_TIMEOUT (s, 300), TEST_TIMEOUT (150), BENCH_TIMEOUT (150), BENCH_ARGS (extra
-# bench_kernels.py arguments, e.g. --quick), GPU_TESTS (test files). Logs and benchmarks/results
-# are copied to $OUT after every step, so a cut-off run still brings back what it measured.
+# bench_kernels.py arguments, e.g. --quick), GPU_TESTS (test files; the default below is THE GPU
+# test list: every kernel test, each parameterised by device and backend, run here with its cuda
+# ids, i.e. -m gpu), WHEELS (the folder of carried wheels, .whl). Logs and benchmarks/results are
+# copied to $OUT after every step, so a cut-off run still brings back what it measured.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 TOTAL_BUDGET="${TOTAL_BUDGET:-560}"
 BUILD_TIMEOUT="${BUILD_TIMEOUT:-300}"
-TEST_TIMEOUT="${TEST_TIMEOUT:-150}"
+TEST_TIMEOUT="${TEST_TIMEOUT:-240}"  # a bare machine compiles every kernel variant the tests launch
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-150}"
 BENCH_ARGS="${BENCH_ARGS:-}"
-GPU_TESTS="${GPU_TESTS:-$(ls tests/test_ops_*.py tests/test_execute.py | tr '\n' ' ')}"
+GPU_TESTS="${GPU_TESTS:-$(ls tests/test_ops_*.py tests/test_parity_kernels.py tests/test_generate_kernels.py \
+  tests/test_execute.py | tr '\n' ' ')}"
+WHEELS="${WHEELS:-.whl}"
+COLLECT_ONLY=0
+[[ "${1:-}" == "--collect-only" ]] && COLLECT_ONLY=1
 LOGS="$(mktemp -d)"
 SUMMARY=()
 FAILED=0
@@ -66,7 +78,8 @@ skip_step() {
 
 # ---- 0. environment ---------------------------------------------------------------------------
 echo "=== environment"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$LOGS/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$LOGS/gpu.txt" \
+  || echo "(no nvidia-smi)"
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
   echo "gpu_check: $PYTHON cannot import torch; set PYTHON to an interpreter with CUDA torch" >&2
   exit 2
@@ -75,7 +88,7 @@ fi
 import importlib.util, platform, torch
 print(f"python {platform.python_version()}  torch {torch.__version__}  torch.version.cuda {torch.version.cuda}"
       f"  cuda available {torch.cuda.is_available()}  devices {torch.cuda.device_count()}")
-for mod in ("triton", "pytest", "ninja", "setuptools", "numpy"):
+for mod in ("triton", "pytest", "ninja", "pybind11", "setuptools", "numpy", "transformers", "zlib_ng"):
     spec = importlib.util.find_spec(mod)
     print(f"  {mod:10s} {'yes' if spec else 'MISSING'}")
 EOF
@@ -107,13 +120,26 @@ if ! "$PYTHON" -c "import pytest" 2>/dev/null; then
   fi
 fi
 
-# Wheels carried from the development machine (benchmarks/gpu_wheels.sh: zlib-ng, which the
-# image lacks), installed into a private folder ahead of the image's packages.
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/nanokern-site .whl/*.whl \
-    && export PYTHONPATH="/tmp/nanokern-site${PYTHONPATH:+:$PYTHONPATH}" && echo "wheels from .whl installed: $(ls .whl)"
+# Wheels carried from the development machine (benchmarks/gpu_wheels.sh: zlib-ng and pybind11,
+# which the image lacks), installed into a private folder ahead of the image's packages.
+SITE_DIR="${SITE_DIR:-/tmp/nanokern-site}"
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE_DIR" "$WHEELS"/*.whl \
+    && export PYTHONPATH="$SITE_DIR${PYTHONPATH:+:$PYTHONPATH}" && echo "wheels from $WHEELS installed: $(ls "$WHEELS")"
 fi
 "$PYTHON" -c "import zlib_ng" 2>/dev/null || echo "gpu_check: zlib_ng missing (run benchmarks/gpu_wheels.sh here and carry .whl): execute/bench steps will fail" >&2
+
+# ---- collect-only: the test list and the imports, nothing built or run --------------------------
+if (( COLLECT_ONLY )); then
+  # shellcheck disable=SC2086
+  run_step collect "$TEST_TIMEOUT" "$PYTHON" -m pytest --collect-only -q -m gpu -p no:cacheprovider $GPU_TESTS
+  run_step imports 120 "$PYTHON" -c "import nanokern.execute, nanokern.cli, nanokern.ops, nanokern.parity; print('imports ok')"
+  echo
+  printf '%s\n' "${SUMMARY[@]}"
+  grep -E "tests? collected|selected|error" "$LOGS/collect.log" | tail -2
+  save_outputs
+  exit $FAILED
+fi
 
 # ---- 1. build ---------------------------------------------------------------------------------
 # torch refuses to build CUDA code when nvcc's major version differs from torch.version.cuda:

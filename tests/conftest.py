@@ -1,25 +1,34 @@
 import os
 import shutil
 
-# Triton reads TRITON_INTERPRET when a kernel is decorated: set it before anything imports one.
+# Triton reads TRITON_INTERPRET when a kernel is decorated. nanokern.ops._triton switches the
+# interpreter on itself where there is no CUDA device; set here too, before anything (transformers
+# does) imports triton, so that triton's own jitted helpers are interpreted as well.
 # No nvidia-smi means no usable GPU: run Triton kernels under the interpreter.
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_generate_tests(metafunc):
-    """Tests taking `device_backend` run for every gather_cast backend: the CPU ones always,
-    the CUDA ones (marked gpu) only where a CUDA device is present."""
-    if "device_backend" not in metafunc.fixturenames:
+    """Tests taking `device_backend` run for every gather_cast backend (cpu, torch, triton, cuda);
+    tests taking `kernel_backend` for every backend of the fused ops (torch, triton). Each runs on
+    the CPU always (Triton there only under its interpreter), and on CUDA (marked gpu) where a
+    CUDA device is present. The parameter is (device, backend), its id "device-backend"."""
+    names = {"device_backend": ("cpu", "torch", "triton", "cuda"), "kernel_backend": ("torch", "triton")}
+    fixture = next((n for n in names if n in metafunc.fixturenames), None)
+    if fixture is None:
         return
     import pytest
     import torch
 
+    from nanokern.ops import _triton
+
+    backends = names[fixture]
     no_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-    no_interpreter = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+    no_interpreter = pytest.mark.skipif(not _triton.interpreted(),
                                         reason="Triton compiles for the GPU here (no interpreter)")
-    params = [pytest.param(("cpu", b), id=f"cpu-{b}") for b in ("cpu", "torch")]
-    params.append(pytest.param(("cpu", "triton"), id="cpu-triton", marks=no_interpreter))
+    params = [pytest.param(("cpu", b), id=f"cpu-{b}", marks=no_interpreter if b == "triton" else ())
+              for b in backends if b != "cuda"]
     params += [pytest.param(("cuda", b), id=f"cuda-{b}", marks=(pytest.mark.gpu, no_cuda))
-               for b in ("cuda", "triton", "torch")]
-    metafunc.parametrize("device_backend", params)
+               for b in backends if b != "cpu"]
+    metafunc.parametrize(fixture, params)

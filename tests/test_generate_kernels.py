@@ -1,17 +1,20 @@
 """The decode path's pieces against their torch references: attention of new queries over a KV
 cache (Triton kernel vs SDPA), RoPE at an offset (the parity forward's kernel at absolute
-positions), the cache itself (full and rolling window), sampling. Small shapes: the Triton
-kernels run under the interpreter on CPU."""
+positions), the cache itself (full and rolling window), sampling. Kernel tests run for every
+backend on every device (`kernel_backend`); small shapes: on the CPU the Triton kernels run
+under the interpreter. Inputs are made on the CPU and moved to the device under test; the
+references run on the CPU."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nanokern.generate import kernels as GK
 from nanokern.generate.cache import LayerCache
 from nanokern.generate.sampling import Sampler
-from nanokern.parity import kernels as K
+from nanokern.ops import attention as A
+from nanokern.ops import decode_attention as DA
+from nanokern.ops import rope as R
 
 CASES = [  # B, T, nq, nkv, d, L, window
     (2, 1, 4, 2, 16, 9, None),
@@ -20,6 +23,10 @@ CASES = [  # B, T, nq, nkv, d, L, window
     (1, 3, 4, 1, 16, 20, 5),  # a chunk of 3 queries
     (2, 1, 4, 2, 16, 40, None),  # more keys than one interpreter block? (block = next pow2)
 ]
+
+
+def _on(device, *ts):
+    return tuple(t.to(device) for t in ts)
 
 
 def _case(B, T, nq, nkv, d, L, window, dtype, seed=0):
@@ -37,11 +44,12 @@ def _case(B, T, nq, nkv, d, L, window, dtype, seed=0):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
-def test_decode_attention_triton_vs_reference(case, dtype):
+def test_decode_attention_vs_reference(kernel_backend, case, dtype):
+    device, backend = kernel_backend
     q, k, v, qp, kp = _case(*case, dtype)
     window = case[-1]
-    got = GK.decode_attention(q, k, v, qp, kp, window, backend="triton")
-    ref = GK.decode_attention_ref(q, k, v, qp, kp, window)
+    got = DA.decode_attention(*_on(device, q, k, v, qp, kp), window=window, backend=backend).cpu()
+    ref = DA.decode_attention_ref(q, k, v, qp, kp, window)
     assert got.shape == ref.shape and got.dtype == dtype
     if dtype == torch.float32:
         torch.testing.assert_close(got, ref, rtol=0, atol=2e-6)  # fp32 sums in another order
@@ -50,64 +58,65 @@ def test_decode_attention_triton_vs_reference(case, dtype):
         assert float((diff / ref.float().abs().clamp_min(1e-3)).max()) <= 2 ** -7
 
 
-def test_decode_attention_window_is_w_keys():
+def test_decode_attention_window_is_w_keys(kernel_backend):
     """Query at position p sees exactly positions p-w+1..p: a value of 1 on each visible slot, and
     the weights sum to 1, so the output is 1 only over the visible set; off by one it is not."""
+    device, backend = kernel_backend
     L, w = 12, 5
-    q = torch.zeros(1, 1, 1, 16)
-    k = torch.zeros(1, L, 1, 16)
-    kp = torch.arange(L)
+    q, k, kp = _on(device, torch.zeros(1, 1, 1, 16), torch.zeros(1, L, 1, 16), torch.arange(L))
     for p in (5, 8, 11):  # p >= w: one key more than the window exists
         v = torch.zeros(1, L, 1, 16)
         v[0, p - w + 1:p + 1] = 1.0
-        qp = torch.tensor([p])
-        for backend in ("torch", "triton"):
-            o = GK.decode_attention(q, k, v, qp, kp, w, backend)
-            assert torch.allclose(o, torch.ones_like(o)), (p, backend)
-            o2 = GK.decode_attention(q, k, v, qp, kp, w + 1, backend)  # a wider window sees a 0 value
-            assert not torch.allclose(o2, torch.ones_like(o2))
+        v, qp = _on(device, v, torch.tensor([p]))
+        o = DA.decode_attention(q, k, v, qp, kp, window=w, backend=backend)
+        assert torch.allclose(o, torch.ones_like(o)), p
+        o2 = DA.decode_attention(q, k, v, qp, kp, window=w + 1, backend=backend)  # a wider window sees a 0 value
+        assert not torch.allclose(o2, torch.ones_like(o2))
 
 
 def test_decode_mask_matches_the_forward_mask():
     """Over a full cache in order, the decode mask of every query is its row of the forward's
-    causal window mask (nanokern/parity/kernels.attention_mask)."""
+    causal window mask (nanokern/ops/attention.attention_mask)."""
     S = 10
     for w in (None, 1, 3, 10):
-        want = K.attention_mask(S, True, w)
-        got = GK.decode_mask(torch.arange(S), torch.arange(S), w)
+        want = A.attention_mask(S, True, w)
+        got = DA.decode_mask(torch.arange(S), torch.arange(S), w)
         assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("numerics", ["hf", "fused"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_rope_at_an_offset_triton_bit_exact(dtype, numerics):
+def test_rope_at_an_offset_bit_exact(kernel_backend, dtype, numerics):
     """A decode step's RoPE: one token per sequence at position start (and a chunk of 3 at
-    start..start+2): the Triton kernel equals the torch reference bit for bit."""
+    start..start+2): every backend equals the torch reference bit for bit."""
+    device, backend = kernel_backend
     d, nq, nkv = 16, 4, 2
-    cos, sin = K.rope_tables(1100, d, 10000.0, dtype)
+    cos, sin = R.rope_tables(1100, d, 10000.0, dtype)
     g = torch.Generator().manual_seed(1)
+
+    def rope(qkv, pos, interleaved):
+        return R.rope(*_on(device, qkv, pos, cos, sin), n_rot=nq + nkv, head_dim=d, interleaved=interleaved,
+                      backend=backend, numerics=numerics).cpu()
+
     for start, T, B in ((0, 1, 2), (17, 1, 2), (1000, 1, 1), (31, 3, 2)):
         qkv = torch.randn(B * T, (nq + 2 * nkv) * d, generator=g).to(dtype)
         pos = torch.arange(start, start + T).repeat(B)
         for interleaved in (False, True):
-            ref = K.rope_ref(qkv, pos, cos, sin, nq + nkv, d, interleaved, numerics)
-            got = K.rope(qkv, pos, cos, sin, nq + nkv, d, interleaved, "triton", numerics)
-            assert torch.equal(got, ref), (start, T, interleaved)
+            ref = R.rope_ref(qkv, pos, cos, sin, nq + nkv, d, interleaved, numerics)
+            assert torch.equal(rope(qkv, pos, interleaved), ref), (start, T, interleaved)
     # and the offset matters: position 17 is not position 0
     qkv = torch.randn(1, (nq + 2 * nkv) * d, generator=g).to(dtype)
-    a = K.rope(qkv, torch.tensor([17]), cos, sin, nq + nkv, d, False, "triton", numerics)
-    b = K.rope(qkv, torch.tensor([0]), cos, sin, nq + nkv, d, False, "triton", numerics)
-    assert not torch.equal(a, b)
+    assert not torch.equal(rope(qkv, torch.tensor([17]), False), rope(qkv, torch.tensor([0]), False))
 
 
 def test_rope_one_token_equals_the_same_position_in_a_sequence():
     """RoPE of one token at position p equals row p of RoPE over positions 0..p (the forward)."""
     d, n = 16, 3
-    cos, sin = K.rope_tables(64, d, 10000.0)
+    cos, sin = R.rope_tables(64, d, 10000.0)
     x = torch.randn(40, n * d)
-    full = K.rope_ref(x, torch.arange(40), cos, sin, n, d, False)
+    full = R.rope_ref(x, torch.arange(40), cos, sin, n, d, False)
     for p in (0, 9, 39):
-        one = K.rope_ref(x[p:p + 1], torch.tensor([p]), cos, sin, n, d, False)
+        one = R.rope_ref(x[p:p + 1], torch.tensor([p]), cos, sin, n, d, False)
         assert torch.equal(one[0], full[p])
 
 
@@ -163,18 +172,20 @@ def test_ring_longer_than_the_generation_is_cut_to_it_and_attends_over_filled_sl
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_decode_attention_left_padding_triton_vs_reference(dtype):
+def test_decode_attention_left_padding_vs_reference(kernel_backend, dtype):
     """k_min (left padding): batch b's real queries never see its first k_min[b] slots; a padding
     query sees only itself (finite). Triton equals the reference; the pads really are masked
     (changing their keys and values changes no real query's output)."""
+    device, backend = kernel_backend
     g = torch.Generator().manual_seed(4)
     for B, T, nq, nkv, d, L, w in [(3, 1, 4, 2, 16, 9, None), (2, 5, 6, 2, 16, 5, 3), (3, 4, 4, 1, 16, 7, None)]:
         q = torch.randn(B, T, nq, d, generator=g).to(dtype)
         k, v = (torch.randn(B, L, nkv, d, generator=g).to(dtype) for _ in range(2))
         kp, qp = torch.arange(L), torch.arange(L - T, L)
         k_min = torch.tensor([0, 3, L - 1][:B])
-        ref = GK.decode_attention_ref(q, k, v, qp, kp, w, k_min=k_min)
-        got = GK.decode_attention(q, k, v, qp, kp, w, "triton", k_min=k_min)
+        ref = DA.decode_attention_ref(q, k, v, qp, kp, w, k_min=k_min)
+        got = DA.decode_attention(*_on(device, q, k, v, qp, kp), window=w, backend=backend,
+                                  k_min=k_min.to(device)).cpu()
         assert torch.isfinite(ref).all() and torch.isfinite(got).all()
         tol = 2e-6 if dtype == torch.float32 else 2 ** -7
         assert float((got.float() - ref.float()).abs().max()) <= tol * max(1.0, float(ref.float().abs().max()))
@@ -182,7 +193,7 @@ def test_decode_attention_left_padding_triton_vs_reference(dtype):
         for b in range(B):
             k2[b, : int(k_min[b])] = 7.0
             v2[b, : int(k_min[b])] = -7.0
-        ref2 = GK.decode_attention_ref(q, k2, v2, qp, kp, w, k_min=k_min)
+        ref2 = DA.decode_attention_ref(q, k2, v2, qp, kp, w, k_min=k_min)
         real = qp[None, :] >= k_min[:, None]  # [B, T] real queries
         assert torch.equal(ref2[real], ref[real])
-        assert not torch.equal(GK.decode_attention_ref(q, k2, v2, qp, kp, w), GK.decode_attention_ref(q, k, v, qp, kp, w))
+        assert not torch.equal(DA.decode_attention_ref(q, k2, v2, qp, kp, w), DA.decode_attention_ref(q, k, v, qp, kp, w))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nanokern.ops import gather_cast
-from nanokern.ops.reference import gather_cast_torch
+from nanokern.ops.gather_cast_op import gather_cast_torch
 from nanokern.ops.testing import assert_same_bits
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

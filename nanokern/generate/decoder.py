@@ -4,8 +4,8 @@ of the whole prompt then one token at a time.
 
 Per step, for the new tokens at positions start..start+T-1: the same per-layer math as the
 forward (NativeModel.project: fused q/k/v + bias, RoPE at the absolute positions unless NoPE;
-row-parallel partial sums; dense SwiGLU or MoE), with attention over the cache (kernels.py:
-the position mask gives causality and the window). The prefill of an empty cache runs the
+row-parallel partial sums; dense SwiGLU or MoE), with attention over the cache
+(nanokern/ops/decode_attention.py: the position mask gives causality and the window). The prefill of an empty cache runs the
 parity forward's attention itself; only the last position goes through the final norm and the
 lm_head.
 
@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from nanokern.generate import kernels as GK
 from nanokern.generate.cache import KVCache, LayerCache
 from nanokern.generate.sampling import Sampler
-from nanokern.parity import kernels as K
+from nanokern.ops import attention as A
+from nanokern.ops import decode_attention as DA
+from nanokern.ops.rope import rope_tables
 from nanokern.parity.native import NativeModel
 
 FAULTS = ("cache_slot", "rope_offset0", "window_static")
@@ -82,7 +83,7 @@ class Decoder:
         if self._tables is None or self._tables[0] < n:
             sp = self.model.spec
             n = max(n, 64)
-            cos, sin = K.rope_tables(n, sp.head_dim, sp.rope_theta, self.model.dtype, self.model.device)
+            cos, sin = rope_tables(n, sp.head_dim, sp.rope_theta, self.model.dtype, self.model.device)
             self._tables = (n, cos, sin)
         return self._tables[1], self._tables[2]
 
@@ -98,7 +99,7 @@ class Decoder:
             nq, nkv = q.shape[1], k.shape[1]
             q, k, v = q.reshape(B, T, nq, d), k.reshape(B, T, nkv, d), v.reshape(B, T, nkv, d)
             if start == 0 and pad is None:  # prefill of an empty cache: the parity forward's attention
-                o = K.attention(q, k, v, True, be, window=m.window(i))
+                o = A.attention(q, k, v, causal=True, window=m.window(i), backend=be)
                 c.store(k, v, pos)
             else:
                 kc, vc, kp = c.attend(k, v, pos)
@@ -110,9 +111,9 @@ class Decoder:
                     # every layer of this kind shares the step's mask
                     key = (start, T, c.size if c.window is not None else None, window)
                     if self._mask is None or self._mask[0] != key:
-                        self._mask = (key, GK.decode_mask(pos, kp, window, pad))
+                        self._mask = (key, DA.decode_mask(pos, kp, window, pad))
                     mask = self._mask[1]
-                o = GK.decode_attention(q, kc, vc, pos, kp, window, be, mask, pad)
+                o = DA.decode_attention(q, kc, vc, pos, kp, window=window, backend=be, mask=mask, k_min=pad)
             part = torch.nn.functional.linear(o.reshape(B * T, nq * d), a.o)
             out = part if out is None else out + part  # all-reduce of the row-parallel o_proj
         return out
@@ -123,7 +124,7 @@ class Decoder:
         position's logits [B, vocab]. pad [B]: left padding, sequence b's first pad[b] cache slots
         are padding (its token positions start after them; no real query sees them)."""
         m = self.model
-        sp, be, nm = m.spec, m.backend, m.op_numerics
+        sp = m.spec
         B, T = ids.shape
         start = cache.length
         cos, sin = self._rope(start + T)
@@ -136,12 +137,11 @@ class Decoder:
             rope_pos = pos.repeat(B)
         x = m.embed_tokens(ids).reshape(B * T, sp.hidden_size)
         for i, layer in enumerate(m.layers):
-            h = K.rms_norm(x, layer.input_norm, sp.rms_norm_eps, be, nm["input_norm"])
+            h = m.norm(x, layer.input_norm, "input_norm")
             x = x + self.attention(i, layer, h, B, T, start, pos, rope_pos, cache.layers[i], cos, sin, pad)
-            h = K.rms_norm(x, layer.post_norm, sp.rms_norm_eps, be, nm["post_norm"])
-            x = x + (m.moe(layer.moe, h) if layer.moe is not None else m.dense(layer.mlp, h))
+            x = x + m.mlp(layer, m.norm(x, layer.post_norm, "post_norm"))
         last = x.reshape(B, T, -1)[:, -1].contiguous()
-        fn = K.rms_norm(last, m.final_norm, sp.rms_norm_eps, be, nm["final_norm"])
+        fn = m.norm(last, m.final_norm, "final_norm")
         return m.logits(fn)[:, : self.vocab]
 
     # -- the loop -------------------------------------------------------------------------------

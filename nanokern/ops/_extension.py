@@ -1,4 +1,5 @@
-"""Loads the compiled ops (nanokern._C, nanokern._C_cuda) and registers their fake kernels."""
+"""Loads the compiled ops (nanokern._C, nanokern._C_cuda): torch.ops.nanokern.gather_cast with its CPU
+and CUDA kernels. Its fake kernel and checks live with the op, in gather_cast_op.py."""
 import torch
 
 CPU_ERROR: str | None = None
@@ -18,9 +19,3 @@ elif CPU_ERROR is not None:
     CUDA_ERROR = CPU_ERROR
 else:
     CUDA_ERROR = "torch has no CUDA (torch.version.cuda is None): nanokern._C_cuda is not built"
-
-if CPU_ERROR is None:
-
-    @torch.library.register_fake("nanokern::gather_cast")
-    def _gather_cast_fake(src, rows, out):
-        return None

@@ -1,18 +1,31 @@
-"""Launches the Triton gather_cast kernel; runs it under the Triton interpreter on machines
-without a CUDA device (TRITON_INTERPRET must be set before the kernel module is imported)."""
-import contextlib
+"""The one loader of the Triton kernels (nanokern/ops/triton/*.py) and their launch settings.
+
+`kernels(name)` imports nanokern.ops.triton.<name> once. Triton decides when a kernel is
+decorated whether it is compiled or interpreted, so on a machine without a CUDA device the
+interpreter is switched on (TRITON_INTERPRET=1) before the first kernel module is imported,
+and every loaded kernel is checked to be interpreted. With a CUDA device the environment is
+left as it is: the kernels are compiled for the GPU.
+
+`tiles(t, config)` is the one switch between the two tile sets every launcher carries: "gpu"
+(bandwidth tiles and num_warps) and "cpu" (few large programs: the interpreter costs about
+1-3 ms per program). The default follows the tensor's device; the tests force "gpu" on CPU to
+run the GPU tiling in the interpreter.
+
+Importing this module imports neither torch nor triton.
+"""
+from __future__ import annotations
+
 import functools
+import importlib
 import importlib.util
 import os
 import threading
 
-import torch
-
-_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
-_BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+KERNELS = ("gather_cast", "rms_norm", "rope", "swiglu", "attention", "decode_attention")
 # Importing triton from two threads at once fails (a circular import inside triton), and the
 # interpreter patches triton.language globally while a kernel runs: both are serialised.
-_LOCK = threading.Lock()
+LOCK = threading.RLock()
+_loaded: dict = {}
 
 
 @functools.cache
@@ -20,59 +33,66 @@ def importable() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
-_kernel_module = None  # set once the import has completed
+@functools.cache
+def _has_cuda() -> bool:
+    import torch
 
-
-def kernel_module():
-    """Imports the kernel module once, in interpreter mode when there is no CUDA device."""
-    global _kernel_module
-    with _LOCK:
-        if _kernel_module is None:
-            if not torch.cuda.is_available():
-                os.environ.setdefault("TRITON_INTERPRET", "1")
-            import nanokern.triton.gather_cast as mod
-
-            _kernel_module = mod
-        return _kernel_module
+    return torch.cuda.is_available()
 
 
 def interpreted() -> bool:
-    """Whether the kernel runs (or, not imported yet, will run) under the interpreter."""
-    if _kernel_module is not None:
-        from triton.runtime.interpreter import InterpretedFunction
-
-        return isinstance(_kernel_module.gather_cast_kernel, InterpretedFunction)
-    return os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available()
+    """Whether the kernels run (or, none imported yet, will run) under the Triton interpreter."""
+    if not _has_cuda():
+        return True
+    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(n - 1, 0).bit_length()
+def kernels(name: str):
+    """The kernel module nanokern.ops.triton.<name>, imported once (interpreted without CUDA)."""
+    if name not in KERNELS:
+        raise ValueError(f"no Triton kernel module {name!r} (one of {', '.join(KERNELS)})")
+    mod = _loaded.get(name)
+    if mod is not None:
+        return mod
+    with LOCK:
+        if name not in _loaded:
+            if not _has_cuda():
+                os.environ["TRITON_INTERPRET"] = "1"
+            mod = importlib.import_module(f"nanokern.ops.triton.{name}")
+            if not _has_cuda():
+                _check_interpreted(mod)
+            _loaded[name] = mod
+        return _loaded[name]
 
 
-def _blocks(n_rows: int, n_cols: int, interpret: bool) -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_C). The interpreter costs ~1-3 ms per program: use big blocks there."""
-    max_c, elems = (1 << 15, 1 << 17) if interpret else (1024, 4096)
-    block_c = min(_pow2(n_cols), max_c)
-    block_r = max(1, min(elems // block_c, _pow2(n_rows)))
-    return block_r, block_c
+def _check_interpreted(mod) -> None:
+    from triton.runtime.interpreter import InterpretedFunction
+
+    jitted = [v for k, v in vars(mod).items() if k.endswith("_kernel") and hasattr(v, "fn")]
+    bad = [getattr(k, "__name__", "?") for k in jitted if not isinstance(k, InterpretedFunction)]
+    if not jitted or bad:
+        raise RuntimeError(
+            f"{mod.__name__} was imported before the Triton interpreter was switched on and there is no CUDA "
+            f"device, so its kernels ({', '.join(bad) or 'none found'}) cannot run: import it through "
+            "nanokern.ops._triton.kernels(), or start Python with TRITON_INTERPRET=1")
 
 
-def gather_cast_triton(src: torch.Tensor, rows: torch.Tensor | None, out: torch.Tensor) -> None:
-    mod = kernel_module()
-    interpret = interpreted()
-    if src.device.type != "cuda" and not interpret:
-        raise ValueError("backend 'triton' needs CUDA tensors here: the kernel was compiled for the "
-                         "GPU (set TRITON_INTERPRET=1 before nanokern imports it to run on CPU)")
-    n_rows, n_cols = out.shape
-    if n_rows == 0 or n_cols == 0:
-        return
-    block_r, block_c = _blocks(n_rows, n_cols, interpret)
-    n_col_blocks = -(-n_cols // block_c)
-    grid = (-(-n_rows // block_r) * n_col_blocks,)
-    with _LOCK if interpret else contextlib.nullcontext():
-        mod.gather_cast_kernel[grid](
-            src.view(_BITS[src.dtype]), rows, out.view(_BITS[out.dtype]), n_rows, n_cols,
-            src.stride(0), out.stride(0), n_col_blocks,
-            HAS_ROWS=rows is not None, SRC_KIND=_KIND[src.dtype], DST_KIND=_KIND[out.dtype],
-            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
-        )
+def tiles(t, config: str | None = None) -> str:
+    """'gpu' or 'cpu': which tile set a launcher uses for tensor t (config forces one)."""
+    if config is None:
+        return "gpu" if t.is_cuda else "cpu"
+    if config not in ("cpu", "gpu"):
+        raise ValueError(f"config must be cpu or gpu, got {config!r}")
+    return config
+
+
+def launch_lock(t):
+    """A context manager around a launch: the interpreter is serialised (see LOCK)."""
+    import contextlib
+
+    return LOCK if not t.is_cuda else contextlib.nullcontext()
+
+
+def pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(int(n) - 1, 0).bit_length()

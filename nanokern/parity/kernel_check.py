@@ -1,5 +1,7 @@
-"""`nanokern parity --kernels`: every fused op (torch reference and Triton kernel) against
-transformers' own functions, over shapes and dtypes.
+"""`nanokern parity --kernels`: every fused op against transformers' own functions, over shapes
+and dtypes. The oracles are the tests' own: each op's torch reference (nanokern/ops/<op>.py) is
+checked against transformers, and each Triton kernel against transformers and its reference
+("torch reference" rows).
 
 - RMSNorm vs transformers' LlamaRMSNorm module.
 - RoPE (half-split) vs apply_rotary_pos_emb with cos/sin from LlamaRotaryEmbedding, on q and k
@@ -12,6 +14,8 @@ transformers' own functions, over shapes and dtypes.
 - Attention vs transformers' eager_attention_forward (repeat_kv GQA, additive causal mask),
   computed in fp32 on the same inputs; windowed attention with the mask from transformers'
   sliding_window_causal_mask_function (Qwen2's sliding window: w keys including the query's own).
+- Decode attention (the generation's: a few new queries over a KV cache in ring order) vs
+  eager_attention_forward with transformers' causal / sliding-window mask of the positions.
 
 Tolerances: fp32 max|diff| <= 1e-5 x max(1, max|ref|) (fp32 rounding); bf16 two bf16 spacings of
 the largest value (2^-6 x max|ref|). The kernels do transformers' bf16 roundings, so against
@@ -28,8 +32,12 @@ from types import SimpleNamespace
 
 import torch
 
-from nanokern.parity import kernels as K
-from nanokern.parity.native import torch_dtype
+from nanokern.ops import attention as A
+from nanokern.ops import decode_attention as DA
+from nanokern.ops import rms_norm as N
+from nanokern.ops import rope as R
+from nanokern.ops import swiglu as G
+from nanokern.parity.options import torch_dtype
 
 
 @dataclass
@@ -65,6 +73,7 @@ ROPE_SHAPES = [(2, 32, 4, 2, 16), (1, 17, 8, 2, 64), (2, 8, 2, 2, 128)]  # B, S,
 SWIGLU_SHAPES = [(64, 160), (33, 1000)]
 ATTN_SHAPES = [(2, 32, 4, 2, 16), (1, 50, 8, 2, 32), (1, 70, 4, 4, 64)]
 WINDOW_SHAPES = [(2, 32, 6, 2, 16, 6), (1, 50, 4, 2, 32, 7)]  # B, S, nq, nkv, d, window
+DECODE_SHAPES = [(2, 1, 4, 2, 16, 20, None), (1, 3, 6, 2, 32, 24, 7)]  # B, T new queries, nq, nkv, d, cache L, window
 
 
 def _impls(backend: str) -> list[str]:
@@ -80,7 +89,7 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
     kernels (interpreted without CUDA)."""
     from transformers import LlamaConfig
     from transformers.activations import ACT2FN
-    from transformers.masking_utils import sliding_window_causal_mask_function
+    from transformers.masking_utils import causal_mask_function, sliding_window_causal_mask_function
     from transformers.models.llama.modeling_llama import (
         LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb, eager_attention_forward,
     )
@@ -95,11 +104,16 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
     def randn(*shape, dtype):
         return torch.randn(*shape, generator=g).to(device=dev, dtype=dtype)
 
-    def record(kernel, impl, against, dt, shape, fn, ref):
+    def record(kernel, impl, against, dt, shape, fn, ref, oracle=None):
+        """fn(impl) against ref (transformers); a Triton row also against oracle() (the torch reference)."""
         t0 = time.perf_counter()
-        got = fn()
+        got = fn(impl)
         secs = time.perf_counter() - t0
         rows.append(KernelCheck(kernel, impl, against, dt, shape, _maxdiff(got, ref), _tol(ref, got.dtype), round(secs, 4)))
+        if impl != "torch" and oracle is not None:
+            want = oracle()
+            rows.append(KernelCheck(kernel, impl, "torch reference", dt, shape, _maxdiff(got, want), _tol(want, got.dtype),
+                                    round(secs, 4)))
 
     for dname in dtypes:
         dt = torch_dtype(dname)
@@ -115,7 +129,8 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
             ref = mod(x).detach()
             for impl in impls:
                 record("rms_norm", impl, "LlamaRMSNorm", dname, f"{T}x{H}",
-                       lambda: K.rms_norm(x, mod.weight.detach(), eps, impl), ref)
+                       lambda be: N.rms_norm(x, mod.weight.detach(), eps, backend=be), ref,
+                       lambda: N.rms_norm_ref(x, mod.weight.detach(), eps))
         # RoPE ---------------------------------------------------------------------------------
         for B, S, nq, nkv, d in ROPE_SHAPES:
             theta = 10000.0 if d < 128 else 500000.0
@@ -127,7 +142,8 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
             pos_ids = torch.arange(S, device=dev)[None].expand(B, S)
             cos_hf, sin_hf = rot(qkv, pos_ids)
             positions = pos_ids.reshape(-1)
-            cos, sin = K.rope_tables(S, d, theta, dt, dev)
+            cos, sin = R.rope_tables(S, d, theta, dt, dev)
+            n_rot = nq + nkv
             flat = qkv.reshape(B * S, -1)
             shape = f"B{B} S{S} q{nq} kv{nkv} d{d}"
 
@@ -140,7 +156,8 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
             ref = hf_rope(qkv)
             for impl in impls:
                 record("rope half-split", impl, "apply_rotary_pos_emb", dname, shape,
-                       lambda: K.rope(flat, positions, cos, sin, nq + nkv, d, False, impl), ref)
+                       lambda be: R.rope(flat, positions, cos, sin, n_rot=n_rot, head_dim=d, interleaved=False, backend=be),
+                       ref, lambda: R.rope_ref(flat, positions, cos, sin, n_rot, d, False))
             # interleaved vs explicit GPT-J (complex pairs), computed in fp32
             inv = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=dev) / d))
             ang = torch.arange(S, dtype=torch.float32, device=dev)[:, None] * inv[None]
@@ -150,13 +167,15 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
             gptj = gptj.reshape(B * S, nq + nkv, d).to(dt)
             for impl in impls:
                 record("rope interleaved", impl, "GPT-J complex reference", dname, shape,
-                       lambda: K.rope(flat, positions, cos, sin, nq + nkv, d, True, impl), gptj)
+                       lambda be: R.rope(flat, positions, cos, sin, n_rot=n_rot, head_dim=d, interleaved=True, backend=be),
+                       gptj, lambda: R.rope_ref(flat, positions, cos, sin, n_rot, d, True))
             # interleaved == half-split after the per-head row permutation P
             P = torch.as_tensor(rope_perm.hf_from_nt(d), device=dev)
             ref_perm = hf_rope(qkv[..., P])
             for impl in impls:
                 record("rope interleaved", impl, "apply_rotary_pos_emb via rows P", dname, shape,
-                       lambda: K.rope(flat, positions, cos, sin, nq + nkv, d, True, impl)[..., P], ref_perm)
+                       lambda be: R.rope(flat, positions, cos, sin, n_rot=n_rot, head_dim=d, interleaved=True,
+                                         backend=be)[..., P], ref_perm)
         # SwiGLU -------------------------------------------------------------------------------
         act = ACT2FN["silu"]
         for T, I in SWIGLU_SHAPES:
@@ -164,7 +183,8 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
             ref = act(gate) * up
             gu = torch.cat([gate, up], -1)
             for impl in impls:
-                record("swiglu", impl, "LlamaMLP act_fn(gate)*up", dname, f"{T}x2*{I}", lambda: K.swiglu(gu, impl), ref)
+                record("swiglu", impl, "LlamaMLP act_fn(gate)*up", dname, f"{T}x2*{I}",
+                       lambda be: G.swiglu(gu, backend=be), ref, lambda: G.swiglu_ref(gu))
         # attention ----------------------------------------------------------------------------
         for B, S, nq, nkv, d in ATTN_SHAPES:
             q, k, v = randn(B, S, nq, d, dtype=dt), randn(B, S, nkv, d, dtype=dt), randn(B, S, nkv, d, dtype=dt)
@@ -175,7 +195,7 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
             ref = ref.to(dt)
             for impl in impls:
                 record("attention", impl, "eager_attention_forward (fp32)", dname, f"B{B} S{S} q{nq} kv{nkv} d{d}",
-                       lambda: K.attention(q, k, v, True, impl), ref)
+                       lambda be: A.attention(q, k, v, causal=True, backend=be), ref, lambda: A.attention_ref(q, k, v))
         for B, S, nq, nkv, d, w in WINDOW_SHAPES:
             q, k, v = randn(B, S, nq, d, dtype=dt), randn(B, S, nkv, d, dtype=dt), randn(B, S, nkv, d, dtype=dt)
             pos = torch.arange(S, device=dev)
@@ -187,7 +207,24 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
             ref = ref.to(dt)
             for impl in impls:
                 record("attention window", impl, "eager + sliding_window mask (fp32)", dname,
-                       f"B{B} S{S} q{nq} kv{nkv} d{d} w{w}", lambda: K.attention(q, k, v, True, impl, window=w), ref)
+                       f"B{B} S{S} q{nq} kv{nkv} d{d} w{w}", lambda be: A.attention(q, k, v, window=w, backend=be), ref,
+                       lambda: A.attention_ref(q, k, v, True, w))
+        # decode attention: T new queries over a cache whose slots are in ring order
+        for B, T, nq, nkv, d, L, w in DECODE_SHAPES:
+            q, k, v = randn(B, T, nq, d, dtype=dt), randn(B, L, nkv, d, dtype=dt), randn(B, L, nkv, d, dtype=dt)
+            k_pos, q_pos = torch.randperm(L, generator=g).to(dev), torch.arange(L - T, L, device=dev)
+            fn = causal_mask_function if w is None else sliding_window_causal_mask_function(w)
+            sees = fn(0, 0, q_pos[:, None], k_pos[None, :])
+            mask = torch.zeros(T, L, device=dev).masked_fill(~sees, float("-inf"))[None, None]
+            mod = SimpleNamespace(num_key_value_groups=nq // nkv, training=False)
+            ref, _ = eager_attention_forward(mod, q.transpose(1, 2).float(), k.transpose(1, 2).float(),
+                                             v.transpose(1, 2).float(), mask, d**-0.5)
+            ref = ref.to(dt)
+            for impl in impls:
+                record("decode attention", impl, "eager + causal/window mask (fp32)", dname,
+                       f"B{B} T{T} q{nq} kv{nkv} d{d} L{L}" + ("" if w is None else f" w{w}"),
+                       lambda be: DA.decode_attention(q, k, v, q_pos, k_pos, window=w, backend=be), ref,
+                       lambda: DA.decode_attention_ref(q, k, v, q_pos, k_pos, w))
     return rows
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from nanokern.parity import kernels as K
+from nanokern.ops.swiglu import swiglu
 
 
 def route(x: torch.Tensor, router: torch.Tensor, top_k: int, renormalize: bool = False):
@@ -27,7 +27,7 @@ def route(x: torch.Tensor, router: torch.Tensor, top_k: int, renormalize: bool =
     return w, idx
 
 
-def experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor,
+def experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights: torch.Tensor, idx: torch.Tensor, *,
             backend: str = "torch") -> torch.Tensor:
     """sum_k weights[t, k] * expert_{idx[t, k]}(x[t]) for x [T, H]; gate_up [E, H, 2I], down [E, I, H]."""
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
@@ -35,7 +35,7 @@ def experts(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, weights:
         tok, slot = torch.nonzero(idx == e, as_tuple=True)
         if tok.numel() == 0:
             continue
-        h = K.swiglu(x[tok] @ gate_up[e], backend)
+        h = swiglu(x[tok] @ gate_up[e], backend=backend)
         y = h @ down[e]
         out.index_add_(0, tok, y.to(torch.float32) * weights[tok, slot][:, None])
     return out.to(x.dtype)

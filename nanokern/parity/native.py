@@ -17,7 +17,7 @@ slice metadata). Per decoder layer i, what the ModelSpec says (docs/nanotron-for
 Nothing goes through the converter. PP only decides which files exist; all layers run here.
 
 Numerics (bf16; fp32 is the same up to fp32 rounding): "hf" and "fused" apply one rounding rule
-to every RMSNorm and RoPE (nanokern/parity/kernels.py); "nanotron" is Nanotron's own forward per
+to every RMSNorm and RoPE (nanokern/ops/rms_norm.py, rope.py); "nanotron" is Nanotron's own forward per
 config class: LlamaConfig fuses them all (flash-attn RMSNorm and rotary); Qwen2Config computes
 input_layernorm with the plain RMSNorm (HF's roundings) and post_attention_layernorm,
 final_layer_norm and RoPE fused (docs/nanotron-format.md §11.2). On CPU with oneDNN's AVX2
@@ -33,6 +33,9 @@ that a test can show the parity checks catch it. None (the default) is the corre
   "no_bias"           the q/k/v biases dropped
 A fault that the checkpoint has nothing to break with (no NoPE layers, no window, no MoE, no
 shared expert, no bias) raises ValueError, so a control can never pass vacuously.
+
+The options are checked when the model is set up (nanokern/parity/options.py) and the weights
+when they are loaded (native_weights.py, shards.py); the forward's functions check nothing.
 """
 
 from __future__ import annotations
@@ -43,24 +46,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from nanokern.errors import NanokernError
 from nanokern.formats.nanotron import NanotronCheckpoint, read_checkpoint
-from nanokern.parity import kernels as K
+from nanokern.ops import attention as A
+from nanokern.ops import rms_norm as N
+from nanokern.ops import rope as R
+from nanokern.ops import swiglu as G
+from nanokern.ops.backends import resolve_backend
 from nanokern.parity import moe as MOE
 from nanokern.parity.native_weights import MlpRank, load_weights
+from nanokern.parity.options import FAULTS, NUMERICS, check_fault, check_ids, op_numerics, torch_dtype
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-NUMERICS = ("hf", "fused", "nanotron")
-FAULTS = ("nope_shift", "window+1", "window-1", "renormalize_topk", "no_shared_gate", "no_bias")
-
-
-def torch_dtype(name: str | torch.dtype) -> torch.dtype:
-    if isinstance(name, torch.dtype):
-        return name
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}: choose fp32 (float32) or bf16 (bfloat16)") from None
+__all__ = ["NativeModel", "NativeOutput", "torch_dtype", "NUMERICS", "FAULTS"]
 
 
 @dataclass
@@ -95,20 +91,12 @@ class NativeModel:
         self.source = os.fspath(source)
         self.dtype = torch_dtype(dtype)
         self.device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.backend = K.resolve_backend(backend, self.device)
-        if numerics not in NUMERICS:
-            raise ValueError(f"unknown numerics {numerics!r}: choose one of {', '.join(NUMERICS)}")
+        self.backend = resolve_backend(backend, self.device, "attention")
+        self.op_numerics = op_numerics(numerics, config_class)  # the rounding rule per op
         self.numerics = numerics
         self.spec = spec
-        # the kernels' numerics per op
-        if numerics == "nanotron":
-            plain_input_norm = config_class == "qwen2"
-            self.op_numerics = {"input_norm": "hf" if plain_input_norm else "fused", "post_norm": "fused",
-                                "final_norm": "fused", "rope": "fused"}
-        else:
-            self.op_numerics = dict.fromkeys(("input_norm", "post_norm", "final_norm", "rope"), numerics)
         self.interleaved = interleaved
-        self.fault = _check_fault(fault, self.spec)
+        self.fault = check_fault(fault, self.spec)
 
     def _take(self, w) -> None:
         self.embed, self.lm_head, self.layers, self.final_norm = w.embed, w.lm_head, w.layers, w.final_norm
@@ -131,13 +119,14 @@ class NativeModel:
         return w
 
     # -- forward -------------------------------------------------------------------------------
+    def norm(self, x: torch.Tensor, weight: torch.Tensor, which: str) -> torch.Tensor:
+        return N.rms_norm(x, weight, self.spec.rms_norm_eps, backend=self.backend, numerics=self.op_numerics[which])
+
     def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """Vocab-parallel lookup: each rank its own id range, masked, then summed over ranks."""
+        """Vocab-parallel lookup: each rank its own id range (contiguous: checked at loading), masked, summed."""
         out = None
         for vr in self.embed:
             lo, hi = int(vr.ids[0]), int(vr.ids[-1]) + 1
-            if hi - lo != len(vr.ids):
-                raise NanokernError("embedding shard with a non-contiguous vocab range", self.source)
             mask = (ids >= lo) & (ids < hi)
             local = torch.where(mask, ids - lo, torch.zeros_like(ids))
             part = F.embedding(local, vr.weight) * mask[..., None].to(self.dtype)
@@ -145,8 +134,7 @@ class NativeModel:
         return out
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        V = self.spec.vocab_size
-        out = torch.empty((*h.shape[:-1], V), dtype=self.dtype, device=h.device)
+        out = torch.empty((*h.shape[:-1], self.spec.vocab_size), dtype=self.dtype, device=h.device)
         for vr in self.lm_head:
             lo, n = int(vr.ids[0]), len(vr.ids)
             if int(vr.ids[-1]) == lo + n - 1:  # a contiguous vocab range (always, in practice): no index tensor
@@ -158,88 +146,63 @@ class NativeModel:
     def project(self, i: int, a, h: torch.Tensor, pos, cos, sin):
         """TP rank a's q [T, nq, d], k and v [T, nkv, d] for the tokens h [T, H] at positions pos
         [T]: the fused [Q_r | K_r | V_r] projection (+ bias), RoPE on q and k unless layer i is NoPE."""
-        d, be, nm = self.spec.head_dim, self.backend, self.op_numerics["rope"]
-        nq, nkv = len(a.q_heads), len(a.kv_heads)
+        d, nq, nkv = self.spec.head_dim, len(a.q_heads), len(a.kv_heads)
         T = h.shape[0]
-        bias = None if self.fault == "no_bias" else a.bias
-        qkv = F.linear(h, a.qkv, bias)  # [T, (nq + 2 nkv) d] = [Q_r | K_r | V_r] (+ [bq_r | bk_r | bv_r])
+        qkv = F.linear(h, a.qkv, None if self.fault == "no_bias" else a.bias)  # [T, (nq + 2 nkv) d]
         if self.uses_rope(i):
-            qk = K.rope(qkv, pos, cos, sin, nq + nkv, d, self.interleaved, be, nm)  # [T, nq + nkv, d]
+            qk = R.rope(qkv, pos, cos, sin, n_rot=nq + nkv, head_dim=d, interleaved=self.interleaved,
+                        backend=self.backend, numerics=self.op_numerics["rope"])  # [T, nq + nkv, d]
             q, k = qk[:, :nq], qk[:, nq:]
         else:  # NoPE layer: q and k as projected
             q, k = qkv[:, : nq * d].reshape(T, nq, d), qkv[:, nq * d:(nq + nkv) * d].reshape(T, nkv, d)
-        v = qkv[:, (nq + nkv) * d:].reshape(T, nkv, d)
-        return q, k, v
+        return q, k, qkv[:, (nq + nkv) * d:].reshape(T, nkv, d)
 
     def attention(self, i: int, layer, h: torch.Tensor, B: int, S: int, pos, cos, sin) -> torch.Tensor:
-        d, be, window = self.spec.head_dim, self.backend, self.window(i)
-        out = None
+        d, out = self.spec.head_dim, None
         for a in layer.attn:
             q, k, v = self.project(i, a, h, pos, cos, sin)
-            nq, nkv = q.shape[1], k.shape[1]
-            q, k, v = q.reshape(B, S, nq, d), k.reshape(B, S, nkv, d), v.reshape(B, S, nkv, d)
-            o = K.attention(q, k, v, True, be, window=window).reshape(B * S, nq * d)
-            part = F.linear(o, a.o)
+            q, k, v = q.reshape(B, S, -1, d), k.reshape(B, S, -1, d), v.reshape(B, S, -1, d)
+            o = A.attention(q, k, v, causal=True, window=self.window(i), backend=self.backend)
+            part = F.linear(o.reshape(B * S, -1), a.o)
             out = part if out is None else out + part  # all-reduce of the row-parallel o_proj
         return out
 
     def dense(self, ranks: list[MlpRank], h: torch.Tensor) -> torch.Tensor:
         out = None
         for m in ranks:
-            part = F.linear(K.swiglu(F.linear(h, m.gate_up), self.backend), m.down)
+            part = F.linear(G.swiglu(F.linear(h, m.gate_up), backend=self.backend), m.down)
             out = part if out is None else out + part  # all-reduce of the row-parallel down_proj
         return out
 
     def moe(self, moe, h: torch.Tensor) -> torch.Tensor:
         w, idx = MOE.route(h, moe.router, moe.top_k, renormalize=self.fault == "renormalize_topk")
-        out = MOE.experts(h, moe.gate_up, moe.down, w, idx, self.backend)
+        out = MOE.experts(h, moe.gate_up, moe.down, w, idx, backend=self.backend)
         if moe.shared:
             shared = self.dense(moe.shared, h)
-            if self.fault == "no_shared_gate":
-                out = out + shared
-            else:
-                out = out + torch.sigmoid(F.linear(h, moe.shared_gate)) * shared
+            gate = 1.0 if self.fault == "no_shared_gate" else torch.sigmoid(F.linear(h, moe.shared_gate))
+            out = out + gate * shared
         return out
+
+    def mlp(self, layer, h: torch.Tensor) -> torch.Tensor:
+        return self.moe(layer.moe, h) if layer.moe is not None else self.dense(layer.mlp, h)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor) -> NativeOutput:
+        """ids [B, S] (checked by __call__) -> every layer's hidden state, the final norm, the logits."""
         sp = self.spec
-        ids = ids.to(self.device)
-        if ids.dim() != 2:
-            raise ValueError(f"input ids must be [batch, seq], got {tuple(ids.shape)}")
-        if int(ids.min()) < 0 or int(ids.max()) >= sp.vocab_size:
-            raise ValueError(f"token ids must be in [0, {sp.vocab_size})")
         B, S = ids.shape
-        be, nm = self.backend, self.op_numerics
         pos = torch.arange(S, device=self.device).repeat(B)
-        cos, sin = K.rope_tables(S, sp.head_dim, sp.rope_theta, self.dtype, self.device)
+        cos, sin = R.rope_tables(S, sp.head_dim, sp.rope_theta, self.dtype, self.device)
         x = self.embed_tokens(ids).reshape(B * S, sp.hidden_size)
         hidden = []
         for i, layer in enumerate(self.layers):
-            h = K.rms_norm(x, layer.input_norm, sp.rms_norm_eps, be, nm["input_norm"])
-            x = x + self.attention(i, layer, h, B, S, pos, cos, sin)
-            h = K.rms_norm(x, layer.post_norm, sp.rms_norm_eps, be, nm["post_norm"])
-            x = x + (self.moe(layer.moe, h) if layer.moe is not None else self.dense(layer.mlp, h))
+            x = x + self.attention(i, layer, self.norm(x, layer.input_norm, "input_norm"), B, S, pos, cos, sin)
+            x = x + self.mlp(layer, self.norm(x, layer.post_norm, "post_norm"))
             hidden.append(x.reshape(B, S, -1))
-        fn = K.rms_norm(x, self.final_norm, sp.rms_norm_eps, be, nm["final_norm"])
+        fn = self.norm(x, self.final_norm, "final_norm")
         return NativeOutput(hidden, fn.reshape(B, S, -1), self.logits(fn).reshape(B, S, -1))
 
-    __call__ = forward
-
-
-def _check_fault(fault: str | None, spec) -> str | None:
-    if fault is None:
-        return None
-    if fault not in FAULTS:
-        raise ValueError(f"unknown fault {fault!r}: choose one of {', '.join(FAULTS)}")
-    applies = {
-        "nope_shift": spec.no_rope_layer is not None,
-        "window+1": spec.sliding_window is not None,
-        "window-1": spec.sliding_window is not None and spec.sliding_window > 1,
-        "renormalize_topk": spec.moe is not None,
-        "no_shared_gate": spec.moe is not None and spec.moe.enable_shared_expert,
-        "no_bias": spec.attention_bias,
-    }[fault]
-    if not applies:
-        raise ValueError(f"fault {fault!r} does not apply to this checkpoint ({', '.join(spec.features()) or 'plain LLaMA'})")
-    return fault
+    def __call__(self, ids: torch.Tensor) -> NativeOutput:
+        ids = ids.to(self.device)
+        check_ids(ids, self.spec.vocab_size)
+        return self.forward(ids)

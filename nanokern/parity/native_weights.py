@@ -10,7 +10,8 @@ TP-sharded MLP like a dense one. Which q/k/v heads, bias entries, gate/up rows, 
 and vocab rows a shard holds comes from its slice metadata (`Shard.pairs`), never from
 assumptions; layouts a TP rank could not compute with (q heads whose kv heads the rank does not
 hold, o_proj columns that are not the rank's heads, gate rows without their up rows, bias
-entries that are not the weight's rows) raise NanokernError. PP only decides which files exist.
+entries that are not the weight's rows, embedding shards of a non-contiguous vocab range) raise
+NanokernError (nanokern/parity/shards.py reads the metadata). PP only decides which files exist.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from nanokern.arch.kinds import Param
 from nanokern.errors import NanokernError
 from nanokern.formats.nanotron import NanotronCheckpoint, NtParam, Shard
 from nanokern.io.safetensors import map_tensor
+from nanokern.parity import shards as S
 
 QKV = D.qkv(bias=lambda s: s.attention_bias)
 ROUTER, EXPERTS_GATE_UP, EXPERTS_DOWN, SHARED_GATE_UP, SHARED_DOWN, SHARED_GATE = D.MOE
@@ -85,96 +87,6 @@ class Weights:
 
 
 # ---------------------------------------------------------------------------------------------
-# reading shards by their slice metadata
-
-
-def _by_rank(p: NtParam) -> dict[int, Shard]:
-    out: dict[int, Shard] = {}
-    for s in p.shards:
-        r = 0 if s.tp is None else s.tp
-        if r in out:
-            raise NanokernError(f"two files for TP rank {r} of {p.name}", s.ref.path)
-        out[r] = s
-    return out
-
-
-def _row_segments(s: Shard, full_cols: int) -> list[tuple[int, int, int]]:
-    """(local row start, global row start, rows) of a dim-0-sharded 2-D shard, checking that
-    every pair spans all columns."""
-    segs = []
-    for (lr, lc), (gr, gc) in s.pairs:
-        if lc != (0, full_cols) or gc != (0, full_cols) or lr[1] - lr[0] != gr[1] - gr[0]:
-            raise NanokernError(f"expected a row slice over all {full_cols} columns, got pair {(lr, lc)} -> {(gr, gc)}", s.ref.path)
-        segs.append((lr[0], gr[0], lr[1] - lr[0]))
-    return segs
-
-
-def _vec_segments(s: Shard) -> list[tuple[int, int, int]]:
-    """(local start, global start, length) of a 1-D sharded vector (a bias)."""
-    segs = []
-    for box in s.pairs:
-        (lo,), (go,) = box
-        if lo[1] - lo[0] != go[1] - go[0]:
-            raise NanokernError(f"expected 1-D slices of equal length, got pair {lo} -> {go}", s.ref.path)
-        segs.append((lo[0], go[0], lo[1] - lo[0]))
-    return segs
-
-
-def _col_segments(s: Shard, full_rows: int) -> list[tuple[int, int, int]]:
-    segs = []
-    for (lr, lc), (gr, gc) in s.pairs:
-        if lr != (0, full_rows) or gr != (0, full_rows) or lc[1] - lc[0] != gc[1] - gc[0]:
-            raise NanokernError(f"expected a column slice over all {full_rows} rows, got pair {(lr, lc)} -> {(gr, gc)}", s.ref.path)
-        segs.append((lc[0], gc[0], lc[1] - lc[0]))
-    return segs
-
-
-def _local_index(segs: list[tuple[int, int, int]], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-    """Local and global indices (sorted by global) of the part of the segments inside [lo, hi)."""
-    loc, glo = [], []
-    for l0, g0, n in segs:
-        a, b = max(g0, lo), min(g0 + n, hi)
-        if a < b:
-            glo.append(np.arange(a, b))
-            loc.append(np.arange(a, b) - g0 + l0)
-    if not glo:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    g = np.concatenate(glo)
-    order = np.argsort(g, kind="stable")
-    return np.concatenate(loc)[order].astype(np.int64), g[order].astype(np.int64)
-
-
-def _take_rows(t: torch.Tensor, idx: np.ndarray, dim: int) -> torch.Tensor:
-    """t restricted to idx along dim; the tensor itself when idx is the identity."""
-    if len(idx) == t.shape[dim] and np.array_equal(idx, np.arange(len(idx))):
-        return t
-    return t.index_select(dim, torch.as_tensor(idx, device=t.device))
-
-
-def _heads(glob: np.ndarray, d: int, offset: int, what: str, path: str) -> list[int]:
-    """Head indices of global rows that must form whole heads of dim d (after offset)."""
-    rel = glob - offset
-    blocks = rel.reshape(-1, d) if len(rel) % d == 0 else None
-    if blocks is None or (blocks[:, 0] % d).any() or (blocks != blocks[:, :1] + np.arange(d)).any():
-        raise NanokernError(f"{what} rows {ranges(glob)} of this shard are not whole heads of dim {d}", path)
-    return [int(x) // d for x in blocks[:, 0]]
-
-
-def ranges(idx) -> str:
-    idx = [int(x) for x in idx]
-    if not idx:
-        return "[]"
-    parts, start, prev = [], idx[0], idx[0]
-    for x in idx[1:]:
-        if x != prev + 1:
-            parts.append(f"{start}:{prev + 1}")
-            start = x
-        prev = x
-    parts.append(f"{start}:{prev + 1}")
-    return "[" + ", ".join(parts) + "]"
-
-
-# ---------------------------------------------------------------------------------------------
 # per-rank weights
 
 
@@ -203,12 +115,16 @@ class _Loader:
             raise NanokernError(f"{q.name}: expected the whole {list(q.shape)} tensor in one file", s.ref.path)
         return self.tensor(s, dtype).reshape(q.shape)
 
-    def vocab(self, p: Param) -> list[VocabRank]:
+    def vocab(self, p: Param, contiguous: bool = False) -> list[VocabRank]:
+        """Each rank's vocab rows; contiguous: each rank's ids must be one range (the embedding
+        lookup masks by range)."""
         q = self.param(p, None)
         out = []
-        for r, s in sorted(_by_rank(q).items()):
-            loc, glo = _local_index(_row_segments(s, self.spec.hidden_size), 0, q.shape[0])
-            out.append(VocabRank(r, _take_rows(self.tensor(s), loc, 0), glo))
+        for r, s in sorted(S.by_rank(q).items()):
+            loc, glo = S.local_index(S.row_segments(s, self.spec.hidden_size), 0, q.shape[0])
+            if contiguous and len(glo) and int(glo[-1]) - int(glo[0]) + 1 != len(glo):
+                raise NanokernError(f"{q.name} TP rank {r} holds the non-contiguous vocab rows {S.ranges(glo)}", s.ref.path)
+            out.append(VocabRank(r, S.take_rows(self.tensor(s), loc, 0), glo))
         return out
 
     def attn(self, i: int) -> list[AttnRank]:
@@ -216,22 +132,22 @@ class _Loader:
         d, H = sp.head_dim, sp.hidden_size
         Q, KV = sp.q_rows, sp.kv_rows
         n_rep = sp.num_attention_heads // sp.num_key_value_heads
-        qkv = _by_rank(self.param(QKV, i))
-        o = _by_rank(self.param(D.O_PROJ, i))
-        bias = _by_rank(self.param(QKV, i, bias=True)) if QKV.has_bias(sp) else None
+        qkv = S.by_rank(self.param(QKV, i))
+        o = S.by_rank(self.param(D.O_PROJ, i))
+        bias = S.by_rank(self.param(QKV, i, bias=True)) if QKV.has_bias(sp) else None
         if set(qkv) != set(o) or (bias is not None and set(bias) != set(qkv)):
             raise NanokernError(f"layer {i}: qkv_proj has TP ranks {sorted(qkv)} but o_proj {sorted(o)}"
                                 + ("" if bias is None else f" and the qkv bias {sorted(bias)}"), self.ck.step_dir)
         ranks = []
         for r in sorted(qkv):
             s = qkv[r]
-            segs = _row_segments(s, H)
-            lq, gq = _local_index(segs, 0, Q)
-            lk, gk = _local_index(segs, Q, Q + KV)
-            lv, gv = _local_index(segs, Q + KV, Q + 2 * KV)
-            q_heads = _heads(gq, d, 0, "q", s.ref.path)
-            k_heads = _heads(gk, d, Q, "k", s.ref.path)
-            v_heads = _heads(gv, d, Q + KV, "v", s.ref.path)
+            segs = S.row_segments(s, H)
+            lq, gq = S.local_index(segs, 0, Q)
+            lk, gk = S.local_index(segs, Q, Q + KV)
+            lv, gv = S.local_index(segs, Q + KV, Q + 2 * KV)
+            q_heads = S.heads(gq, d, 0, "q", s.ref.path)
+            k_heads = S.heads(gk, d, Q, "k", s.ref.path)
+            v_heads = S.heads(gv, d, Q + KV, "v", s.ref.path)
             if k_heads != v_heads:
                 raise NanokernError(f"TP rank {r} holds k heads {k_heads} but v heads {v_heads}", s.ref.path)
             if not q_heads:
@@ -244,20 +160,20 @@ class _Loader:
                     f"TP rank {r} holds q heads {q_heads} (which use kv heads {sorted(set(need))}) but kv heads {k_heads}", s.ref.path
                 )
             order = np.concatenate([lq, lk, lv])
-            w = _take_rows(self.tensor(s), order, 0)
+            w = S.take_rows(self.tensor(s), order, 0)
             b = None if bias is None else self._bias(bias[r], r, np.concatenate([gq, gk, gv]), Q, KV)
             # o_proj: the rank's row-parallel slice must be the columns of its q heads
             os_ = o[r]
             cols_need = np.concatenate([np.arange(h * d, (h + 1) * d) for h in q_heads])
-            lo, go = _local_index(_col_segments(os_, H), 0, Q)
+            lo, go = S.local_index(S.col_segments(os_, H), 0, Q)
             pos = {int(g): int(l) for l, g in zip(lo, go)}
             missing = [int(c) for c in cols_need if int(c) not in pos]
             if missing or len(go) != len(cols_need):
                 raise NanokernError(
-                    f"o_proj TP rank {r} holds columns {ranges(go)} but qkv_proj TP rank {r} produces heads {q_heads} "
-                    f"(columns {ranges(cols_need)})", os_.ref.path,
+                    f"o_proj TP rank {r} holds columns {S.ranges(go)} but qkv_proj TP rank {r} produces heads {q_heads} "
+                    f"(columns {S.ranges(cols_need)})", os_.ref.path,
                 )
-            wo = _take_rows(self.tensor(os_), np.array([pos[int(c)] for c in cols_need], np.int64), 1)
+            wo = S.take_rows(self.tensor(os_), np.array([pos[int(c)] for c in cols_need], np.int64), 1)
             as_stored = np.array_equal(order, np.arange(len(order))) and len(order) == s.ref.shape[0]
             ranks.append(AttnRank(r, w, b, q_heads, k_heads, wo, as_stored))
         return ranks
@@ -265,37 +181,37 @@ class _Loader:
     def _bias(self, s: Shard, r: int, rows: np.ndarray, Q: int, KV: int) -> torch.Tensor:
         """The bias entries of exactly the weight's rows (global [Q | K | V] indices, in the
         rank's [Q_r; K_r; V_r] order), located through the bias shard's own slice metadata."""
-        segs = _vec_segments(s)
-        loc, glo = zip(*(_local_index(segs, a, b) for a, b in ((0, Q), (Q, Q + KV), (Q + KV, Q + 2 * KV))))
+        segs = S.vec_segments(s)
+        loc, glo = zip(*(S.local_index(segs, a, b) for a, b in ((0, Q), (Q, Q + KV), (Q + KV, Q + 2 * KV))))
         glo = np.concatenate(glo)
         if not np.array_equal(glo, rows):
-            raise NanokernError(f"qkv bias TP rank {r} holds entries {ranges(glo)} but the qkv weight's rows are {ranges(rows)}",
+            raise NanokernError(f"qkv bias TP rank {r} holds entries {S.ranges(glo)} but the qkv weight's rows are {S.ranges(rows)}",
                                 s.ref.path)
-        return _take_rows(self.tensor(s), np.concatenate(loc), 0)
+        return S.take_rows(self.tensor(s), np.concatenate(loc), 0)
 
     def mlp(self, i: int, gate_up: Param, down: Param, width: int) -> list[MlpRank]:
         H = self.spec.hidden_size
-        gu = _by_rank(self.param(gate_up, i))
-        dn = _by_rank(self.param(down, i))
+        gu = S.by_rank(self.param(gate_up, i))
+        dn = S.by_rank(self.param(down, i))
         if set(gu) != set(dn):
             raise NanokernError(f"layer {i}: {gate_up.nt} has TP ranks {sorted(gu)} but {down.nt} {sorted(dn)}", self.ck.step_dir)
         ranks = []
         for r in sorted(gu):
             s = gu[r]
-            segs = _row_segments(s, H)
-            lg, gg = _local_index(segs, 0, width)
-            lu, gu_ = _local_index(segs, width, 2 * width)
+            segs = S.row_segments(s, H)
+            lg, gg = S.local_index(segs, 0, width)
+            lu, gu_ = S.local_index(segs, width, 2 * width)
             if not np.array_equal(gg, gu_ - width):
-                raise NanokernError(f"TP rank {r} holds gate rows {ranges(gg)} but up rows {ranges(gu_ - width)}", s.ref.path)
-            w = _take_rows(self.tensor(s), np.concatenate([lg, lu]), 0)
+                raise NanokernError(f"TP rank {r} holds gate rows {S.ranges(gg)} but up rows {S.ranges(gu_ - width)}", s.ref.path)
+            w = S.take_rows(self.tensor(s), np.concatenate([lg, lu]), 0)
             ds = dn[r]
-            ld, gd = _local_index(_col_segments(ds, H), 0, width)
+            ld, gd = S.local_index(S.col_segments(ds, H), 0, width)
             pos = {int(g): int(l) for l, g in zip(ld, gd)}
             if len(gd) != len(gg) or any(int(c) not in pos for c in gg):
                 raise NanokernError(
-                    f"{down.nt} TP rank {r} holds columns {ranges(gd)} but {gate_up.nt} TP rank {r} produces {ranges(gg)}", ds.ref.path
+                    f"{down.nt} TP rank {r} holds columns {S.ranges(gd)} but {gate_up.nt} TP rank {r} produces {S.ranges(gg)}", ds.ref.path
                 )
-            wd = _take_rows(self.tensor(ds), np.array([pos[int(c)] for c in gg], np.int64), 1)
+            wd = S.take_rows(self.tensor(ds), np.array([pos[int(c)] for c in gg], np.int64), 1)
             ranks.append(MlpRank(r, w, wd))
         return ranks
 
@@ -323,7 +239,7 @@ def load_weights(ck: NanotronCheckpoint, dtype: torch.dtype, device: torch.devic
         raise NanokernError(f"rope_scaling {sp.rope_scaling!r}: the parity forward computes plain RoPE only", ck.step_dir)
     ld = _Loader(ck, dtype, device)
     notes = []
-    embed = ld.vocab(D.EMBED)
+    embed = ld.vocab(D.EMBED, contiguous=True)
     if D.LM_HEAD.in_nt(sp, 0):
         lm_head = ld.vocab(D.LM_HEAD)
     else:

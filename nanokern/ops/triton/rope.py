@@ -13,6 +13,7 @@ bf16: transformers computes q*cos + rotate_half(q)*sin with a bf16 rounding afte
 and after the add (cos/sin already rounded to bf16); the kernel does the same roundings in fp32
 with integer ops (the caller passes bf16-rounded tables), so it reproduces HF bit for bit.
 fused=True: fp32 arithmetic and one rounding (flash-attn's rotary kernel).
+The arguments are checked by nanokern/ops/rope.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from nanokern.triton.rounding import bf16_bits, round_bf16
+from nanokern.ops import _triton
+
+from nanokern.ops.triton.rounding import bf16_bits, round_bf16
 
 
 @triton.jit
@@ -80,21 +83,13 @@ def rope(
 
     cos/sin: fp32 [max_pos, head_dim/2] (for bf16 inputs, pass tables already rounded to bf16
     to get transformers' numerics; fused=True does the fp32 arithmetic with one final rounding,
-    like flash-attn's rotary kernel). config: "gpu" (bandwidth tiles) or "cpu" (few large tiles
-    for the interpreter), by default from the device. `out` may alias qkv's first n_rot heads (in-place).
+    like flash-attn's rotary kernel). config: the tile set (nanokern.ops._triton.tiles), by
+    default from the device. `out` may alias qkv's first n_rot heads (in-place).
     """
-    if qkv.dtype not in (torch.float32, torch.bfloat16):
-        raise TypeError(f"triton rope supports float32 and bfloat16, got {qkv.dtype}")
-    if head_dim % 2 or head_dim & (head_dim - 1):
-        raise ValueError(f"triton rope needs a power-of-two head_dim, got {head_dim}")
     T = qkv.shape[0]
-    if qkv.dim() != 2 or qkv.stride(1) != 1 or qkv.shape[1] < n_rot * head_dim:
-        raise ValueError("qkv must be [T, >= n_rot*head_dim] with a contiguous last dim")
     half = head_dim // 2
     cos = cos.to(device=qkv.device, dtype=torch.float32).contiguous()
     sin = sin.to(device=qkv.device, dtype=torch.float32).contiguous()
-    if cos.shape[-1] != half:
-        raise ValueError(f"cos/sin tables must be [max_pos, {half}], got {tuple(cos.shape)}")
     positions = positions.to(qkv.device).contiguous()
     if out is None:
         out = torch.empty((T, n_rot, head_dim), dtype=qkv.dtype, device=qkv.device)
@@ -102,7 +97,7 @@ def rope(
     if o2.stride(1) != 1:
         raise ValueError("out must have a contiguous last dim")
     bf16 = qkv.dtype == torch.bfloat16
-    if (config or ("gpu" if qkv.is_cuda else "cpu")) == "cpu":
+    if _triton.tiles(qkv, config) == "cpu":
         block_h = triton.next_power_of_2(n_rot)
         block_t = max(1, min(triton.next_power_of_2(T), max(1, 16384 // (block_h * half))))
         kw = {}
@@ -112,8 +107,9 @@ def rope(
         block_t = max(1, min(triton.next_power_of_2(T), 4096 // (block_h * half)))
         kw = {"num_warps": 4}
     grid = (triton.cdiv(T, block_t), triton.cdiv(n_rot, block_h))
-    _rope_kernel[grid](
-        qkv, o2.view(torch.int16) if bf16 else o2, cos, sin, positions, T, n_rot, qkv.stride(0), o2.stride(0),
-        HALF=half, BLOCK_T=block_t, BLOCK_H=block_h, INTERLEAVED=interleaved, BF16=bf16, FUSED=fused, **kw,
-    )
+    with _triton.launch_lock(qkv):
+        _rope_kernel[grid](
+            qkv, o2.view(torch.int16) if bf16 else o2, cos, sin, positions, T, n_rot, qkv.stride(0), o2.stride(0),
+            HALF=half, BLOCK_T=block_t, BLOCK_H=block_h, INTERLEAVED=interleaved, BF16=bf16, FUSED=fused, **kw,
+        )
     return out

@@ -85,3 +85,34 @@ def gather_cast_kernel(src_ptr, rows_ptr, out_ptr, n_rows, n_cols, src_stride, o
         if DST_KIND != 0:
             y = y.to(tl.int16)
     tl.store(out_ptr + (r.to(tl.int64)[:, None] * out_stride + c[None, :]), y, mask=mask)
+
+
+_KIND = {"torch.float32": F32, "torch.bfloat16": BF16, "torch.float16": F16}
+
+
+def launch(src, rows, out, config: str | None = None) -> None:
+    """Runs the kernel on checked arguments (nanokern/ops/gather_cast_op.py checks them).
+    config: the tile set ("cpu": few large programs for the interpreter; "gpu"), by device."""
+    import torch
+
+    from nanokern.ops import _triton
+
+    n_rows, n_cols = out.shape
+    if n_rows == 0 or n_cols == 0:
+        return
+    if _triton.tiles(out, config) == "cpu":
+        max_c, elems = 1 << 15, 1 << 17
+    else:
+        max_c, elems = 1024, 4096
+    block_c = min(_triton.pow2(n_cols), max_c)
+    block_r = max(1, min(elems // block_c, _triton.pow2(n_rows)))
+    n_col_blocks = -(-n_cols // block_c)
+    grid = (-(-n_rows // block_r) * n_col_blocks,)
+    bits = {4: torch.int32, 2: torch.int16}
+    with _triton.launch_lock(out):
+        gather_cast_kernel[grid](
+            src.view(bits[src.element_size()]), rows, out.view(bits[out.element_size()]), n_rows, n_cols,
+            src.stride(0), out.stride(0), n_col_blocks,
+            HAS_ROWS=rows is not None, SRC_KIND=_KIND[str(src.dtype)], DST_KIND=_KIND[str(out.dtype)],
+            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
+        )

@@ -3,7 +3,8 @@
 Input gu [T, 2I] holds [gate | up] per row (gate = first half, Nanotron's GLUActivation and HF's
 LlamaMLP order); output [T, I]. silu(g) = g / (1 + exp(-g)) in fp32. bf16: like transformers'
 act_fn(gate) * up, silu's result is rounded to bf16 before the multiply, and the product again
-(integer-op rounding, exact in the interpreter and on a GPU).
+(integer-op rounding, exact in the interpreter and on a GPU). The arguments are checked by
+nanokern/ops/swiglu.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from nanokern.triton.rounding import bf16_bits, round_bf16
+from nanokern.ops import _triton
+
+from nanokern.ops.triton.rounding import bf16_bits, round_bf16
 
 
 @triton.jit
@@ -39,13 +42,9 @@ def _swiglu_kernel(
 def swiglu(gu: torch.Tensor, out: torch.Tensor | None = None, config: str | None = None) -> torch.Tensor:
     """silu(gu[..., :I]) * gu[..., I:] for gu [..., 2I]; returns [..., I].
 
-    config: "gpu" (bandwidth tiles) or "cpu" (few large tiles for the interpreter), default by device.
+    config: the tile set (nanokern.ops._triton.tiles), by default from the device.
     """
-    if gu.dtype not in (torch.float32, torch.bfloat16):
-        raise TypeError(f"triton swiglu supports float32 and bfloat16, got {gu.dtype}")
     two_i = gu.shape[-1]
-    if two_i % 2:
-        raise ValueError(f"gate_up last dim must be even, got {two_i}")
     n = two_i // 2
     g2 = gu.reshape(-1, two_i)
     if g2.stride(-1) != 1:
@@ -55,7 +54,7 @@ def swiglu(gu: torch.Tensor, out: torch.Tensor | None = None, config: str | None
         out = torch.empty((*gu.shape[:-1], n), dtype=gu.dtype, device=gu.device)
     o2 = out.view(-1, n)
     bf16 = gu.dtype == torch.bfloat16
-    if (config or ("gpu" if gu.is_cuda else "cpu")) == "cpu":
+    if _triton.tiles(gu, config) == "cpu":
         block_c = triton.next_power_of_2(n)
         block_r = max(1, min(triton.next_power_of_2(rows), max(1, 32768 // block_c)))
         kw = {}
@@ -64,8 +63,9 @@ def swiglu(gu: torch.Tensor, out: torch.Tensor | None = None, config: str | None
         block_r = max(1, 4096 // block_c)
         kw = {"num_warps": 4}
     grid = (triton.cdiv(rows, block_r), triton.cdiv(n, block_c))
-    _swiglu_kernel[grid](
-        g2, o2.view(torch.int16) if bf16 else o2, rows, n, g2.stride(0), o2.stride(0),
-        BLOCK_R=block_r, BLOCK_C=block_c, BF16=bf16, **kw,
-    )
+    with _triton.launch_lock(gu):
+        _swiglu_kernel[grid](
+            g2, o2.view(torch.int16) if bf16 else o2, rows, n, g2.stride(0), o2.stride(0),
+            BLOCK_R=block_r, BLOCK_C=block_c, BF16=bf16, **kw,
+        )
     return out

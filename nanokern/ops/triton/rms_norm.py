@@ -9,13 +9,14 @@ fused=True the weight multiply happens in fp32 and only the result is rounded. b
 done with integer ops and stored through an int16 view, so the result is the same in the Triton
 interpreter (whose float casts truncate) and on a GPU.
 
-Supported dtypes: float32, bfloat16 (x and weight in the same dtype).
-Import only after TRITON_INTERPRET=1 is set when running without CUDA.
+Supported dtypes: float32, bfloat16 (x and weight in the same dtype). Load this module through
+nanokern.ops._triton.kernels (which runs it in the interpreter where there is no CUDA device);
+the arguments are checked by nanokern/ops/rms_norm.py.
 
 Reductions are written tl.reduce(x, axis, tl.standard._sum_combine) (what tl.sum expands to)
 instead of tl.sum: tl.sum is itself a @triton.jit function, decorated when triton is first
-imported, so if anything (transformers does) imported triton before TRITON_INTERPRET=1 was set,
-calling it from an interpreted kernel fails; tl.reduce is patched by the interpreter either way.
+imported, so if anything (transformers does) imported triton before the interpreter was switched
+on, calling it from an interpreted kernel fails; tl.reduce is patched by the interpreter either way.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import torch
 import triton
 import triton.language as tl
 
-from nanokern.triton.rounding import bf16_bits, round_bf16
+from nanokern.ops import _triton
+
+from nanokern.ops.triton.rounding import bf16_bits, round_bf16
 
 
 @triton.jit
@@ -53,24 +56,14 @@ def _rms_norm_kernel(
         tl.store(optr, y * w[None, :], mask=mask)
 
 
-def _config(t: torch.Tensor, config: str | None) -> str:
-    if config not in (None, "cpu", "gpu"):
-        raise ValueError(f"config must be cpu or gpu, got {config!r}")
-    return config or ("gpu" if t.is_cuda else "cpu")
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None, fused: bool = False,
              config: str | None = None) -> torch.Tensor:
     """RMSNorm over the last dim of x (any leading shape).
 
     fused=False: LlamaRMSNorm's roundings; fused=True: fp32 x_hat * weight, one rounding (flash-attn style).
-    config: "gpu" (bandwidth tiles) or "cpu" (few large tiles for the interpreter), default by device.
+    config: the tile set (nanokern.ops._triton.tiles), by default from the device.
     """
-    if x.dtype not in (torch.float32, torch.bfloat16):
-        raise TypeError(f"triton rms_norm supports float32 and bfloat16, got {x.dtype}")
     n = x.shape[-1]
-    if weight.shape != (n,):
-        raise ValueError(f"weight shape {tuple(weight.shape)} does not match hidden size {n}")
     weight = weight.to(x.dtype).contiguous()
     x2 = x.reshape(-1, n)
     if x2.stride(-1) != 1:
@@ -81,7 +74,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
     o2 = out.view(-1, n)
     bf16 = x.dtype == torch.bfloat16
     block_c = triton.next_power_of_2(n)
-    if _config(x, config) == "cpu":
+    if _triton.tiles(x, config) == "cpu":
         # ~1-3 ms per program in the interpreter: few programs, big blocks
         block_r = max(1, min(triton.next_power_of_2(rows), max(1, 16384 // block_c)))
         kw = {}
@@ -89,8 +82,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tenso
         block_r = 1 if block_c >= 1024 else max(1, 1024 // block_c)
         kw = {"num_warps": 8 if block_c >= 4096 else 4}
     grid = (triton.cdiv(rows, block_r),)
-    _rms_norm_kernel[grid](
-        x2, weight, o2.view(torch.int16) if bf16 else o2, rows, n, x2.stride(0), o2.stride(0), float(eps),
-        BLOCK_R=block_r, BLOCK_C=block_c, BF16=bf16, FUSED=fused, **kw,
-    )
+    with _triton.launch_lock(x):
+        _rms_norm_kernel[grid](
+            x2, weight, o2.view(torch.int16) if bf16 else o2, rows, n, x2.stride(0), o2.stride(0), float(eps),
+            BLOCK_R=block_r, BLOCK_C=block_c, BF16=bf16, FUSED=fused, **kw,
+        )
     return out

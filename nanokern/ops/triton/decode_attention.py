@@ -4,7 +4,7 @@ q [B, T, nq, d] (T new tokens, usually 1), k/v [B, L, nkv, d] the cache (any str
 contiguous last dim: views into a preallocated buffer), q_pos [T] and k_pos [L] int64 absolute
 positions shared by the batch (k_pos -1: an empty slot). Query at position p sees key slot j iff
 0 <= k_pos[j] <= p and, with a window w, k_pos[j] > p - w (w keys including itself, as
-nanokern/parity/kernels.attention_mask). Slots may be in any order (a rolling window's ring).
+nanokern/ops/attention.attention_mask). Slots may be in any order (a rolling window's ring).
 Left padding: k_min [B] (optional), the first real slot position of each sequence: batch b's
 query sees only keys with k_pos >= k_min[b], except that a padding query (q_pos < k_min[b])
 sees itself, so that its (unused) output stays finite.
@@ -13,7 +13,7 @@ One program per (batch, kv head, query): it holds the N_REP q heads that share t
 each key block is loaded once for all of them. Scores, softmax and the weighted sum in fp32
 (elementwise products and tl.reduce, no tl.dot: one query row is below tl.dot's minimum tile);
 the output is rounded once to the input dtype. Reductions are written with tl.reduce (see
-nanokern/triton/attention.py for why).
+nanokern/ops/triton/attention.py for why).
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from nanokern.triton.rounding import bf16_bits
+from nanokern.ops import _triton
+
+from nanokern.ops.triton.rounding import bf16_bits
 
 
 @triton.jit
@@ -85,29 +87,16 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: t
     """softmax(q k^T * scale + position mask) v with GQA; q [B,T,nq,d], k/v [B,L,nkv,d] -> [B,T,nq,d].
     k_min [B]: left padding (see the module docstring).
 
-    config: "gpu" (small key blocks) or "cpu" (one large block for the interpreter), default by device.
+    config: the tile set (nanokern.ops._triton.tiles), by default from the device. The arguments
+    are checked by nanokern/ops/decode_attention.py.
     """
-    if q.dtype not in (torch.float32, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"triton decode attention supports float32 and bfloat16 (same for q, k, v), got {q.dtype}, {k.dtype}, {v.dtype}")
     B, T, nq, d = q.shape
     L, nkv = k.shape[1], k.shape[2]
-    if k.shape != (B, L, nkv, d) or v.shape != k.shape or q_pos.shape != (T,) or k_pos.shape != (L,):
-        raise ValueError(f"shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, q_pos {tuple(q_pos.shape)}, "
-                         f"k_pos {tuple(k_pos.shape)} do not fit")
-    if nq % nkv:
-        raise ValueError(f"{nq} q heads are not a multiple of {nkv} kv heads")
-    if window is not None and int(window) < 1:
-        raise ValueError(f"a window (got {window}) must be >= 1 key")
-    if d & (d - 1):
-        raise ValueError(f"triton decode attention needs a power-of-two head_dim, got {d}")
-    for t in (q, k, v):
-        if t.stride(-1) != 1:
-            raise ValueError("q, k, v need a contiguous last dim")
     n_rep = nq // nkv
     R = triton.next_power_of_2(n_rep)
     out = torch.empty((B, T, nq, d), dtype=q.dtype, device=q.device)
     bf16 = q.dtype == torch.bfloat16
-    if (config or ("gpu" if q.is_cuda else "cpu")) == "cpu":
+    if _triton.tiles(q, config) == "cpu":
         block = max(16, min(1024, triton.next_power_of_2(L)))
         kw = {}
     else:
@@ -116,15 +105,14 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: t
     q_pos = q_pos.to(device=q.device, dtype=torch.int64).contiguous()
     k_pos = k_pos.to(device=q.device, dtype=torch.int64).contiguous()
     if k_min is not None:
-        if k_min.shape != (B,):
-            raise ValueError(f"k_min must be [{B}], got {tuple(k_min.shape)}")
         k_min = k_min.to(device=q.device, dtype=torch.int64).contiguous()
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     grid = (B * nkv, T)
-    _decode_attn_kernel[grid](
-        q, k, v, out.view(torch.int16) if bf16 else out, q_pos, k_pos, k_pos if k_min is None else k_min, L, nkv, n_rep, float(scale), int(window or 0),
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        D=d, R=R, BLOCK_N=block, BF16=bf16, HAS_WINDOW=window is not None, HAS_KMIN=k_min is not None, **kw,
-    )
+    with _triton.launch_lock(q):
+        _decode_attn_kernel[grid](
+            q, k, v, out.view(torch.int16) if bf16 else out, q_pos, k_pos, k_pos if k_min is None else k_min, L, nkv, n_rep, float(scale), int(window or 0),
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            D=d, R=R, BLOCK_N=block, BF16=bf16, HAS_WINDOW=window is not None, HAS_KMIN=k_min is not None, **kw,
+        )
     return out

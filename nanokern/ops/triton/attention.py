@@ -14,8 +14,8 @@ of the window are skipped; a block in which a query row sees no key yet contribu
 Reductions are written tl.reduce(x, axis, tl.standard._sum_combine / _elementwise_max) (what
 tl.sum / tl.max expand to) and tl.full replaces tl.zeros: those tl functions are themselves
 @triton.jit functions, decorated when triton is first imported, so if anything (transformers
-does) imported triton before TRITON_INTERPRET=1 was set, calling them from an interpreted kernel
-fails; tl.reduce and tl.full are patched by the interpreter either way.
+does) imported triton before the interpreter was switched on, calling them from an interpreted
+kernel fails; tl.reduce and tl.full are patched by the interpreter either way.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ import torch
 import triton
 import triton.language as tl
 
-from nanokern.triton.rounding import bf16_bits
+from nanokern.ops import _triton
+
+from nanokern.ops.triton.rounding import bf16_bits
 
 
 @triton.jit
@@ -93,26 +95,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
 
     window: keys a query sees, itself included (causal only); None: every earlier key.
 
-    config: "gpu" (bandwidth tiles) or "cpu" (few large tiles for the interpreter), default by device.
+    config: the tile set (nanokern.ops._triton.tiles), by default from the device. The arguments
+    are checked by nanokern/ops/attention.py.
     """
-    if q.dtype not in (torch.float32, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"triton attention supports float32 and bfloat16 (same for q, k, v), got {q.dtype}, {k.dtype}, {v.dtype}")
     B, S, nq, d = q.shape
     nkv = k.shape[2]
-    if k.shape != (B, S, nkv, d) or v.shape != k.shape:
-        raise ValueError(f"shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not fit")
-    if nq % nkv:
-        raise ValueError(f"{nq} q heads are not a multiple of {nkv} kv heads")
-    if window is not None and (not causal or int(window) < 1):
-        raise ValueError(f"a window (got {window}) must be >= 1 key and needs causal attention")
-    if d & (d - 1):
-        raise ValueError(f"triton attention needs a power-of-two head_dim, got {d}")
-    for t in (q, k, v):
-        if t.stride(-1) != 1:
-            raise ValueError("q, k, v need a contiguous last dim")
     out = torch.empty((B, S, nq, d), dtype=q.dtype, device=q.device)
     bf16 = q.dtype == torch.bfloat16
-    if (config or ("gpu" if q.is_cuda else "cpu")) == "cpu":
+    if _triton.tiles(q, config) == "cpu":
         block = max(16, min(128, triton.next_power_of_2(S)))
         kw = {}
     else:
@@ -120,10 +110,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = 
         kw = {"num_warps": 4}
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     grid = (triton.cdiv(S, block), B * nq)
-    _attn_kernel[grid](
-        q, k, v, out.view(torch.int16) if bf16 else out, S, nq, nq // nkv, float(scale), int(window or 0),
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        D=d, BLOCK_M=block, BLOCK_N=block, CAUSAL=causal, BF16=bf16, HAS_WINDOW=window is not None, **kw,
-    )
+    with _triton.launch_lock(q):
+        _attn_kernel[grid](
+            q, k, v, out.view(torch.int16) if bf16 else out, S, nq, nq // nkv, float(scale), int(window or 0),
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            D=d, BLOCK_M=block, BLOCK_N=block, CAUSAL=causal, BF16=bf16, HAS_WINDOW=window is not None, **kw,
+        )
     return out
