@@ -244,15 +244,22 @@ def test_signal_mid_run_then_the_same_command_gives_clean_bytes(mid_checkpoint, 
 
 
 def test_ctrl_c_while_starting_up_is_one_line(tmp_path):
-    for delay in (0.12, 0.3, 0.5):  # importing click, then torch for the plan
-        proc = subprocess.Popen([*NANOKERN, "convert", str(fixture("nanotron", "tp2_pp2")), str(tmp_path / "out"), "-q"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate()
-        assert proc.returncode == 130, (delay, err)
-        assert err.strip().splitlines() == ["interrupted (SIGINT) before writing anything: nothing kept; run the same command again"]
-        assert list(tmp_path.iterdir()) == []  # the lock file too
+    """A signal before the first byte (here: while the command waits for another run's lock,
+    after its imports, before planning) ends it with one line, 130 / 143, and nothing left."""
+    from nanokern.execute import lock
+
+    dst = tmp_path / "out"
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        with lock.hold(dst):
+            proc = subprocess.Popen([*NANOKERN, "convert", str(fixture("nanotron", "tp2_pp2")), str(dst), "-q", "--wait"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert proc.stderr.readline().startswith("waiting for pid")  # started up, waiting
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=60)
+        assert proc.returncode == code, err
+        name = signal.Signals(sig).name
+        assert err.strip().splitlines() == [f"interrupted ({name}) before writing anything: nothing kept; run the same command again"]
+        assert list(tmp_path.iterdir()) == []  # no output, no partial folder, no lock file
 
 
 # --- dtype names, --help --------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from nanokern.execute import diskspace, durable, manifest, write
 from nanokern.execute import lock as outlock
 from nanokern.execute.fill import Sources
 from nanokern.execute.replace import check_target, recover, replace
-from nanokern.ops import host
+from nanokern.ops import resolve_backend
 from nanokern.plan import OutFile, Plan
 
 
@@ -47,14 +47,6 @@ class Report:
         return self.bytes / self.seconds / 1e9 if self.seconds > 0 else 0.0
 
 
-def _backend(name: str, device: str) -> str:
-    if device == "cpu" and name in ("auto", "cpu") and host.ERROR is None:
-        return "cpu"  # the C++ kernel without torch (ops/host.py)
-    from nanokern.ops import resolve_backend
-
-    return resolve_backend(name, device)
-
-
 def execute(plan: Plan, dst: str | os.PathLike, backend: str = "auto", device: str = "cpu", workers: int | None = None,
             force: bool = False, progress: bool = True, strict: bool = False, staging_bytes: int | None = None,
             direct_io: bool = True, wait: bool = False, on_wait=None) -> Report:
@@ -73,7 +65,7 @@ def execute(plan: Plan, dst: str | os.PathLike, backend: str = "auto", device: s
 
         if not torch.cuda.is_available():
             raise NanokernError("--device cuda: no CUDA device is available", dst)
-    backend = _backend(backend, device)
+    backend = resolve_backend(backend, device)
     work = manifest.partial_dir(dst, manifest.plan_fingerprint(plan))
     with contextlib.ExitStack() as held:
         _prepare(plan, dst, work, rank, dist, force, lambda: held.enter_context(outlock.hold(dst, wait=wait, on_wait=on_wait)))
