@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from nanokern import __version__, signals
+from nanokern import __version__
+from nanokern.execute import signals
 from nanokern.arch import BY_CLASS
 from nanokern.cli_report import Fail, run_guarded, warn_line, write_json
 from nanokern.errors import NanokernError
@@ -130,7 +131,7 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
     """
     import contextlib
 
-    from nanokern.distributed import world
+    from nanokern.execute.distributed import world
 
     lead = world()[0] == 0  # under torchrun only rank 0 talks
     say = click.echo if lead else (lambda *a, **k: None)
@@ -257,7 +258,7 @@ def main():
             os._exit(0)
         raise
     except signals.Interrupted as e:
-        from nanokern.distributed import world
+        from nanokern.execute.distributed import world
 
         if world()[0] == 0:
             click.echo(f"\n{e.message()}" if sys.stderr.isatty() else e.message(), err=True)

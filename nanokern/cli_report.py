@@ -27,7 +27,7 @@ class Fail(click.ClickException):
     exit_code = 1
 
     def show(self, file=None):
-        from nanokern.distributed import world
+        from nanokern.execute.distributed import world
 
         if world()[0] == 0:
             click.echo(f"error: {self.message}", err=True)

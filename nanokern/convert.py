@@ -9,7 +9,7 @@ from nanokern.errors import NanokernError
 from nanokern.execute import Report, execute
 from nanokern.execute.replace import check_target
 from nanokern.formats import hf, nanotron
-from nanokern.model import Model
+from nanokern.plan.model import Model
 from nanokern.plan import Plan
 
 

@@ -16,7 +16,7 @@ import torch
 from nanokern.convert import load_source
 from nanokern.execute.manifest import check_manifest
 from nanokern.io.safetensors import map_tensor
-from nanokern.model import LogicalTensor
+from nanokern.plan.model import LogicalTensor
 
 
 def materialize(t: LogicalTensor, maps: dict) -> torch.Tensor:

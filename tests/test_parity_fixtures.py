@@ -30,7 +30,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from fixtures_path import NANOTRON_FIXTURES, fixture
-from nanokern import rope as rope_perm
+from nanokern.arch import rope as rope_perm
 from nanokern.parity import reproduce_logits, run_parity
 from nanokern.parity_cli import parity as parity_cmd
 

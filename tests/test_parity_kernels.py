@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanokern import rope as rope_perm
+from nanokern.arch import rope as rope_perm
 from nanokern.ops import _triton
 from nanokern.ops import attention as A
 from nanokern.ops import rms_norm as N

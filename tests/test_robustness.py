@@ -285,7 +285,7 @@ def test_help_imports_no_heavy_library():
             " ['verify'], ['inspect'], ['demo'], ['generate'], ['bench', 'generate']):\n"
             "    try:\n        cli([*args, '--help'], prog_name='nanokern')\n    except SystemExit:\n        pass\n"
             "heavy = [m for m in ('torch', 'transformers', 'triton', 'safetensors', 'numpy', 'nanokern.parity',"
-            " 'nanokern.execute') if m in sys.modules]\n"
+            " 'nanokern.execute.run', 'nanokern.plan') if m in sys.modules]\n"
             "print('HEAVY', heavy)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -293,7 +293,7 @@ def test_help_imports_no_heavy_library():
 
 
 def test_a_signal_while_putting_out_in_place_waits_for_it():
-    code = ("import os, signal, time\nfrom nanokern import signals\nsignals.install()\ndone = []\n"
+    code = ("import os, signal, time\nfrom nanokern.execute import signals\nsignals.install()\ndone = []\n"
             "try:\n    with signals.deferred('OUT'):\n        os.kill(os.getpid(), signal.SIGTERM)\n"
             "        time.sleep(0.05)\n        done.append(1)\n"
             "except signals.Interrupted as e:\n    print(done, e.exit_code, e.message())\n")

@@ -84,7 +84,7 @@ def hold(dst: str | os.PathLike, wait: bool = False, on_wait=None):
         if entry is not None:
             entry[1] += 1
     if entry is None:
-        from nanokern import signals
+        from nanokern.execute import signals
 
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = _acquire(path, dst, wait, on_wait)
@@ -99,7 +99,7 @@ def hold(dst: str | os.PathLike, wait: bool = False, on_wait=None):
             if last:
                 del _held[key]
         if last:
-            from nanokern import signals
+            from nanokern.execute import signals
 
             signals.forget(entry[2])
             try:

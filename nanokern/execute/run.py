@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nanokern import distributed, signals
+from nanokern.execute import distributed, signals
 from nanokern.errors import NanokernError, OutOfSpace
 from nanokern.execute import diskspace, durable, manifest, write
 from nanokern.execute import lock as outlock

@@ -18,7 +18,7 @@ from nanokern.errors import NanokernError
 from nanokern.formats import tokenizer as tok
 from nanokern.io import dtypes
 from nanokern.io.safetensors import map_array, read_header
-from nanokern.model import Block, HfLayout, LogicalTensor, Model, expert_view, shape2d, whole_block
+from nanokern.plan.model import Block, HfLayout, LogicalTensor, Model, expert_view, shape2d, whole_block
 from nanokern.plan import OutFile, OutTensor, Plan, Source, resolve
 
 SIZE_UNITS = {"TB": 10**12, "GB": 10**9, "MB": 10**6, "KB": 10**3}

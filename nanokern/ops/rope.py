@@ -10,7 +10,7 @@ numerics "hf": a*cos - b*sin in the input dtype, each op rounded (HF's q*cos + r
 Registered op: torch.ops.nanokern.rope(qkv, positions, cos, sin, n_rot, head_dim, interleaved,
 fused) -> Tensor (the Triton kernel, nanokern/ops/triton/rope.py; float32 and bfloat16,
 power-of-two head_dim).
-(nanokern/rope.py is another thing: the converters' row permutation for interleaved RoPE.)
+(nanokern/arch/rope.py is another thing: the converters' row permutation for interleaved RoPE.)
 """
 import torch
 

@@ -94,7 +94,7 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
         LlamaRMSNorm, LlamaRotaryEmbedding, apply_rotary_pos_emb, eager_attention_forward,
     )
 
-    from nanokern import rope as rope_perm
+    from nanokern.arch import rope as rope_perm
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     impls = _impls(backend)

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from nanokern import arch, rope
+from nanokern import arch
+from nanokern.arch import rope
 from nanokern.arch.kinds import Kind, Param
 from nanokern.arch.spec import ModelSpec
 from nanokern.formats.nanotron import layout as L
 from nanokern.formats.nanotron.checkpoint import NanotronCheckpoint, nt_params
 from nanokern.formats.nanotron.files import source_extras
 from nanokern.formats.nanotron.shards import NtParam, Shard
-from nanokern.model import Block, LogicalTensor, Model, NanotronLayout, as_2d, expert_view
+from nanokern.plan.model import Block, LogicalTensor, Model, NanotronLayout, as_2d, expert_view
 
 def _pairs_2d(s: Shard):
     """The shard's slice pairs over 2-D views (1-D tensors as [N, 1] columns)."""

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import yaml
 
-from nanokern import rope
+from nanokern.arch import rope
 from nanokern.arch import decoder, nanotron_config
 from nanokern.arch.kinds import Kind
 from nanokern.errors import NanokernError
@@ -25,7 +25,7 @@ from nanokern.formats.nanotron import layout as L
 from nanokern.io import dtypes
 from nanokern.io.dtypes import DType
 from nanokern.io.slices import format_pairs, format_unsharded_shape
-from nanokern.model import Model
+from nanokern.plan.model import Model
 from nanokern.plan import OutFile, OutTensor, Plan, Source, resolve
 
 CHECKPOINT_VERSION = "1.5"

@@ -15,7 +15,7 @@ import numpy as np
 
 from nanokern.io.dtypes import DType
 from nanokern.io.safetensors import TensorRef, build_header
-from nanokern.model import LogicalTensor, Model, shape2d
+from nanokern.plan.model import LogicalTensor, Model, shape2d
 
 
 @dataclass
