@@ -20,6 +20,7 @@ from nanokern.arch.kinds import Kind, Param
 from nanokern.arch.spec import ModelSpec, MoeSpec
 from nanokern.bench.common import GEN_VERSION, ITEMSIZE, ST_DTYPES
 from nanokern.formats.nanotron import layout as L
+from nanokern.io import dtypes
 
 
 ARCHS = ("llama", "qwen2", "smollm3", "moe")
@@ -153,7 +154,7 @@ def write_shard(path: Path, sf: ShardFile, dtype: str, seed: int, chunk_bytes: i
     """Stream one shard file: header, then random data generated `chunk_bytes` at a time."""
     import torch
 
-    tdt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    tdt = dtypes.parse(dtype).torch
     if sf.fp32:
         dtype, tdt = "fp32", torch.float32
     numel = math.prod(sf.shape)

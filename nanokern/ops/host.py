@@ -4,7 +4,7 @@ without torch, so that a CPU conversion never waits for `import torch`.
 
 Arrays hold the bits in their dtype's storage type (io/dtypes.py): float32 as <f4, float16 as
 <f2, bfloat16 as <u2. Rounding is to nearest even, bit-identical to torch's `tensor.to(dtype)`
-(the reference, ops/reference.py) for every non-NaN value.
+(the reference, gather_cast_torch in ops/gather_cast_op.py) for every non-NaN value.
 """
 from __future__ import annotations
 

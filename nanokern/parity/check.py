@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from nanokern.errors import NanokernError
+from nanokern.io.dtypes import of_torch
 from nanokern.formats.nanotron import NanotronCheckpoint, read_checkpoint
 from nanokern.parity import metrics as M
 from nanokern.parity.native import NativeModel, torch_dtype
@@ -42,8 +43,7 @@ def make_tokens(vocab: int, batch: int = 2, seq_len: int = 32, seed: int = 0) ->
 
 
 def _dtype_name(dtype) -> str:
-    t = torch_dtype(dtype)
-    return {torch.float32: "fp32", torch.bfloat16: "bf16"}[t]
+    return of_torch(torch_dtype(dtype)).short
 
 
 def _moe_layers(cfg: dict) -> list[int]:

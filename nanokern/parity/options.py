@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+from nanokern.io import dtypes
+
 NUMERICS = ("hf", "fused", "nanotron")
 FAULTS = ("nope_shift", "window+1", "window-1", "renormalize_topk", "no_shared_gate", "no_bias")
 NORMS_AND_ROPE = ("input_norm", "post_norm", "final_norm", "rope")
@@ -14,10 +15,10 @@ NORMS_AND_ROPE = ("input_norm", "post_norm", "final_norm", "rope")
 def torch_dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}: choose fp32 (float32) or bf16 (bfloat16)") from None
+    d = dtypes.ALIASES.get(name)
+    if d not in (dtypes.FLOAT32, dtypes.BFLOAT16):
+        raise ValueError(f"unknown dtype {name!r}: choose fp32 (float32) or bf16 (bfloat16)")
+    return d.torch
 
 
 def op_numerics(numerics: str, config_class: str) -> dict[str, str]:

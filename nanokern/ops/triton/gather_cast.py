@@ -8,6 +8,8 @@ included (a NaN stays a quiet NaN of the same sign with its top payload bits).
 import triton
 import triton.language as tl
 
+from nanokern.io.dtypes import of_torch
+
 F32, BF16, F16 = 0, 1, 2  # kinds, as in nanokern::Kind
 
 
@@ -87,9 +89,6 @@ def gather_cast_kernel(src_ptr, rows_ptr, out_ptr, n_rows, n_cols, src_stride, o
     tl.store(out_ptr + (r.to(tl.int64)[:, None] * out_stride + c[None, :]), y, mask=mask)
 
 
-_KIND = {"torch.float32": F32, "torch.bfloat16": BF16, "torch.float16": F16}
-
-
 def launch(src, rows, out, config: str | None = None) -> None:
     """Runs the kernel on checked arguments (nanokern/ops/gather_cast_op.py checks them).
     config: the tile set ("cpu": few large programs for the interpreter; "gpu"), by device."""
@@ -113,6 +112,6 @@ def launch(src, rows, out, config: str | None = None) -> None:
         gather_cast_kernel[grid](
             src.view(bits[src.element_size()]), rows, out.view(bits[out.element_size()]), n_rows, n_cols,
             src.stride(0), out.stride(0), n_col_blocks,
-            HAS_ROWS=rows is not None, SRC_KIND=_KIND[str(src.dtype)], DST_KIND=_KIND[str(out.dtype)],
+            HAS_ROWS=rows is not None, SRC_KIND=of_torch(src.dtype).kind, DST_KIND=of_torch(out.dtype).kind,
             BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
         )
