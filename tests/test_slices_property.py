@@ -1,5 +1,5 @@
 """Property-based tests of Nanotron's shard metadata (nanokern/io/slices.py) and of the
-reader's coverage check (nanokern/formats/nanotron.py).
+reader's coverage check (nanokern/formats/nanotron/shards.py).
 
 - Valid layouts (random shapes, TP sizes, row/column splits, chunked qkv/gate_up-like splits)
   round-trip through format -> parse, and their shards tile the unsharded tensor.
