@@ -133,7 +133,7 @@ fi
 if (( COLLECT_ONLY )); then
   # shellcheck disable=SC2086
   run_step collect "$TEST_TIMEOUT" "$PYTHON" -m pytest --collect-only -q -m gpu -p no:cacheprovider $GPU_TESTS
-  run_step imports 120 "$PYTHON" -c "import nanokern.execute, nanokern.cli, nanokern.ops, nanokern.parity; print('imports ok')"
+  run_step imports 120 "$PYTHON" -c "import nanokern.execute.run, nanokern.cli, nanokern.ops, nanokern.parity; from nanokern.ops import host; assert host.ERROR is None, host.ERROR; print('imports ok')"
   echo
   printf '%s\n' "${SUMMARY[@]}"
   grep -E "tests? collected|selected|error" "$LOGS/collect.log" | tail -2

@@ -58,7 +58,7 @@ if [[ "${NO_BUILD:-0}" != 1 ]]; then
   # no nvcc here: the CPU extension only (PyPI's torch has CUDA, so setup.py would build the CUDA one too)
   (cd "$RUN_DIR" && PYTHONPATH="$VENV/site" NANOKERN_NO_CUDA=1 MAX_JOBS=2 \
     "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .)
-  "$VENV/bin/python" -c "import torch, nanokern.ops._extension as e; print('gpu_dryrun: extension built against torch', torch.__version__, '| _C:', e.CPU_ERROR or 'ok')"
+  "$VENV/bin/python" -c "import torch, nanokern.ops._extension as e, nanokern.ops.host as h; print('gpu_dryrun: extension built against torch', torch.__version__, '| _C:', e.CPU_ERROR or 'ok', '| _cpu:', h.ERROR or 'ok')"
 fi
 
 # gpu_check.sh runs from the tree, as on the GPU machine

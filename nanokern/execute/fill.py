@@ -1,4 +1,4 @@
-"""Filling rows of one output tensor from its pieces (plan.py): each piece is a row gather from
+"""Filling rows of one output tensor from its pieces (plan/pieces.py): each piece is a row gather from
 one memory-mapped source tensor into a rectangle of the output, cast on the way.
 
 `out` is a numpy view of the writer's staging buffer (the dtype's storage type). The "cpu"

@@ -5,7 +5,7 @@ the hyper-parameters (`ModelSpec`), the family table that names its tensors, and
 tensor under its HF name and in HF's convention (q/k rows half-split, qkv and gate/up unfused,
 one [out, in] matrix per expert), the `Block`s of on-disk bytes that make it up. No tensor data is read: a block says "these rows/columns of that file's tensor are
 those rows/columns of the logical tensor". Writers then describe each output tensor as rows of
-logical tensors, and plan.py composes the two into row gathers over source files.
+logical tensors, and plan/pieces.py composes the two into row gathers over source files.
 """
 
 from __future__ import annotations
