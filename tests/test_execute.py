@@ -183,3 +183,21 @@ def test_cuda_staged_conversion_matches_cpu(tmp_path, budget):
         execute(plan, tmp_path / f"cpu-{dtype}", backend="torch", progress=False)
         execute(plan, tmp_path / f"cuda-{dtype}", backend="auto", device="cuda", progress=False, staging_bytes=budget)
         assert tree_bytes(tmp_path / f"cpu-{dtype}") == tree_bytes(tmp_path / f"cuda-{dtype}")
+
+
+def test_sources_close_while_a_view_is_alive(tmp_path):
+    """An interrupted run closes its source maps while an exception's traceback may still hold a
+    numpy view of one: closing must not raise (BufferError would replace the interruption's
+    one-line message), and the view stays readable until it goes."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from nanokern.execute.fill import Sources
+    from nanokern.io.safetensors import read_header
+
+    save_file({"w": np.arange(12, dtype=np.float32).reshape(3, 4)}, str(tmp_path / "a.safetensors"))
+    ref = read_header(tmp_path / "a.safetensors").tensors["w"]
+    sources = Sources()
+    view = sources.array(ref)
+    sources.close()
+    assert view.sum() == 66.0

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from nanokern.io.safetensors import map_array, map_tensor
+from nanokern.io.safetensors import close_maps, map_array, map_tensor
 from nanokern.ops import host
 
 class Sources:
@@ -31,9 +31,7 @@ class Sources:
             return map_tensor(ref, self._maps)
 
     def close(self):
-        for m in self._maps.values():
-            if m is not None:
-                m.close()
+        close_maps(self._maps.values())
         self._maps.clear()
 
 

@@ -17,7 +17,7 @@ from nanokern.arch.spec import ModelSpec
 from nanokern.errors import NanokernError
 from nanokern.formats import tokenizer as tok
 from nanokern.io import dtypes
-from nanokern.io.safetensors import map_array, read_header
+from nanokern.io.safetensors import close_maps, map_array, read_header
 from nanokern.plan.model import Block, HfLayout, LogicalTensor, Model, expert_view, shape2d, whole_block
 from nanokern.plan import OutFile, OutTensor, Plan, Source, resolve
 
@@ -100,9 +100,7 @@ def _all_zero_bits(refs) -> bool:
     try:
         return not any(bool(map_array(ref, maps).view(f"<u{ref.dtype.itemsize}").any()) for ref in refs)
     finally:
-        for m in maps.values():
-            if m is not None:
-                m.close()
+        close_maps(maps.values())
 
 
 def _fused_experts(refs: dict, spec: ModelSpec) -> dict[str, LogicalTensor]:

@@ -23,8 +23,10 @@ import threading
 
 import numpy as np
 
+from nanokern.io.safetensors import close_maps
+
 ALIGN = 4096
-FIRST_CHUNK = 4 << 20  # the ramp's first buffer: about 5 ms of producing, then the disk has work
+FIRST_CHUNK = 4 << 20  # the ramp's first buffer: small, so the disk has work almost at once
 
 
 class _Pool(threading.local):
@@ -33,8 +35,7 @@ class _Pool(threading.local):
     def take(self, count: int, nbytes: int) -> list[mmap.mmap]:
         maps = getattr(self, "maps", [])
         if len(maps) < count or len(maps[0]) < nbytes:
-            for m in maps:
-                m.close()
+            close_maps(maps)  # a previous file's writer may still hold views: then unmapped when it goes
             # private anonymous memory: counted in RssAnon, like any other buffer of the process
             maps = self.maps = [mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) for _ in range(count)]
         return maps[:count]

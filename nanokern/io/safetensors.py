@@ -158,6 +158,17 @@ def _map(path: str, maps: dict[str, mmap.mmap] | None):
     return m
 
 
+def close_maps(maps) -> None:
+    """Unmap each memory map (None entries are empty files). A map that a live numpy view still
+    exports (one held by an exception's traceback, say) is left to be unmapped when that view goes."""
+    for m in maps:
+        if m is not None:
+            try:
+                m.close()
+            except BufferError:
+                pass
+
+
 def map_array(ref: TensorRef, maps: dict[str, mmap.mmap] | None = None) -> np.ndarray:
     """A zero-copy numpy view of the file's bytes (memory-mapped), in the dtype's storage type
     (bfloat16 as uint16 bits). Pass `maps` to map each file once; close them after."""
