@@ -1,7 +1,8 @@
 """The kernels, one home per op: its torch reference (the oracle), its dispatch over backends and
 its registered torch.library ops (nanokern/ops/triton/ holds the Triton kernels).
 
-- gather_cast_op.py: gather_cast, the one kernel of a conversion (backends torch, cpu, cuda, triton)
+- gather_cast_op.py: gather_cast, the one kernel of a conversion (backends torch, cpu, cuda, triton);
+  host.py: the same C++ kernel on numpy buffers, without torch (what a CPU conversion runs)
 - rms_norm.py, rope.py, swiglu.py, attention.py: the parity forward's fused ops (torch, triton)
 - decode_attention.py: attention of new queries over a KV cache (the decoder; torch, triton)
 - backends.py: the one backend resolver; _triton.py: the one Triton loader and tile switch
