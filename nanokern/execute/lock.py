@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -62,7 +61,7 @@ def _acquire(path: Path, dst, wait: bool, on_wait) -> int:
             if not same:  # the previous holder removed the file we locked: lock the current one
                 os.close(fd)
                 continue
-            line = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
+            line = f"pid {os.getpid()} on {os.uname().nodename} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
             os.ftruncate(fd, 0)
             os.pwrite(fd, line.encode(), 0)
             return fd

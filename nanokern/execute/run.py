@@ -16,7 +16,6 @@ import os
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,6 +191,8 @@ class _Run:
                 for f in self.todo:
                     self._write_one(f)
             else:
+                from concurrent.futures import ThreadPoolExecutor  # (imported only when needed: start-up)
+
                 with ThreadPoolExecutor(workers) as pool:
                     try:
                         for fut in [pool.submit(self._write_one, f) for f in self.todo]:
