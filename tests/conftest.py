@@ -1,12 +1,34 @@
 import os
 import shutil
 
+import pytest
+
 # Triton reads TRITON_INTERPRET when a kernel is decorated. nanokern.ops._triton switches the
 # interpreter on itself where there is no CUDA device; set here too, before anything (transformers
 # does) imports triton, so that triton's own jitted helpers are interpreted as well.
 # No nvidia-smi means no usable GPU: run Triton kernels under the interpreter.
 if shutil.which("nvidia-smi") is None:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory):
+    """exports(name): nanokern.convert's HF export (dtype keep) of the Nanotron fixture `name`,
+    made once per test session (tests copy it before changing anything)."""
+    from fixtures_path import fixture
+
+    from nanokern.convert import convert
+
+    made = {}
+
+    def get(name):
+        if name not in made:
+            dst = tmp_path_factory.mktemp("hf") / name
+            convert(fixture("nanotron", name), dst, to="hf", dtype="keep", force=True, progress=False)
+            made[name] = dst
+        return made[name]
+
+    return get
 
 
 def pytest_generate_tests(metafunc):
@@ -18,7 +40,6 @@ def pytest_generate_tests(metafunc):
     fixture = next((n for n in names if n in metafunc.fixturenames), None)
     if fixture is None:
         return
-    import pytest
     import torch
 
     from nanokern.ops import _triton

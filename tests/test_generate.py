@@ -30,22 +30,6 @@ SHAPES = [(1, 1), (1, 17), (2, 1), (2, 17)]  # (batch, prompt length)
 TRITON_SHAPE = dict(zip(FP32, [(2, 17), (1, 1), (2, 1), (1, 17), (2, 17), (1, 1)]))
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    from nanokern.convert import convert
-
-    made = {}
-
-    def get(name):
-        if name not in made:
-            dst = tmp_path_factory.mktemp("hf") / name
-            convert(fixture("nanotron", name), dst, to="hf", dtype="keep", force=True, progress=False)
-            made[name] = dst
-        return made[name]
-
-    return get
-
-
 @functools.lru_cache(maxsize=None)
 def _hf(path: str, dtype=torch.float32):
     from nanokern.parity.reference import load_hf

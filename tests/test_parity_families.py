@@ -36,23 +36,6 @@ HF_CLASS = {  # what nanokern's export picks (the first class that holds the mod
 }
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """nanokern.convert's HF export (dtype keep) of each fixture, made once per module."""
-    from nanokern.convert import convert
-
-    made = {}
-
-    def get(name):
-        if name not in made:
-            dst = tmp_path_factory.mktemp("hf") / name
-            convert(fixture("nanotron", name), dst, to="hf", dtype="keep", force=True, progress=False)
-            made[name] = dst
-        return made[name]
-
-    return get
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", NAMES)
 def test_parity_fp32_every_family(name, backend, exports):

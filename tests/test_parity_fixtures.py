@@ -38,24 +38,6 @@ BF16_FIXTURES = [n for n in NANOTRON_FIXTURES if not n.endswith("_fp32")]
 BACKENDS = ["torch", "triton"]
 
 
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory):
-    """nanokern.convert's HF export (dtype keep) of each fixture, made once per module."""
-    from nanokern.convert import convert
-
-    made = {}
-
-    def get(name):
-        if name not in made:
-            src = fixture("nanotron", name)
-            dst = tmp_path_factory.mktemp("hf") / name
-            convert(src, dst, to="hf", dtype="keep", force=True, progress=False)
-            made[name] = dst
-        return made[name]
-
-    return get
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", NANOTRON_FIXTURES)
 def test_parity_fp32(name, backend, exports):
