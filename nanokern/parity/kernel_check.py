@@ -104,6 +104,13 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
     def randn(*shape, dtype):
         return torch.randn(*shape, generator=g).to(device=dev, dtype=dtype)
 
+    def eager(q, k, v, mask):
+        """transformers' eager attention in fp32 (repeat_kv GQA, additive mask), in q's dtype."""
+        mod = SimpleNamespace(num_key_value_groups=q.shape[2] // k.shape[2], training=False)
+        out, _ = eager_attention_forward(mod, q.transpose(1, 2).float(), k.transpose(1, 2).float(),
+                                         v.transpose(1, 2).float(), mask, q.shape[-1] ** -0.5)
+        return out.to(q.dtype)
+
     def record(kernel, impl, against, dt, shape, fn, ref, oracle=None):
         """fn(impl) against ref (transformers); a Triton row also against oracle() (the torch reference)."""
         t0 = time.perf_counter()
@@ -189,10 +196,7 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
         for B, S, nq, nkv, d in ATTN_SHAPES:
             q, k, v = randn(B, S, nq, d, dtype=dt), randn(B, S, nkv, d, dtype=dt), randn(B, S, nkv, d, dtype=dt)
             mask = torch.full((S, S), float("-inf"), device=dev).triu(1)[None, None]
-            mod = SimpleNamespace(num_key_value_groups=nq // nkv, training=False)
-            ref, _ = eager_attention_forward(mod, q.transpose(1, 2).float(), k.transpose(1, 2).float(),
-                                             v.transpose(1, 2).float(), mask, d**-0.5)
-            ref = ref.to(dt)
+            ref = eager(q, k, v, mask)
             for impl in impls:
                 record("attention", impl, "eager_attention_forward (fp32)", dname, f"B{B} S{S} q{nq} kv{nkv} d{d}",
                        lambda be: A.attention(q, k, v, causal=True, backend=be), ref, lambda: A.attention_ref(q, k, v))
@@ -201,10 +205,7 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
             pos = torch.arange(S, device=dev)
             sees = sliding_window_causal_mask_function(w)(0, 0, pos[:, None], pos[None, :])
             mask = torch.zeros(S, S, device=dev).masked_fill(~sees, float("-inf"))[None, None]
-            mod = SimpleNamespace(num_key_value_groups=nq // nkv, training=False)
-            ref, _ = eager_attention_forward(mod, q.transpose(1, 2).float(), k.transpose(1, 2).float(),
-                                             v.transpose(1, 2).float(), mask, d**-0.5)
-            ref = ref.to(dt)
+            ref = eager(q, k, v, mask)
             for impl in impls:
                 record("attention window", impl, "eager + sliding_window mask (fp32)", dname,
                        f"B{B} S{S} q{nq} kv{nkv} d{d} w{w}", lambda be: A.attention(q, k, v, window=w, backend=be), ref,
@@ -216,10 +217,7 @@ def check_kernels(backend: str = "auto", dtypes=("fp32", "bf16"), seed: int = 0)
             fn = causal_mask_function if w is None else sliding_window_causal_mask_function(w)
             sees = fn(0, 0, q_pos[:, None], k_pos[None, :])
             mask = torch.zeros(T, L, device=dev).masked_fill(~sees, float("-inf"))[None, None]
-            mod = SimpleNamespace(num_key_value_groups=nq // nkv, training=False)
-            ref, _ = eager_attention_forward(mod, q.transpose(1, 2).float(), k.transpose(1, 2).float(),
-                                             v.transpose(1, 2).float(), mask, d**-0.5)
-            ref = ref.to(dt)
+            ref = eager(q, k, v, mask)
             for impl in impls:
                 record("decode attention", impl, "eager + causal/window mask (fp32)", dname,
                        f"B{B} T{T} q{nq} kv{nkv} d{d} L{L}" + ("" if w is None else f" w{w}"),
