@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nanokern.bench.common import REPO_ROOT, append_csv_rows, stamp  # noqa: E402
+from nanokern.bench.common import REPO_ROOT, append_csv_rows, compile_bytecode, stamp  # noqa: E402
 
 COLUMNS = ["what", "median_s", "min_s", "max_s", "all_s"]
 HELPS = ["--help", "convert --help", "inspect --help", "verify --help", "demo --help", "parity --help",
@@ -79,6 +79,7 @@ def main() -> None:
     if src.exists():
         times[ttfb] = []
     scratch = Path(tempfile.mkdtemp(prefix="nk-startup-"))
+    compile_bytecode()
     try:
         for w, args in whats:  # warm the page cache of every module once, untimed
             time_help(args)

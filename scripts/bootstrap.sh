@@ -14,3 +14,6 @@ fi
 # the build requirements ([build-system] requires in pyproject.toml): --no-build-isolation does not install them
 "${PIP[@]}" install "setuptools>=64" wheel ninja pybind11
 "${PIP[@]}" install --no-build-isolation -e ".[test]"
+# the bytecode `pip install` would compile for a regular install (an editable one has none; under
+# PYTHONDONTWRITEBYTECODE every run would compile each module from source, ~50 ms of start-up)
+.venv/bin/python -m compileall -q nanokern

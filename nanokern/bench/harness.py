@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 
 from nanokern.arch import decoder
-from nanokern.bench.common import ITEMSIZE, MB, REPO_ROOT, device_name, parse_size, short_dtype
+from nanokern.bench.common import ITEMSIZE, MB, REPO_ROOT, compile_bytecode, device_name, parse_size, short_dtype
 from nanokern.bench.measure import Run, _rm, _run_measured
 from nanokern.bench.naive import compare_hf, compare_nanotron
 from nanokern.bench.report import convert_row
@@ -142,6 +142,7 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
         floor_src = nt_src / "0" / "model"
         source_bytes = sum(f.stat().st_size for f in floor_src.rglob("*.safetensors"))
     _warm(src)  # every approach reads a source already in the page cache
+    compile_bytecode()  # as installed: no approach compiles nanokern's modules from source
     target = opts.target_layout
     big_name, big_numel = shape.largest_tensor()
     if target is not None:  # Nanotron's own tensors (fused qkv and gate_up per TP rank, merged experts)
