@@ -31,8 +31,8 @@ def extensions():
             "nanokern._cpu",
             ["csrc/cpu/host_bindings.cpp", "csrc/cpu/gather_cast_kernel.cpp"],
             include_dirs=[*INCLUDE_DIRS, pybind11.get_include()],
-            extra_compile_args=[*CXX_FLAGS, "-std=c++17", "-fvisibility=hidden"],
-            extra_link_args=["-fopenmp"],
+            extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden", "-pthread"],  # std::thread, no OpenMP
+            extra_link_args=["-pthread"],
             language="c++",
         ),
     ]

@@ -44,8 +44,9 @@ def test_gather_cast_is_torch_to(src_dt, dst_dt, gather):
     assert (big[:, :50] == 7).all() and (big[:, 306:] == 7).all()  # nothing outside the slice
 
 
-def test_large_packed_copy_takes_the_streaming_path_and_is_exact():
-    src = _values(1024, 4096, torch.float32, 2)  # 16 MB: non-temporal stores, split across threads
+def test_large_packed_copy_takes_the_streaming_path_and_is_exact(monkeypatch):
+    monkeypatch.setattr(host, "THREADS", 3)  # split across threads, an uneven split, whatever the machine
+    src = _values(1024, 4096, torch.float32, 2)  # 16 MB: non-temporal stores
     for dt in (torch.bfloat16, torch.float16, torch.float32):
         out = torch.empty(1024, 4096, dtype=dt)
         host.gather_cast(_np(src), None, _np(out))
@@ -68,6 +69,15 @@ def test_transpose_cast_is_torch_t_to(monkeypatch, tile, dst_dt, gather):
     out = torch.empty(want.shape, dtype=dst_dt)
     host.transpose_cast(_np(block), row0, None if rows is None else rows.numpy(), _np(out))
     assert torch.equal(_bits(out), _bits(want))
+
+
+def test_large_transposed_copy_is_split_across_threads_and_exact(monkeypatch):
+    monkeypatch.setattr(host, "THREADS", 3)  # 3 parts of 5 tiles of columns: uneven
+    stored = _values(300, 1100, torch.float32, 6)  # 1100 x 300 output: > 3 x 65536 elements
+    for dt in (torch.bfloat16, torch.float32):
+        out = torch.empty(1100, 300, dtype=dt)
+        host.transpose_cast(_np(stored), 0, None, _np(out))
+        assert torch.equal(_bits(out), _bits(stored.t().to(dt))), dt
 
 
 @pytest.mark.parametrize("dt", [d.torch for d in FLOATS], ids=str)

@@ -2,11 +2,13 @@
 // buffer addresses, without torch, so a CPU conversion never loads libtorch. The Python side
 // (nanokern/ops/host.py) checks shapes, strides and row ranges before calling in; the GIL is
 // released while the kernel runs (the converter's worker threads run in parallel).
-#include <omp.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <system_error>
+#include <thread>
+#include <vector>
 
 #include "gather_cast_kernel.h"
 
@@ -23,6 +25,25 @@ Kind kind(int k) {
 template <typename T>
 const T* ptr(uintptr_t addr) { return reinterpret_cast<const T*>(addr); }
 
+// fn(t) for t in [0, parts): the caller runs part 0, parts - 1 fresh threads the rest. Threads
+// rather than OpenMP: an OpenMP team spins for a while after each region, and on a 2-core
+// machine that spinning took the CPU the writer and checker threads needed (a thread start
+// costs tens of microseconds; callers split only work of several hundred KB or more).
+template <typename F>
+void parallel_parts(int64_t parts, const F& fn) {
+  std::vector<std::thread> pool;
+  pool.reserve(parts - 1);
+  for (int64_t t = 1; t < parts; ++t) {
+    try {
+      pool.emplace_back(fn, t);
+    } catch (const std::system_error&) {  // no thread to be had: this part runs here
+      fn(t);
+    }
+  }
+  fn(0);
+  for (auto& th : pool) th.join();
+}
+
 void gather_cast(uintptr_t src, int64_t src_row_stride, int skind, uintptr_t rows, int64_t nrows, int64_t ncols,
                  uintptr_t out, int64_t out_row_stride, int dkind, int threads) {
   const nanokern::GatherCastPlan plan = nanokern::plan_gather_cast(
@@ -30,11 +51,9 @@ void gather_cast(uintptr_t src, int64_t src_row_stride, int skind, uintptr_t row
       reinterpret_cast<char*>(out), out_row_stride, kind(dkind));
   py::gil_scoped_release nogil;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, plan.items / plan.grain));
-  if (parts == 1) return nanokern::run_gather_cast(plan, 0, plan.items);
-#pragma omp parallel for num_threads(parts) schedule(static, 1)
-  for (int64_t t = 0; t < parts; ++t) {
+  parallel_parts(parts, [&](int64_t t) {
     nanokern::run_gather_cast(plan, plan.items * t / parts, plan.items * (t + 1) / parts);
-  }
+  });
 }
 
 void transpose_cast(uintptr_t src, int64_t src_row_stride, int skind, int64_t row0, uintptr_t rows, int64_t n,
@@ -45,13 +64,12 @@ void transpose_cast(uintptr_t src, int64_t src_row_stride, int skind, int64_t ro
   if (tile < 1) throw py::value_error("transpose_cast: tile must be positive");
   const int64_t tiles = (ncols + tile - 1) / tile;
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>({int64_t(threads), tiles, n * ncols / (1 << 16)}));
-#pragma omp parallel for num_threads(parts) schedule(static, 1) if (parts > 1)
-  for (int64_t t = 0; t < parts; ++t) {
+  parallel_parts(parts, [&](int64_t t) {
     const int64_t j0 = tiles * t / parts * tile;
     const int64_t j1 = std::min(ncols, tiles * (t + 1) / parts * tile);
     nanokern::transpose_cast(ptr<char>(src), src_row_stride, sk, row0, r, n, ncols, reinterpret_cast<char*>(out),
                              out_row_stride, dk, tile, j0, j1);
-  }
+  });
 }
 
 bool all_finite(uintptr_t data, int64_t n, int k) {
@@ -67,5 +85,4 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("gather_cast", &gather_cast, "out[i, :] = cast(src[rows[i], :]) on raw addresses (strides in elements)");
   m.def("transpose_cast", &transpose_cast, "out[i, j] = cast(src[j, rows[i]]) on raw addresses");
   m.def("all_finite", &all_finite, "no NaN or inf among n values");
-  m.def("max_threads", []() { return omp_get_max_threads(); });
 }
