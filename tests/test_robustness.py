@@ -292,6 +292,22 @@ def test_help_imports_no_heavy_library():
     assert "HEAVY []" in r.stdout, r.stdout[-500:]
 
 
+@pytest.mark.parametrize("user", [None, "2"])
+def test_convert_starts_numpy_without_blas_threads_unless_the_user_says(tmp_path, user):
+    """numpy is first imported by the command itself (the --help test above), after it has asked
+    OpenBLAS for one thread: the conversion never calls BLAS."""
+    code = ("import os, sys\nfrom nanokern.cli import cli\n"
+            f"try:\n    cli(['convert', {str(fixture('nanotron', 'tp2_pp2'))!r}, {str(tmp_path / 'out')!r}, '-q'], prog_name='nanokern')\n"
+            "except SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+            "print('BLAS', 'numpy' in sys.modules, os.environ.get('OPENBLAS_NUM_THREADS'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if user:
+        env["OPENBLAS_NUM_THREADS"] = user
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"BLAS True {user or '1'}" in r.stdout, r.stdout[-500:]
+
+
 def test_a_signal_while_putting_out_in_place_waits_for_it():
     code = ("import os, signal, time\nfrom nanokern.execute import signals\nsignals.install()\ndone = []\n"
             "try:\n    with signals.deferred('OUT'):\n        os.kill(os.getpid(), signal.SIGTERM)\n"
