@@ -27,11 +27,10 @@ GatherCastPlan plan_gather_cast(const char* src, int64_t src_row_stride, Kind sk
 void run_gather_cast(const GatherCastPlan& plan, int64_t begin, int64_t end);
 
 // out[i, j] = convert(src[j, r_i]) for i < n, j0 <= j < j1 (r_i = rows[i], or row0 + i when
-// rows == nullptr): a transposed read (e.g. an input-major expert matrix), in tile x tile blocks
-// so that both sides stay in cache lines. Callers split [0, ncols) into column ranges [j0, j1).
+// rows == nullptr): a transposed read (e.g. an input-major expert matrix), each output line
+// written whole (see transpose_tiles). Callers split [0, ncols) into column ranges [j0, j1).
 void transpose_cast(const char* src, int64_t src_row_stride, Kind skind, int64_t row0, const int64_t* rows,
-                    int64_t n, int64_t ncols, char* out, int64_t out_row_stride, Kind dkind, int64_t tile, int64_t j0,
-                    int64_t j1);
+                    int64_t n, int64_t ncols, char* out, int64_t out_row_stride, Kind dkind, int64_t j0, int64_t j1);
 
 // Whether none of n values is a NaN or an infinity.
 bool all_finite(const char* data, int64_t n, Kind kind);

@@ -68,7 +68,7 @@ void transpose_cast(uintptr_t src, int64_t src_row_stride, int skind, int64_t ro
     const int64_t j0 = tiles * t / parts * tile;
     const int64_t j1 = std::min(ncols, tiles * (t + 1) / parts * tile);
     nanokern::transpose_cast(ptr<char>(src), src_row_stride, sk, row0, r, n, ncols, reinterpret_cast<char*>(out),
-                             out_row_stride, dk, tile, j0, j1);
+                             out_row_stride, dk, j0, j1);
   });
 }
 
