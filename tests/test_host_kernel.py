@@ -54,11 +54,12 @@ def test_large_packed_copy_takes_the_streaming_path_and_is_exact(monkeypatch):
 
 
 @pytest.mark.parametrize("tile", [64, 7])
+@pytest.mark.parametrize("src_dt", [d.torch for d in FLOATS], ids=str)
 @pytest.mark.parametrize("dst_dt", [d.torch for d in FLOATS], ids=str)
 @pytest.mark.parametrize("gather", [False, True], ids=["range", "rows"])
-def test_transpose_cast_is_torch_t_to(monkeypatch, tile, dst_dt, gather):
+def test_transpose_cast_is_torch_t_to(monkeypatch, tile, src_dt, dst_dt, gather):
     monkeypatch.setattr(host, "TRANSPOSE_TILE", tile)
-    stored = _values(150, 260, torch.float32, 3)  # [in, out] as experts are stored
+    stored = _values(150, 260, src_dt, 3)  # [in, out] as experts are stored
     block = stored[10:110]  # the output's columns are these stored rows
     if gather:
         rows = torch.randperm(260, generator=torch.Generator().manual_seed(4))[:90]
@@ -73,11 +74,11 @@ def test_transpose_cast_is_torch_t_to(monkeypatch, tile, dst_dt, gather):
 
 def test_large_transposed_copy_is_split_across_threads_and_exact(monkeypatch):
     monkeypatch.setattr(host, "THREADS", 3)  # 3 parts of 5 tiles of columns: uneven
-    stored = _values(300, 1100, torch.float32, 6)  # 1100 x 300 output: > 3 x 65536 elements
-    for dt in (torch.bfloat16, torch.float32):
+    for src_dt, dt in ((torch.float32, torch.bfloat16), (torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16)):
+        stored = _values(300, 1100, src_dt, 6)  # 1100 x 300 output: > 3 x 65536 elements
         out = torch.empty(1100, 300, dtype=dt)
         host.transpose_cast(_np(stored), 0, None, _np(out))
-        assert torch.equal(_bits(out), _bits(stored.t().to(dt))), dt
+        assert torch.equal(_bits(out), _bits(stored.t().to(dt))), (src_dt, dt)
 
 
 @pytest.mark.parametrize("dt", [d.torch for d in FLOATS], ids=str)
