@@ -163,7 +163,6 @@ def test_parallel_workers_and_small_chunks_give_the_single_worker_torch_bytes(tm
     import nanokern.execute.write
 
     monkeypatch.setattr(nanokern.execute.write, "CHUNK_BYTES", 8 << 10)
-    monkeypatch.setattr(nanokern.execute.write, "MIN_CHUNK_BYTES", 8 << 10)
     ex.execute(plan, tmp_path / "three", backend="cpu", workers=3, progress=False)
     assert tree_bytes(tmp_path / "three") == tree_bytes(tmp_path / "one")
 

@@ -125,9 +125,7 @@ class _Run:
         workers = max(1, workers or min(4, os.cpu_count() or 1, max(1, len(self.todo))))
         report = Report(backend=self.backend, workers=workers, processes=self.world,
                         reused_files=len(self.mine) - len(self.todo))
-        largest = max((t.nbytes for f in self.plan.files for t in f.tensors), default=0)
-        self.opts = dict(stager=stager(workers) if stager else None, direct=direct,
-                         chunk=max(write.MIN_CHUNK_BYTES, min(write.CHUNK_BYTES, largest // (2 * workers))))
+        self.opts = dict(stager=stager(workers) if stager else None, direct=direct, chunk=write.CHUNK_BYTES)
         self.strict = strict
         t0 = time.perf_counter()
         if progress and self.rank == 0:
