@@ -204,8 +204,7 @@ namespace {
 #if defined(NK_X86_AVX2)
 // d[c * dstride + r] = s[r * sstride + c] for an 8 x 8 block of 32-bit values, in registers (the
 // shuffles move bits only: NaN payloads and signed zeros pass unchanged).
-__attribute__((target("avx2"))) void transpose8x8_32(const uint32_t* s, int64_t sstride, uint32_t* d,
-                                                      int64_t dstride) {
+__attribute__((target("avx2"))) void transpose8x8(const uint32_t* s, int64_t sstride, uint32_t* d, int64_t dstride) {
   __m256 r[8], t[8];
   for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(reinterpret_cast<const float*>(s + k * sstride));
   for (int k = 0; k < 8; k += 2) {
@@ -223,11 +222,9 @@ __attribute__((target("avx2"))) void transpose8x8_32(const uint32_t* s, int64_t 
     _mm256_storeu_ps(reinterpret_cast<float*>(d + (c + 4) * dstride), _mm256_permute2f128_ps(r[c], r[c + 4], 0x31));
   }
 }
-#endif
 
-#if defined(__SSE2__)
 // The same for 16-bit values (bf16, fp16 kept as they are), with SSE2 unpacks.
-void transpose8x8_16(const uint16_t* s, int64_t sstride, uint16_t* d, int64_t dstride) {
+void transpose8x8(const uint16_t* s, int64_t sstride, uint16_t* d, int64_t dstride) {
   __m128i a[8], b[8];
   for (int k = 0; k < 8; ++k) a[k] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + k * sstride));
   for (int k = 0; k < 8; k += 2) {
@@ -245,6 +242,8 @@ void transpose8x8_16(const uint16_t* s, int64_t sstride, uint16_t* d, int64_t ds
     _mm_storeu_si128(reinterpret_cast<__m128i*>(d + (2 * p + 1) * dstride), _mm_unpackhi_epi64(a[p], a[p + 4]));
   }
 }
+
+bool register_transpose(size_t itemsize) { return itemsize == 2 || have_avx2(); }
 #endif
 
 constexpr int64_t kMicro = 8;  // transposed in blocks of 8 x 8 held in registers or L1
@@ -253,7 +252,7 @@ constexpr int64_t kMicro = 8;  // transposed in blocks of 8 x 8 held in register
 // rows are taken a band at a time, as many as fill one 64-byte line of an output row, and the
 // band is swept down all output rows in 8 x 8 micro blocks: each output line is written whole
 // at once, and the band's source rows are read front to back. On a 4096 x 14336 fp32 expert this
-// measured 1.8x the speed of square 64 x 64 tiles (whose rows, 4 KiB multiples apart, share
+// measured 1.3-1.8x the speed of square 64 x 64 tiles (whose rows, 4 KiB multiples apart, share
 // cache sets).
 // Same-dtype blocks over a contiguous column range use a register transpose (AVX2 for 32-bit
 // values, SSE2 for 16-bit ones).
@@ -267,10 +266,7 @@ void transpose_bands(const char* src, int64_t sstride, int64_t row0, const int64
   DT* dp = reinterpret_cast<DT*>(out);
   bool fast = false;
 #if defined(NK_X86_AVX2)
-  if constexpr (S == D && sizeof(ST) == 4) fast = rows == nullptr && have_avx2();
-#endif
-#if defined(__SSE2__)
-  if constexpr (S == D && sizeof(ST) == 2) fast = rows == nullptr;
+  if constexpr (S == D) fast = rows == nullptr && register_transpose(sizeof(ST));
 #endif
   for (int64_t jb = j0; jb < j1; jb += kBand) {
     const int64_t je = std::min(j1, jb + kBand);
@@ -279,19 +275,9 @@ void transpose_bands(const char* src, int64_t sstride, int64_t row0, const int64
       for (int64_t j = jb; j < je; j += kMicro) {
         const int64_t jn = std::min(kMicro, je - j);
 #if defined(NK_X86_AVX2)
-        if constexpr (S == D && sizeof(ST) == 4) {
+        if constexpr (S == D) {
           if (fast && jn == kMicro && in == kMicro) {
-            transpose8x8_32(reinterpret_cast<const uint32_t*>(sp + j * sstride + row0 + i), sstride,
-                            reinterpret_cast<uint32_t*>(dp + i * ostride + j), ostride);
-            continue;
-          }
-        }
-#endif
-#if defined(__SSE2__)
-        if constexpr (S == D && sizeof(ST) == 2) {
-          if (fast && jn == kMicro && in == kMicro) {
-            transpose8x8_16(reinterpret_cast<const uint16_t*>(sp + j * sstride + row0 + i), sstride,
-                            reinterpret_cast<uint16_t*>(dp + i * ostride + j), ostride);
+            transpose8x8(sp + j * sstride + row0 + i, sstride, dp + i * ostride + j, ostride);
             continue;
           }
         }
