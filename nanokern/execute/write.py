@@ -23,9 +23,10 @@ from nanokern.ops import host
 from nanokern.plan import OutFile
 
 # Bytes handed to the writer threads at a time. Staging memory is workers x (depth + 1) chunks,
-# whatever the model. Whole 1 GB conversions as the user runs them measured 16 MB as fast as 8
-# and 32 MB, and 8-9% faster than chunks of up to 128 MB (each buffer is faulted in page by page
-# on first use: the import's 567 MB of staging cost about a fifth of its CPU in page faults).
+# whatever the model. In whole 1 GB conversions as the user runs them (A/B, alternating) 16 MB
+# was as fast as 8 and 32 MB; against the earlier chunks of up to 128 MB the import was 8% faster
+# and the export within the noise, with a fifth of the memory (each buffer is faulted in page by
+# page on first use: the import's 567 MB of staging cost about a fifth of its CPU in page faults).
 CHUNK_BYTES = 16 << 20
 WRITE_DEPTH = 2
 # Files up to this size are built whole in memory and written at once, without writer threads
