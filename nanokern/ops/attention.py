@@ -48,10 +48,15 @@ def attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: boo
     return o.transpose(1, 2).to(q.dtype).contiguous()
 
 
-def check(q, k, v, causal: bool, window: int | None) -> None:
+def check_dtypes(what: str, q, k, v) -> None:
+    """The Triton kernels' dtypes: float32 or bfloat16, the same for q, k and v."""
     if q.dtype not in (torch.float32, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"triton attention supports float32 and bfloat16 (same for q, k, v), got {q.dtype}, {k.dtype}, "
+        raise TypeError(f"triton {what} supports float32 and bfloat16 (same for q, k, v), got {q.dtype}, {k.dtype}, "
                         f"{v.dtype}")
+
+
+def check(q, k, v, causal: bool, window: int | None) -> None:
+    check_dtypes("attention", q, k, v)
     if q.dim() != 4 or k.dim() != 4:
         raise ValueError(f"q and k must be [B, S, heads, d], got {tuple(q.shape)}, {tuple(k.shape)}")
     B, S, nq, d = q.shape

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from nanokern.ops import _triton
+from nanokern.ops.attention import check_dtypes
 from nanokern.ops.backends import resolve_backend
 
 
@@ -46,9 +47,7 @@ def decode_attention_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_po
 
 
 def check(q, k, v, q_pos, k_pos, window, k_min) -> None:
-    if q.dtype not in (torch.float32, torch.bfloat16) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"triton decode attention supports float32 and bfloat16 (same for q, k, v), got {q.dtype}, "
-                        f"{k.dtype}, {v.dtype}")
+    check_dtypes("decode attention", q, k, v)
     if q.dim() != 4 or k.dim() != 4:
         raise ValueError(f"q and k must be [B, T|L, heads, d], got {tuple(q.shape)}, {tuple(k.shape)}")
     B, T, nq, d = q.shape

@@ -21,15 +21,24 @@ def by_rank(p: NtParam) -> dict[int, Shard]:
     return out
 
 
+def _axis_segments(s: Shard, axis: int, full: int, what: str) -> list[tuple[int, int, int]]:
+    """(local start, global start, length) along `axis` of a 2-D shard sliced along that axis
+    only, checking that every pair spans all `full` entries of the other axis."""
+    other = 1 - axis
+    segs = []
+    for local, glob in s.pairs:
+        lo, go = local[axis], glob[axis]
+        if local[other] != (0, full) or glob[other] != (0, full) or lo[1] - lo[0] != go[1] - go[0]:
+            raise NanokernError(f"expected {what} over all {full} {'columns' if axis == 0 else 'rows'}, got pair "
+                                f"{tuple(local)} -> {tuple(glob)}", s.ref.path)
+        segs.append((lo[0], go[0], lo[1] - lo[0]))
+    return segs
+
+
 def row_segments(s: Shard, full_cols: int) -> list[tuple[int, int, int]]:
     """(local row start, global row start, rows) of a dim-0-sharded 2-D shard, checking that
     every pair spans all columns."""
-    segs = []
-    for (lr, lc), (gr, gc) in s.pairs:
-        if lc != (0, full_cols) or gc != (0, full_cols) or lr[1] - lr[0] != gr[1] - gr[0]:
-            raise NanokernError(f"expected a row slice over all {full_cols} columns, got pair {(lr, lc)} -> {(gr, gc)}", s.ref.path)
-        segs.append((lr[0], gr[0], lr[1] - lr[0]))
-    return segs
+    return _axis_segments(s, 0, full_cols, "a row slice")
 
 
 def vec_segments(s: Shard) -> list[tuple[int, int, int]]:
@@ -44,12 +53,7 @@ def vec_segments(s: Shard) -> list[tuple[int, int, int]]:
 
 
 def col_segments(s: Shard, full_rows: int) -> list[tuple[int, int, int]]:
-    segs = []
-    for (lr, lc), (gr, gc) in s.pairs:
-        if lr != (0, full_rows) or gr != (0, full_rows) or lc[1] - lc[0] != gc[1] - gc[0]:
-            raise NanokernError(f"expected a column slice over all {full_rows} rows, got pair {(lr, lc)} -> {(gr, gc)}", s.ref.path)
-        segs.append((lc[0], gc[0], lc[1] - lc[0]))
-    return segs
+    return _axis_segments(s, 1, full_rows, "a column slice")
 
 
 def local_index(segs: list[tuple[int, int, int]], lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
