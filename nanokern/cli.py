@@ -84,7 +84,7 @@ def cli():
 
     \b
     nanokern convert CKPT OUT              Nanotron -> HF (any TP x PP layout)
-    nanokern convert HF OUT --tp 2 --pp 2  HF -> Nanotron
+    nanokern convert HF OUT --to nanotron --tp 2 --pp 2  HF -> Nanotron TP2 PP2
     nanokern inspect CKPT                  what is in a checkpoint, what a conversion would do
     nanokern parity CKPT                   native-layout forward vs transformers, layer by layer
     nanokern generate CKPT --prompt-ids 1,2  decode straight from the training layout (KV cache)
@@ -108,14 +108,15 @@ def cli():
                    "interleaved for LlamaConfig). Nanotron output: write q/k for interleaved RoPE (auto: as the source; "
                    "a reshard reads the source by its own config unless that lacks the key).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="HF output: largest safetensors shard.")
-@click.option("--tp", type=int, default=None, help="Nanotron output: tensor-parallel size.")
-@click.option("--pp", type=int, default=None, help="Nanotron output: pipeline-parallel size.")
-@click.option("--make-vocab-size-divisible-by", type=int, default=1, show_default=True, help="Nanotron output: pad vocab to a multiple of this x TP.")
+@click.option("--tp", type=click.IntRange(1), default=None, help="Nanotron output (implies --to nanotron): tensor-parallel size [default: 1].")
+@click.option("--pp", type=click.IntRange(1), default=None, help="Nanotron output (implies --to nanotron): pipeline-parallel size [default: 1].")
+@click.option("--make-vocab-size-divisible-by", type=click.IntRange(1), default=None,
+              help="Nanotron output (implies --to nanotron): pad vocab to a multiple of this x TP [default: 1].")
 @click.option("--hf-arch", type=click.Choice(HF_CLASSES), default=None,
               help="HF output: the transformers class [default: the first that holds the model exactly: "
                    "Llama, then Qwen2 (q/k/v bias, sliding window), SmolLM3 (NoPE layers), Qwen2Moe (MoE)].")
 @click.option("--nanotron-config", type=click.Choice(["qwen2", "llama"]), default=None,
-              help="Nanotron output: Qwen2Config (what Nanotron builds by default) or LlamaConfig (older Nanotron) "
+              help="Nanotron output (implies --to nanotron): Qwen2Config (what Nanotron builds by default) or LlamaConfig (older Nanotron) "
                    "[default: a Nanotron source keeps its class; HF Llama -> llama, other families -> qwen2].")
 @click.option("--workers", type=int, default=None, help="Files written in parallel [default: min(4, cores)].")
 @click.option("--buffered-io", is_flag=True, help="Write through the page cache instead of O_DIRECT.")
@@ -136,9 +137,22 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
     One conversion at a time writes DST (a lock file DST.lock beside it): another one refuses,
     or waits with --wait. An interrupted run (Ctrl-C, SIGTERM, kill) keeps its finished files;
     the same command resumes from them.
+
+    \b
+    --to: hf for a Nanotron SRC, nanotron for a HF SRC; --to nanotron alone writes TP1 PP1.
+    --tp, --pp, --make-vocab-size-divisible-by and --nanotron-config describe Nanotron output:
+    any of them means --to nanotron (a Nanotron SRC is resharded).
     """
     _no_blas_threads()
     import contextlib
+
+    nanotron_only = [o for o, v in (("--tp", tp), ("--pp", pp), ("--make-vocab-size-divisible-by", make_vocab_size_divisible_by),
+                                    ("--nanotron-config", nanotron_config)) if v is not None]
+    if nanotron_only and to == "hf":
+        raise click.UsageError(f"{', '.join(nanotron_only)} describe(s) Nanotron output: drop it or use --to nanotron")
+    if nanotron_only:
+        to = "nanotron"
+    make_vocab_size_divisible_by = make_vocab_size_divisible_by or 1
 
     from nanokern.execute.distributed import world
 
@@ -147,6 +161,10 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
     warn = warn_line if lead else (lambda msg: None)
 
     def go():
+        if not dry_run:
+            from nanokern.convert import check_inputs_apart
+
+            check_inputs_apart(src, dst, tokenizer)  # before the lock file or anything else is written
         with contextlib.ExitStack() as held:
             if not dry_run and lead and Path(dst).absolute().parent.is_dir():  # refuse (or wait) before planning
                 from nanokern.execute import lock

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nanokern.errors import NanokernError
 from nanokern.execute import Report, execute
-from nanokern.execute.replace import check_target
+from nanokern.execute.replace import check_apart, check_target
 from nanokern.formats import hf, nanotron
 from nanokern.plan.model import Model
 from nanokern.plan import Plan
@@ -96,6 +96,13 @@ def _source_is_nanotron(src) -> bool:
     return nanotron.is_nanotron(Path(src))
 
 
+def check_inputs_apart(src, dst, tokenizer=None) -> None:
+    """Neither the source nor the tokenizer folder may be, hold or lie inside the output."""
+    check_apart(src, dst)
+    if tokenizer is not None:
+        check_apart(tokenizer, dst, "the tokenizer folder")
+
+
 def convert(
     src,
     dst,
@@ -109,9 +116,8 @@ def convert(
     **plan_options,
 ) -> tuple[Plan, Report]:
     dst = Path(dst)
+    check_inputs_apart(src, dst, plan_options.get("tokenizer"))
     check_target(dst, force)
-    if dst.resolve() == Path(src).resolve():
-        raise NanokernError("output would replace the source", dst)
     plan = make_plan(src, to, dtype, **plan_options)
     report = execute(plan, dst, backend=backend, device=device, workers=workers, force=force, progress=progress)
     return plan, report

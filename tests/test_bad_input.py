@@ -782,7 +782,7 @@ def test_existing_dst_untouched_without_force(ck, tmp_path):
     res = run(ck, dst)
     assert isinstance(res.exception, SystemExit) and res.exit_code == 1, res.output
     lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("warning:")]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and str(dst) in lines[0] and "--force" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(dst) in lines[0] and "not written by nanokern" in lines[0]
     assert (dst / "sentinel").read_text() == "keep me"
     assert sorted(p.name for p in dst.iterdir()) == ["sentinel"]
     assert not list(tmp_path.glob("out.partial-*"))

@@ -17,14 +17,14 @@ from nt_reference import random_hf, write_nanotron
 def test_refuses_existing_dst_and_force_replaces(tmp_path):
     src = fixture("nanotron", "tp2_pp2")
     dst = tmp_path / "out"
-    dst.mkdir()
-    (dst / "keep.txt").write_text("mine")
+    assert run_cli("convert", src, dst, "-q", "--dtype", "fp32").returncode == 0
+    before = tree_bytes(dst)
     r = run_cli("convert", src, dst, "-q")
     assert r.returncode == 1 and "use --force" in r.stderr and str(dst) in r.stderr
-    assert (dst / "keep.txt").read_text() == "mine"
+    assert tree_bytes(dst) == before
     r = run_cli("convert", src, dst, "-q", "--force", "--json", tmp_path / "r.json")
     assert r.returncode == 0, r.stderr
-    assert not (dst / "keep.txt").exists() and (dst / "model.safetensors").is_file()
+    assert tree_bytes(dst) != before and (dst / "model.safetensors").is_file()
     rep = json.loads((tmp_path / "r.json").read_text())
     assert rep["ok"] and rep["target"] == "hf" and rep["tensors"] == 39
     assert not list(tmp_path.glob("out.partial-*")) and not list(tmp_path.glob("out.old-*"))

@@ -145,10 +145,10 @@ def test_recover_puts_back_a_folder_renamed_aside(tmp_path):
     convert(src, tmp_path / "ref", progress=False)
     want = tree_bytes(tmp_path / "ref")
     dst = tmp_path / "out"
-    shutil.copytree(tmp_path / "ref", tmp_path / "out.partial-abc")
+    shutil.copytree(tmp_path / "ref", tmp_path / "out.partial-00000000000000ab")
     shutil.copytree(tmp_path / "ref", tmp_path / "out.old-1")
     (tmp_path / "out.old-1" / "config.json").write_text("{}")
-    (tmp_path / "out.replacing").write_text(json.dumps({"mode": "rename", "new": "out.partial-abc", "old": "out.old-1"}))
+    (tmp_path / "out.replacing").write_text(json.dumps({"mode": "rename", "new": "out.partial-00000000000000ab", "old": "out.old-1"}))
     _recover(dst)
     assert tree_bytes(dst) == want and leftovers(dst) == []
 

@@ -24,7 +24,7 @@ from nanokern.errors import NanokernError, OutOfSpace
 from nanokern.execute import diskspace, durable, manifest, write
 from nanokern.execute import lock as outlock
 from nanokern.execute.fill import Sources
-from nanokern.execute.replace import check_target, recover, replace
+from nanokern.execute.replace import check_apart, check_target, recover, replace
 from nanokern.ops import resolve_backend
 from nanokern.plan import OutFile, Plan
 
@@ -80,6 +80,8 @@ def _prepare(plan: Plan, dst: Path, work: Path, rank: int, dist, force: bool, ta
     """Rank 0: the lock, recovery of what a killed run left, the checks; every rank: the verdict."""
     error = None
     try:
+        if plan.source.path and Path(plan.source.path).exists():  # (a source held in memory has no folder)
+            check_apart(plan.source.path, dst)
         if rank == 0:
             dst.parent.mkdir(parents=True, exist_ok=True)
             take_lock()
