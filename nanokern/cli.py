@@ -57,8 +57,8 @@ LAZY = {"bench": _load_bench, "parity": _load_parity, "generate": _load_generate
 
 
 class _Group(click.Group):
-    """Any NanokernError a command lets through ends as one line, exit code 1. The LAZY
-    commands are loaded when looked up."""
+    """Any NanokernError a command lets through, and any usage error click finds, ends as one
+    `error:` line, exit code 1. The LAZY commands are loaded when looked up."""
 
     def list_commands(self, ctx):
         return sorted({*super().list_commands(ctx), *LAZY})
@@ -73,6 +73,24 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except NanokernError as e:
             raise Fail(str(e)) from None
+        except click.UsageError as e:  # click's own (missing argument, bad value, no such command): the same style
+            raise _usage_fail(e) from None
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _usage_fail(e) from None
+
+
+def _usage_fail(e: click.UsageError) -> Fail:
+    """A usage error as every other error: one `error:` line (naming where the help is), exit 1."""
+    if isinstance(e, click.exceptions.NoArgsIsHelpError):  # `nanokern bench` alone: its help, as before
+        return e
+    where = f"; see '{e.ctx.command_path} --help'" if e.ctx is not None else ""
+    return Fail(e.format_message().rstrip(".") + where)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -83,12 +101,12 @@ def cli():
     HuggingFace transformers, with fused kernels, and prove each conversion with a parity check.
 
     \b
-    nanokern convert CKPT OUT              Nanotron -> HF (any TP x PP layout)
+    nanokern convert CKPT OUT                            Nanotron -> HF (any TP x PP layout)
     nanokern convert HF OUT --to nanotron --tp 2 --pp 2  HF -> Nanotron TP2 PP2
-    nanokern inspect CKPT                  what is in a checkpoint, what a conversion would do
-    nanokern parity CKPT                   native-layout forward vs transformers, layer by layer
-    nanokern generate CKPT --prompt-ids 1,2  decode straight from the training layout (KV cache)
-    nanokern demo                          the whole loop on a tiny built-in model
+    nanokern inspect CKPT                                what is in a checkpoint, what a conversion would do
+    nanokern parity CKPT                                 native-layout forward vs transformers, layer by layer
+    nanokern generate CKPT --prompt-ids 1,2              decode straight from the training layout (KV cache)
+    nanokern demo                                        the whole loop on a tiny built-in model
     """
 
 
