@@ -12,7 +12,7 @@ Dtype modes:
   Nanotron's numerics ("nanotron": fused RMSNorm and rotary). That reproduces them bit for bit on
   CPU with oneDNN's AVX2 bf16 GEMMs (checked in a subprocess pinned to AVX2 by
   test_parity_families.py::test_bf16_logits_bit_exact_with_avx2_gemms); in this process the CPU's
-  own GEMM path may round differently (AVX512-BF16/AMX: 1.95e-3 apart), checked <= 3e-3.
+  own GEMM path may round differently, checked against twice the logits' own bf16 noise floor.
 - Negative controls run in fp32 on tp1_pp1_fp32: the fixture's std-0.025 weights make attention
   nearly uniform, so a q/k layout error moves bf16 logits by less than bf16 noise (see
   test_parity_synthetic.py for large-weight controls that fail in bf16 too).
@@ -63,15 +63,26 @@ def test_parity_bf16(name, backend, exports):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", NANOTRON_FIXTURES)
 def test_reproduces_nanotron_logits(name, backend):
-    lr = reproduce_logits(fixture("nanotron", name), fixture("logits", f"{name}.safetensors"), backend=backend)
+    ck, logits = fixture("nanotron", name), fixture("logits", f"{name}.safetensors")
+    lr = reproduce_logits(ck, logits, backend=backend)
     assert lr.passed, lr.line()
     if name.endswith("_fp32"):
         assert lr.dtype == "fp32" and lr.max_abs <= 1e-4 and lr.argmax_agree == 1.0
-    else:
-        # Nanotron's bf16 forward: bf16 matmuls, fp32-inside RMSNorm/rotary rounded once, fp32
-        # attention, bf16 all-reduce in rank order. Bit-exact with AVX2 GEMMs (see the docstring);
-        # other CPU GEMM paths: one bf16 rounding flip (2^-9 at |logit| < 1) here and there.
-        assert lr.dtype == "bf16" and lr.numerics == "nanotron" and lr.max_abs <= 3e-3 and lr.argmax_agree == 1.0
+        return
+    # Nanotron's bf16 forward: bf16 matmuls, fp32-inside RMSNorm/rotary rounded once, fp32
+    # attention, bf16 all-reduce in rank order. Bit-exact only where the GEMMs accumulate in the
+    # same order (oneDNN's AVX2 path: test_parity_families.py pins it in a subprocess). This CPU's
+    # own path (AVX512-BF16, AMX, ...) sums in another order, so a bf16 rounding flips here and
+    # there and the flips propagate: how far is a property of bf16 arithmetic on these weights,
+    # not of one CPU. Its size is the bf16 noise floor of these logits, Nanotron's bf16 forward
+    # against exact fp32 arithmetic on the same weights (the fp32 native forward is exact to 1e-4,
+    # test_parity_fp32). Two bf16 forwards that each carry that noise are at most 2 floors apart,
+    # and argmax can only be judged where Nanotron's top two logits are further apart than that.
+    floor = reproduce_logits(ck, logits, backend=backend, dtype="fp32").max_abs
+    assert 1e-4 < floor < 0.05  # real bf16 noise, and small: a mapping error moves logits by ~1 (fixtures' README)
+    lr = reproduce_logits(ck, logits, backend=backend, margin=2 * floor)
+    assert lr.dtype == "bf16" and lr.numerics == "nanotron"
+    assert lr.max_abs <= 2 * floor and lr.argmax_agree == 1.0, (lr.line(), floor)
 
 
 def test_bf16_logits_need_nanotron_numerics():
