@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from fixtures_path import fixture
 from nanokern.bench.generate import generate_cmd as bench_generate
+from nanokern.cli import cli
 from nanokern.errors import NanokernError
 from nanokern.generate.cli import generate
 from nanokern.parity_cli import parity
@@ -95,10 +96,10 @@ def test_generate_prompt_ids_batch_and_sampling(tmp_path):
 
 def test_generate_errors_are_one_line():
     ck = fixture("nanotron", "qwen2_dense_tp1_pp1")
-    r = _run(generate, [ck, "--prompt", "hello", "--device", "cpu"])
-    assert r.exit_code == 2 and "--tokenizer" in r.output
-    r = _run(generate, [ck, "--prompt-ids", "1,x", "--device", "cpu"])
-    assert r.exit_code == 2 and "comma-separated" in r.output
+    r = _run(cli, ["generate", ck, "--prompt", "hello", "--device", "cpu"])  # usage errors: one `error:` line, exit 1
+    assert r.exit_code == 1 and "--tokenizer" in r.stderr and r.stderr.startswith("error: ")
+    r = _run(cli, ["generate", ck, "--prompt-ids", "1,x", "--device", "cpu"])
+    assert r.exit_code == 1 and "separated by commas or spaces" in r.stderr
     r = _run(generate, [ck, "--prompt-ids", "1,9999", "--device", "cpu"])
     assert isinstance(r.exception, NanokernError) and "token ids must be in [0, 264)" in str(r.exception)
     assert "\n" not in str(r.exception)

@@ -4,6 +4,9 @@ family) or from a HF folder, with the same KV-cache decoder (nanokern/generate/d
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import sys
 from pathlib import Path
 
@@ -13,7 +16,7 @@ from nanokern.errors import NanokernError
 
 
 def load_model(path, dtype: str, backend: str, device: str | None):
-    """(NativeModel, kind) for a Nanotron checkpoint ("nanotron") or a HF folder ("hf")."""
+    """(NativeModel, kind, TP) for a Nanotron checkpoint ("nanotron") or a HF folder ("hf", TP 1)."""
     import torch
 
     from nanokern.formats.hf import is_hf
@@ -25,23 +28,24 @@ def load_model(path, dtype: str, backend: str, device: str | None):
 
         if dtype == "auto":
             dtype = "bf16" if read_hf(path).dtype.torch == torch.bfloat16 else "fp32"
-        return hf_native_model(path, dtype, backend, device), "hf"
+        return hf_native_model(path, dtype, backend, device), "hf", 1
     from nanokern.formats.nanotron import read_checkpoint
 
     ck = read_checkpoint(path)
     if dtype == "auto":
         dtype = "bf16" if next(iter(ck.params.values())).dtype.torch == torch.bfloat16 else "fp32"
-    return NativeModel(ck, dtype, backend, device), "nanotron"
+    return NativeModel(ck, dtype, backend, device), "nanotron", ck.tp
 
 
 def _parse_ids(text: str) -> list[int]:
-    try:
-        ids = [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: give comma-separated token ids such as 1,2,3", param_hint="--prompt-ids") from None
-    if not ids:
+    """Token ids separated by commas and/or spaces ("1,2,3", "1 2 3", "1, 2, 3"); anything else is refused."""
+    parts = [x for x in re.split(r"[,\s]+", text) if x]
+    if not all(x.isdigit() for x in parts):
+        raise click.BadParameter(f"{text!r}: give token ids (non-negative integers) separated by commas or spaces, "
+                                 "such as 1,2,3 or '1 2 3'", param_hint="--prompt-ids")
+    if not parts:
         raise click.BadParameter("no token ids", param_hint="--prompt-ids")
-    return ids
+    return [int(x) for x in parts]
 
 
 def _tokenizer(folder):
@@ -59,7 +63,8 @@ def _tokenizer(folder):
 @click.argument("ckpt", type=click.Path(exists=True))
 @click.option("--prompt", "prompts", multiple=True,
               help="Prompt text (repeat for a batch; prompts of different lengths are left-padded).")
-@click.option("--prompt-ids", "prompt_ids", multiple=True, help="Prompt as token ids, e.g. 1,2,3 (repeat for a batch).")
+@click.option("--prompt-ids", "prompt_ids", multiple=True,
+              help="Prompt as token ids separated by commas or spaces, e.g. 1,2,3 or '1 2 3' (repeat for a batch).")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None,
               help="Tokenizer folder (default: CKPT itself when it is a HF folder with one).")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=32, show_default=True)
@@ -89,11 +94,14 @@ def generate(ckpt, prompts, prompt_ids, tokenizer, max_new_tokens, greedy, tempe
     nanokern generate CKPT --prompt TEXT --tokenizer DIR [--max-new-tokens N]
     nanokern generate CKPT --prompt-ids 1,2,3 [--temperature 0.8 --top-p 0.9 --seed 1]
     """
+    _own_signal_line()
     from nanokern.generate.decoder import Decoder
     from nanokern.generate.sampling import Sampler
 
-    if bool(prompts) == bool(prompt_ids):
-        raise click.UsageError("give --prompt TEXT (with a tokenizer) or --prompt-ids 1,2,3, not both")
+    if not prompts and not prompt_ids:
+        raise click.UsageError("no prompt: give --prompt TEXT (with a tokenizer) or --prompt-ids 1,2,3")
+    if prompts and prompt_ids:
+        raise click.UsageError("give --prompt TEXT or --prompt-ids 1,2,3, not both")
     if greedy and temperature is not None:
         raise click.UsageError("--greedy and --temperature exclude each other")
     if tokenizer is None and prompts:
@@ -109,7 +117,10 @@ def generate(ckpt, prompts, prompt_ids, tokenizer, max_new_tokens, greedy, tempe
     if any(not r for r in rows):
         raise click.UsageError("a prompt encodes to no tokens")
     try:
-        model, kind = load_model(ckpt, dtype, backend, device)
+        model, kind, tp = load_model(ckpt, dtype, backend, device)
+        if tp > 1 and str(model.dtype) == "torch.bfloat16":
+            click.echo(f"note: bf16 at TP{tp}: the TP partial sums are rounded to bf16 before they are added, as Nanotron "
+                       "does, so the tokens may differ from a TP1 checkpoint's (--dtype fp32 to compare)", err=True)
         vocab = vocab_size or (len(tok) if tok is not None else None)
         dec = Decoder(model, vocab=vocab)
         sampler = Sampler(greedy=temperature is None, temperature=temperature or 1.0, top_p=top_p, seed=seed)
@@ -133,6 +144,30 @@ def generate(ckpt, prompts, prompt_ids, tokenizer, max_new_tokens, greedy, tempe
         if tok is not None:
             out["text"] = [tok.decode(x) for x in g.new_ids]
         Path(json_path).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def _own_signal_line() -> None:
+    """Until the command ends, Ctrl-C / SIGTERM print one line about generating (the converter's
+    "nothing kept" means nothing here) after the text streamed so far, and exit 128 + the signal
+    number. Nothing is written to disk, so there is nothing to clean up."""
+    import threading
+
+    def stop(signum, _frame):
+        try:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - leaving anyway
+            pass
+        if int(os.environ.get("RANK", "0")) == 0:
+            os.write(2, f"interrupted ({signal.Signals(signum).name}): generation stopped\n".encode())
+        os._exit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in before:
+        signal.signal(s, stop)
+    click.get_current_context().call_on_close(lambda: [signal.signal(s, h) for s, h in before.items()])
 
 
 class _Stream:
