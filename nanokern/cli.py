@@ -11,7 +11,7 @@ import click
 from nanokern import __version__
 from nanokern.execute import signals
 from nanokern.arch import BY_CLASS
-from nanokern.cli_report import Fail, run_guarded, warn_line, write_json
+from nanokern.cli_report import Fail, json_option, json_stdout, run_guarded, warn_line, write_json
 from nanokern.errors import NanokernError
 from nanokern.io import dtypes
 
@@ -141,7 +141,7 @@ def cli():
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
 @click.option("--wait", is_flag=True, help="If another conversion is writing DST, wait for it instead of refusing.")
 @click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write a machine-readable report here.")
+@json_option("a machine-readable report")
 @click.option("--strict", is_flag=True, help="NaN or inf in the weights is an error, not a warning.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -162,6 +162,7 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
     any of them means --to nanotron (a Nanotron SRC is resharded).
     """
     _no_blas_threads()
+    json_stdout(json_path)
     import contextlib
 
     nanotron_only = [o for o, v in (("--tp", tp), ("--pp", pp), ("--make-vocab-size-divisible-by", make_vocab_size_divisible_by),
@@ -235,11 +236,12 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
 @cli.command()
 @click.argument("ckpt", type=click.Path())
 @click.option("--rope-interleaved", type=click.Choice(["auto", "true", "false"]), default="auto", show_default=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the facts as JSON.")
+@json_option("the facts")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def inspect(ckpt, rope_interleaved, json_path, debug):
     """Layout, config, dtypes, parameter count and what a conversion would do."""
     _no_blas_threads()
+    json_stdout(json_path)
     from nanokern.inspect import inspect_checkpoint
 
     def go():
@@ -253,13 +255,14 @@ def inspect(ckpt, rope_interleaved, json_path, debug):
 @cli.command()
 @click.argument("path", type=click.Path())
 @click.option("--against", type=click.Path(), default=None, help="Compare every tensor with this checkpoint (any layout).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the report as JSON.")
+@json_option("the report")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def verify(path, against, json_path, debug):
     """Audit a Nanotron or HF checkpoint: structure, shapes, shard coverage, finiteness; with
     --against, tensor-by-tensor equality of two checkpoints in any layouts. Exit 0 only when
     all holds."""
     _no_blas_threads()
+    json_stdout(json_path)
     from nanokern.verify import verify as run_verify
 
     rep = run_guarded(json_path, debug, lambda: run_verify(path, against))

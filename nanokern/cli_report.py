@@ -1,24 +1,61 @@
 """How commands report: one line per error (NanokernError, ValueError, OSError) with exit code
-1, warnings on stderr, and the --json report files."""
+1, warnings on stderr, and the --json reports (a file, or stdout)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 
 import click
 
 from nanokern.errors import NanokernError
+
+_JSON_STDOUT: list = []  # the real stdout while a command's JSON report goes there (human lines: stderr)
 
 
 def warn_line(msg: str) -> None:
     click.echo(f"warning: {msg}", err=True)
 
 
-def write_json(path, obj) -> None:
-    if path:
-        with open(path, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.write("\n")
+def json_option(what: str = "the report"):
+    """--json (alone, or `--json -`): the JSON report on stdout, every human line on stderr;
+    --json PATH: written to PATH. Pair with json_stdout() at the top of the command."""
+    return click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), is_flag=False,
+                        flag_value="-", default=None, metavar="[PATH]",
+                        help=f"Write {what} as JSON to PATH; --json alone (or --json -) prints it on stdout and "
+                             "the other lines on stderr.")
+
+
+@contextlib.contextmanager
+def _human_to_stderr(path):
+    if path != "-" or _JSON_STDOUT:
+        yield
+        return
+    _JSON_STDOUT.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        _JSON_STDOUT.pop()
+
+
+def json_stdout(path) -> None:
+    """With --json to stdout: the rest of this command prints its human lines on stderr."""
+    click.get_current_context().with_resource(_human_to_stderr(path))
+
+
+def write_json(path, obj, default=str) -> None:
+    if not path:
+        return
+    text = json.dumps(obj, indent=2, default=default) + "\n"
+    if path == "-":
+        out = _JSON_STDOUT[-1] if _JSON_STDOUT else sys.stdout
+        out.write(text)
+        out.flush()
+        return
+    with open(path, "w") as f:
+        f.write(text)
 
 
 class Fail(click.ClickException):

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
+from nanokern.cli_report import json_option, json_stdout, write_json
 from nanokern.errors import NanokernError
 
 
@@ -18,7 +17,7 @@ from nanokern.errors import NanokernError
                    "own bf16 error.")
 @click.option("--backend", type=click.Choice(["torch", "triton", "auto"]), default="auto", show_default=True,
               help="Fused ops: torch references or Triton kernels (auto: triton on CUDA, torch on CPU).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full report as JSON.")
+@json_option("the full report")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None, help="Write a PNG of the error per layer.")
 @click.option("--seq-len", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--batch", type=click.IntRange(1), default=2, show_default=True)
@@ -46,6 +45,7 @@ def parity(ckpt, hf_dir, dtype, backend, json_path, plot_path, seq_len, batch, s
     nanokern parity CKPT --hf DIR --generate 32
     nanokern parity --kernels [--backend ...]
     """
+    json_stdout(json_path)
     if n_generate and not ckpt:
         raise click.UsageError("--generate needs a Nanotron checkpoint (CKPT)")
     if not ckpt and not kernels:
@@ -92,8 +92,5 @@ def parity(ckpt, hf_dir, dtype, backend, json_path, plot_path, seq_len, batch, s
             click.echo(gr.table())
             out["generate"] = gr.to_dict()
             ok &= gr.passed
-    if json_path:
-        with open(json_path, "w") as f:
-            json.dump({"passed": ok, **out}, f, indent=2, default=float)
-            f.write("\n")
+    write_json(json_path, {"passed": ok, **out}, default=float)
     click.get_current_context().exit(0 if ok else 1)

@@ -15,10 +15,11 @@ LAYERS = [
     ["nanokern.formats"],  # readers and writers
     ["nanokern.execute"],  # running a plan
     ["nanokern.convert", "nanokern.verify", "nanokern.inspect"],  # the conversion API: convert, verify, inspect
+    ["nanokern.cli_report"],  # how every command reports (errors, --json): used by the command modules below too
     ["nanokern.parity"],
     ["nanokern.generate"],
     ["nanokern.bench"],
-    ["nanokern.cli_report", "nanokern.demo", "nanokern.parity_cli", "nanokern.cli", "nanokern.__main__"],  # the commands
+    ["nanokern.demo", "nanokern.parity_cli", "nanokern.cli", "nanokern.__main__"],  # the commands
 ]
 
 

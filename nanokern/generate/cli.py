@@ -3,7 +3,6 @@ family) or from a HF folder, with the same KV-cache decoder (nanokern/generate/d
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from nanokern.cli_report import json_option, json_stdout, write_json
 from nanokern.errors import NanokernError
 
 
@@ -80,8 +80,7 @@ def _tokenizer(folder):
 @click.option("--vocab-size", type=click.IntRange(1), default=None,
               help="Choose only among the first N ids (Nanotron pads the vocab; default: the tokenizer's size, else all rows).")
 @click.option("--stop-at-eos", is_flag=True, help="Stop once every sequence has produced the tokenizer's EOS.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
-              help="Write the prompt ids, the new ids per sequence and the timings.")
+@json_option("the prompt ids, the new ids per sequence and the timings")
 def generate(ckpt, prompts, prompt_ids, tokenizer, max_new_tokens, greedy, temperature, top_p, seed, backend, device, dtype,
              vocab_size, stop_at_eos, json_path):
     """Generate text straight from a Nanotron checkpoint in any TP x PP layout (or from a HF
@@ -95,6 +94,7 @@ def generate(ckpt, prompts, prompt_ids, tokenizer, max_new_tokens, greedy, tempe
     nanokern generate CKPT --prompt-ids 1,2,3 [--temperature 0.8 --top-p 0.9 --seed 1]
     """
     _own_signal_line()
+    json_stdout(json_path)
     from nanokern.generate.decoder import Decoder
     from nanokern.generate.sampling import Sampler
 
@@ -143,7 +143,7 @@ def generate(ckpt, prompts, prompt_ids, tokenizer, max_new_tokens, greedy, tempe
                "device": str(model.device), **g.to_dict()}
         if tok is not None:
             out["text"] = [tok.decode(x) for x in g.new_ids]
-        Path(json_path).write_text(json.dumps(out, indent=2) + "\n")
+        write_json(json_path, out)
 
 
 def _own_signal_line() -> None:
