@@ -43,9 +43,23 @@ def rope_parameters(spec: ModelSpec) -> dict:
     return params
 
 
+def legacy_keys(spec: ModelSpec, dtype: str) -> dict:
+    """The same settings as transformers 4.x spells them. 4.x reads the top-level `rope_theta`,
+    `rope_scaling` and `torch_dtype` and ignores `rope_parameters` (a missing rope_theta silently
+    becomes the class default: wrong logits); 5.x reads `rope_parameters` and `dtype`, drops these
+    three without a warning, and takes a non-null `rope_scaling` as its `rope_parameters` with the
+    top-level `rope_theta` filled in: written from the same dict, both read the same RoPE."""
+    params = rope_parameters(spec)
+    scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+    return {"rope_theta": params["rope_theta"], "rope_scaling": None if params["rope_type"] == "default" else scaling,
+            "torch_dtype": dtype}
+
+
 def write_common(spec: ModelSpec, hf_class: str, model_type: str, dtype: str, vocab: int) -> dict:
-    """The keys of a LLaMA-like config.json; a family adds and overrides its own."""
+    """The keys of a LLaMA-like config.json, in both transformers 5.x's spelling and 4.x's
+    (legacy_keys); a family adds and overrides its own."""
     return {
+        **legacy_keys(spec, dtype),
         "architectures": [hf_class],
         "attention_dropout": 0.0,
         "bos_token_id": spec.bos_token_id,

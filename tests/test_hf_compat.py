@@ -1,0 +1,172 @@
+"""Exports read as the same model by transformers 4.57.1 (what many serving and evaluation stacks
+pin) and by the installed transformers 5: tiny models of every family with non-default RoPE bases,
+written by transformers 5, imported to TP2 PP2, exported (--dtype keep and bf16), then loaded by a
+second interpreter with transformers 4.57.1; its logits are compared with transformers 5's.
+
+transformers 4.x reads the top-level `rope_theta` / `rope_scaling` / `torch_dtype`, 5.x reads
+`rope_parameters` / `dtype`; a 4.x that finds no `rope_theta` silently uses the class default
+(LLaMA and Qwen2 1e4, SmolLM3 2e6): every position's rotation changes and logits move by O(1).
+
+The second interpreter is .venv's python with a folder of the packages 4.57.1 needs at other
+versions than .venv's first on PYTHONPATH (torch, numpy, safetensors... are .venv's own). The
+folder is made once, from PyPI, into .hf-compat/ at the repo root (ignored by git), under a file
+lock so parallel runs make it once."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from fixtures_path import FIXTURES, REPO, fixture
+from hf_compat_child import logits_and_warnings
+from hf_families import COMMON, FAMILIES, randomize
+from safetensors.torch import load_file, save_file
+
+from nanokern.convert import convert
+
+# transformers 4.57.1 and what it needs at other versions than .venv's (tokenizers <=0.23.0,
+# huggingface_hub <1.0 and its requests stack); everything else is .venv's own.
+PINS = ["transformers==4.57.1", "tokenizers==0.22.1", "huggingface_hub==0.36.0", "requests==2.34.2",
+        "urllib3==2.8.0", "certifi==2026.10.19.post1", "charset-normalizer==3.5.3"]
+ENV_DIR = REPO / ".hf-compat" / "transformers-4.57.1"
+
+# non-default RoPE bases (the class defaults: LLaMA, Qwen2, Qwen2-MoE 1e4; SmolLM3 2e6)
+THETA = {"llama": 5e5, "qwen2_bias": 1e6, "qwen2_swa": 1e6, "smollm3_nope": 5e4, "qwen2_moe": 1e6}
+FIXTURE = "smollm3_nope_tp1_pp1_tied"  # real Nanotron checkpoint, rope_theta 5e4
+SEQ = 24  # longer than qwen2_swa's window (5)
+
+# The bound. Both versions run the same float32 math on the same weights (for bf16 exports both
+# load the SAME bf16 file into float32), so they differ only where an operation sums in another
+# order (matmul blocking, SDPA vs. eager kernels, the MoE expert loop). A length-K dot product
+# summed in any order is within K*u*sum|a_i*b_i| of the exact one (u = 2**-24, fp32 unit
+# roundoff); relative to the output scale that is at most K*u per matmul stage. A decoder layer
+# has 6 such stages (q/k/v, q.k, p.v, o, gate/up, down) and the LM head one more; the residual
+# stream carries each layer's error to the logits, so errors add over the stages (unit gain:
+# RMSNorm and softmax are contractions at this scale). K is the longest reduction (64 here:
+# hidden, intermediate and sequence are all <= 64). Bound: STAGES * K * u * max|logits|, with a
+# factor 4 for the non-linear stages (silu, softmax, RMSNorm's rsqrt, each a few ulps).
+# A wrong RoPE base instead changes q.k at every position after the first: on these models it
+# moves the logits by 0.2-0.7 (a tenth to a fifth of max|logits|), hundreds of times the bound.
+U = 2.0 ** -24
+K = 64
+
+
+def bound(ref: torch.Tensor, layers: int) -> float:
+    stages = 6 * layers + 1
+    return 4 * stages * K * U * ref.abs().max().item()
+
+
+def _fail_or_skip(msg: str):
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def hf457_env() -> Path:
+    """The PYTHONPATH folder of the transformers 4.57.1 interpreter (made once, under a lock)."""
+    done = ENV_DIR / ".complete"
+    if done.is_file():
+        return ENV_DIR
+    ENV_DIR.parent.mkdir(exist_ok=True)
+    with open(ENV_DIR.parent / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.is_file():
+            return ENV_DIR
+        tmp = ENV_DIR.parent / f"tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input",
+                            "--no-deps", "--target", str(tmp), *PINS], capture_output=True, text=True, timeout=900)
+        if r.returncode:
+            shutil.rmtree(tmp, ignore_errors=True)
+            _fail_or_skip(f"could not install transformers 4.57.1 from PyPI: {r.stderr.strip().splitlines()[-1:]}")
+        (tmp / ".complete").write_text("\n".join(PINS) + "\n")
+        shutil.rmtree(ENV_DIR, ignore_errors=True)
+        os.rename(tmp, ENV_DIR)
+    return ENV_DIR
+
+
+def build(family: str, folder: Path, seed: int) -> Path:
+    """hf_families' tiny model of `family`, with the RoPE base THETA[family], saved by transformers 5."""
+    cls, cfg_cls, settings = FAMILIES[family]
+    settings = {**settings, "rope_parameters": {"rope_type": "default", "rope_theta": THETA[family]}}
+    cfg = getattr(transformers, cfg_cls)(**{**COMMON, **settings})
+    torch.manual_seed(seed)
+    model = getattr(transformers, cls)(cfg).to(torch.float32)
+    randomize(model, seed)
+    model.save_pretrained(folder)
+    return folder
+
+
+def case_names() -> list[str]:
+    return [f"{f}-{d}" for f in THETA for d in ("keep", "bf16")] + [f"{FIXTURE}-keep", f"{FIXTURE}-bf16"]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """{case: (transformers 5 logits, transformers 4.57 logits, layers, 4.57's warnings and config)}.
+    Reference for --dtype keep: transformers 5 on the source; for bf16: transformers 5 on the
+    same bf16 export (both in float32)."""
+    env = hf457_env()
+    root = tmp_path_factory.mktemp("hf_compat")
+    g = torch.Generator().manual_seed(0)
+    folders, refs, ids, layers = {}, {}, {}, {}
+    for seed, family in enumerate(THETA):
+        src = build(family, root / family / "src", seed)
+        nt = root / family / "nt"
+        convert(src, nt, to="nanotron", tp=2, pp=2, dtype="keep", progress=False)
+        for dtype in ("keep", "bf16"):
+            name = f"{family}-{dtype}"
+            folders[name] = root / family / dtype
+            convert(nt, folders[name], to="hf", dtype=dtype, progress=False)
+            ids[name] = torch.randint(3, COMMON["vocab_size"], (2, SEQ), generator=g)
+            layers[name] = COMMON["num_hidden_layers"]
+            refs[name] = src if dtype == "keep" else folders[name]
+    if (FIXTURES / "nanotron" / FIXTURE).is_dir():
+        for dtype in ("keep", "bf16"):
+            name = f"{FIXTURE}-{dtype}"
+            folders[name] = refs[name] = root / FIXTURE / dtype
+            convert(FIXTURES / "nanotron" / FIXTURE, folders[name], to="hf", dtype=dtype, progress=False)
+            ids[name] = torch.randint(3, 260, (2, SEQ), generator=g)
+            layers[name] = 4
+    save_file(ids, root / "ids.safetensors")
+    job = {"cases": {k: str(v) for k, v in folders.items()}, "ids": str(root / "ids.safetensors"), "out": str(root / "out")}
+    (root / "job.json").write_text(json.dumps(job))
+    child = Path(__file__).with_name("hf_compat_child.py")
+    pythonpath = os.pathsep.join([str(env), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    r = subprocess.run([sys.executable, str(child), str(root / "job.json")], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "PYTHONPATH": pythonpath})
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads((root / "out.json").read_text())
+    assert info["version"] == "4.57.1", info["version"]
+    old = load_file(root / "out.safetensors")
+    out = {}
+    for name in folders:
+        new, warned, _ = logits_and_warnings(refs[name], ids[name])
+        assert not warned, (name, "transformers 5 warned", warned)
+        out[name] = (new, old[name], layers[name], info["cases"][name])
+    return out
+
+
+@pytest.mark.parametrize("case", case_names())
+def test_transformers_457_reads_the_same_model(case, compared):
+    if case.startswith(FIXTURE):
+        fixture("nanotron", FIXTURE)  # absent: skip outside CI, fail under CI=true
+    new, old, layers, info = compared[case]
+    assert not info["warnings"], (case, "transformers 4.57.1 warned", info["warnings"])
+    theta = THETA.get(case.rsplit("-", 1)[0], 5e4)
+    diff = (new - old).abs().max().item()
+    agree = (new.argmax(-1) == old.argmax(-1)).float().mean().item()
+    limit = bound(new, layers)
+    print(f"{case}: transformers 4.57.1 vs {transformers.__version__}: max|diff| {diff:.3g} (bound {limit:.3g}), "
+          f"argmax agreement {agree:.0%}, 4.57 rope_theta {info['config'].get('rope_theta')}")
+    assert diff <= limit, (case, f"max|diff| {diff:.3g} > {limit:.3g}, argmax agreement {agree:.0%}",
+                           f"rope_theta read by 4.57: {info['config'].get('rope_theta')}, written: {theta}")
+    assert info["config"]["rope_theta"] == theta, (case, info["config"])
