@@ -13,6 +13,7 @@ from nanokern.execute import signals
 from nanokern.arch import BY_CLASS
 from nanokern.cli_report import Fail, json_option, json_stdout, run_guarded, warn_line, write_json
 from nanokern.errors import NanokernError
+from nanokern.io.units import human_bytes
 from nanokern.io import dtypes
 
 if os.path.basename(sys.argv[0]) == "nanokern" or sys.argv[0].endswith(os.path.join("nanokern", "__main__.py")):
@@ -222,7 +223,7 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
         if not lead:
             return
         procs = f", {report.processes} processes" if report.processes > 1 else ""
-        say(f"wrote {dst}: {report.files} file(s), {report.tensors} tensor(s), {report.bytes / 1e9:.3f} GB "
+        say(f"wrote {dst}: {report.files} file(s), {report.tensors} tensor(s), {human_bytes(report.bytes)} "
             f"in {report.seconds:.2f} s ({report.gbps:.2f} GB/s, backend {report.backend}, {report.workers} worker(s){procs})")
         write_json(json_path, {**info, "seconds": report.seconds, "gbps": report.gbps, "backend": report.backend,
                                 "workers": report.workers, "processes": report.processes,

@@ -65,6 +65,7 @@ def verify(path, against=None, strict_finite: bool = True) -> VerifyReport:
                 rep.problems.append(f"config {k}: {getattr(a.spec, k)} vs {getattr(b.spec, k)}")
         if rep.problems:
             return rep
+    casts: dict[tuple, list[str]] = {}
     for name, t in a.tensors.items():
         x = materialize(t, maps_a)
         rep.tensors += 1
@@ -84,9 +85,16 @@ def verify(path, against=None, strict_finite: bool = True) -> VerifyReport:
                 continue
         if x.dtype != y.dtype:
             low = x.dtype if x.dtype.itemsize <= y.dtype.itemsize else y.dtype
-            rep.notes.append(f"{name}: dtypes {x.dtype} vs {y.dtype}: compared after rounding to {low}")
+            casts.setdefault((x.dtype, y.dtype, low), []).append(name)
             x, y = x.to(low), y.to(low)
         if not torch.equal(x.view(torch.uint8) if x.numel() else x, y.view(torch.uint8) if y.numel() else y):
             diff = (x.float() - y.float()).abs().nan_to_num(float("inf")).max().item()
             rep.problems.append(f"{name}: values differ (max |diff| {diff:.3g})")
+    for (da, db, low), names in casts.items():  # one note per pair of dtypes, not one per tensor
+        what = names[0] if len(names) == 1 else f"{len(names)} of {rep.tensors} tensors (e.g. {names[0]})"
+        rep.notes.append(f"{what}: dtypes {_dt(da)} vs {_dt(db)}: compared after rounding to {_dt(low)}")
     return rep
+
+
+def _dt(d) -> str:
+    return str(d).replace("torch.", "")

@@ -183,7 +183,9 @@ def test_too_small_a_disk_refuses_before_writing(small_fs):
     r = run_cli("convert", src, dst, "-q", "--dtype", "float32")
     line = one_error_line(r.stderr)
     assert r.returncode == 1 and str(small_fs) in line and "not enough free space" in line, line
-    need, free = map(float, re.search(r"needs ([0-9.]+) MB, ([0-9.]+) MB free", line).groups())
+    scale = {"B": 1e-6, "kB": 1e-3, "MB": 1.0, "GB": 1e3}  # human units (io/units.py), here in MB
+    m = re.search(r"needs ([0-9.]+) (\w+), ([0-9.]+) (\w+) free", line)
+    need, free = float(m[1]) * scale[m[2]], float(m[3]) * scale[m[4]]
     assert need > 0.8 and free == pytest.approx(0.26, abs=0.06), line
     assert list(small_fs.iterdir()) == []  # nothing left behind, not even the lock
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from nanokern.errors import NanokernError
+from nanokern.io.units import human_bytes
 
 BLOCK = 4096
 SLACK = 256 << 10  # directories, the manifest, filesystem metadata
@@ -51,4 +52,4 @@ def check_fits(dst: str | os.PathLike, sizes) -> None:
 
 
 def _gb(n: int) -> str:
-    return f"{n / 1e9:.3f} GB" if n >= 10**8 else f"{n / 1e6:.1f} MB"
+    return human_bytes(n)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -130,10 +131,11 @@ class _Run:
         self.opts = dict(stager=stager(workers) if stager else None, direct=direct, chunk=write.CHUNK_BYTES)
         self.strict = strict
         t0 = time.perf_counter()
-        if progress and self.rank == 0:
+        if progress and self.rank == 0 and sys.stderr.isatty():  # not in a log file (Slurm's, a pipe)
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=sum(f.size for f in self.mine), unit="B", unit_scale=True, unit_divisor=1024, leave=False,
+            # decimal units (GB = 10^9 bytes), as every size nanokern prints (io/units.py)
+            self.bar = tqdm(total=sum(f.size for f in self.mine), unit="B", unit_scale=True, unit_divisor=1000, leave=False,
                             desc="convert" if self.world == 1 else f"convert (rank 0 of {self.world})")
             self.bar.update(sum(f.size for f in self.mine) - sum(f.size for f in self.todo))
         with signals.raising():  # from here a signal raises Interrupted: the finished files are kept

@@ -15,6 +15,7 @@ import numpy as np
 
 from nanokern.io.dtypes import DType
 from nanokern.io.safetensors import TensorRef, build_header
+from nanokern.io.units import human_bytes
 from nanokern.plan.model import LogicalTensor, Model, shape2d
 
 
@@ -186,7 +187,7 @@ def describe(plan: Plan, limit: int | None = None) -> str:
     """Human-readable plan for --dry-run."""
     lines = [
         f"plan: {plan.source.origin} {plan.source.path} -> {plan.target}",
-        f"  {len(plan.files)} weight file(s), {plan.num_tensors} tensor(s), {plan.nbytes / 1e9:.3f} GB to write",
+        f"  {len(plan.files)} weight file(s), {plan.num_tensors} tensor(s), {human_bytes(plan.nbytes)} to write",
     ]
     for w in plan.warnings:
         lines.append(f"  warning: {w}")
