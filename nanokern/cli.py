@@ -54,7 +54,13 @@ def _load_generate():
     return generate
 
 
-LAZY = {"bench": _load_bench, "parity": _load_parity, "generate": _load_generate}
+def _load_watch():
+    from nanokern.watch.cli import watch
+
+    return watch
+
+
+LAZY = {"bench": _load_bench, "parity": _load_parity, "generate": _load_generate, "watch": _load_watch}
 
 
 class _Group(click.Group):
@@ -298,9 +304,12 @@ _QUICK_EXIT = []  # set by a command whose work is complete and durable: skip th
 
 def main():
     signals.install()  # (again, for callers of main()): a Ctrl-C while importing torch is one line too
+    from nanokern.execute import distributed
+
     try:
         cli(prog_name="nanokern")
     except SystemExit as e:
+        distributed.close()  # every rank is past its last collective (a failure is shared first)
         if _QUICK_EXIT and e.code in (0, None):
             # The output is complete and durable, the report printed: tearing down the modules
             # (torch's, where a backend imported it) costs the user's wait and nothing else.
@@ -309,10 +318,12 @@ def main():
             os._exit(0)
         raise
     except signals.Interrupted as e:
-        from nanokern.execute.distributed import world
-
-        if world()[0] == 0:
+        if distributed.world()[0] == 0:
             click.echo(f"\n{e.message()}" if sys.stderr.isatty() else e.message(), err=True)
+        if distributed.owned():  # a peer may be inside a collective: leave without tearing gloo down
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.exit_code)
         sys.exit(e.exit_code)
 
 

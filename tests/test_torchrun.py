@@ -62,3 +62,27 @@ def test_failure_on_one_rank_fails_the_run(tmp_path):
     name = "model.layers.1.mlp.down_proj.weight"
     index = json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())
     assert torch.isnan(load_file(tmp_path / "out" / index["weight_map"][name])[name]).any()
+
+
+@pytest.mark.slow
+def test_every_rank_destroys_its_process_group(tmp_path):
+    """A gloo group left to the interpreter's teardown aborts a rank now and then (its worker
+    threads are destroyed while joinable: "terminate called without an active exception",
+    SIGABRT). Each rank must have destroyed the group nanokern made before it exits: checked at
+    exit by an atexit hook, so the test does not depend on the race being lost."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import atexit, sys\n"
+        "def _check():\n"
+        "    d = sys.modules.get('torch.distributed')\n"
+        "    if d is not None and d.is_available() and d.is_initialized():\n"
+        "        sys.stderr.write('PROCESS GROUP LEFT ALIVE\\n')\n"
+        "atexit.register(_check)\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(hook)}
+    for args in ([fixture("nanotron", "tp2_pp2"), tmp_path / "ok"],  # success
+                 [tmp_path / "missing", tmp_path / "bad"]):  # a failure every rank shares
+        r = subprocess.run([*TORCHRUN, "-m", "nanokern", "convert", *map(str, args), "-q"], capture_output=True,
+                           text=True, timeout=300, env=env)
+        assert "PROCESS GROUP LEFT ALIVE" not in r.stderr and "terminate called" not in r.stderr, r.stderr
+    assert (tmp_path / "ok" / "config.json").is_file()

@@ -28,7 +28,24 @@ def init(device: str):
         if device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        _owned.append(dist)
     return dist
+
+
+_owned: list = []  # the process group nanokern made (a caller's own group is the caller's to close)
+
+
+def close() -> None:
+    """Destroy the process group nanokern made, once the command is done and every rank has
+    passed its last collective. Left to the interpreter's teardown, gloo's worker threads are
+    destroyed while still joinable: std::terminate, SIGABRT ("terminate called without an
+    active exception"), now and then, on any rank."""
+    while _owned:
+        _owned.pop().destroy_process_group()
+
+
+def owned() -> bool:
+    return bool(_owned)
 
 
 def split_by_bytes(sizes: list[int], ranks: int) -> list[list[int]]:
