@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from nanokern.convert import load_source, parse_tristate
+from nanokern.errors import NanokernError
 from nanokern.formats.hf import plan_hf
 
 
@@ -20,8 +21,38 @@ def _pp_stages(owner: dict[str, int], pp: int) -> list[str]:
     return lines
 
 
+def _steps_section(path, inspected: str) -> tuple[list[str], list[dict]]:
+    """A checkpoints folder: every step in it (complete or why not, size, time)."""
+    from pathlib import Path
+
+    from nanokern.formats.nanotron import steps as S
+
+    root = Path(path)
+    if (root / "model").is_dir() or not root.is_dir():
+        return [], []
+    found = S.list_steps(root)
+    if not found:
+        return [], []
+    verdicts = {s.name: S.verdict(s.path) for s in found}
+    chosen = Path(inspected).name if Path(inspected).parent.resolve() == root.resolve() else None
+    latest = root / "latest.txt"
+    head = f"latest.txt: {latest.read_text(errors='replace').strip()!r}" if latest.is_file() else "no latest.txt"
+    lines = [f"  steps: {len(found)} in this folder ({head}; {sum(v.complete for v in verdicts.values())} complete)"]
+    lines += S.describe(found, verdicts, chosen)
+    facts = [{"step": s.number, "path": str(s.path), "complete": verdicts[s.name].complete,
+              "reason": verdicts[s.name].reason, "bytes": s.bytes, "files": s.files, "mtime": s.mtime} for s in found]
+    return lines, facts
+
+
 def inspect_checkpoint(path, rope_interleaved: str = "auto") -> tuple[str, dict]:
-    model = load_source(path, parse_tristate(rope_interleaved))
+    try:
+        model = load_source(path, parse_tristate(rope_interleaved))
+    except NanokernError as e:  # a checkpoints folder whose step cannot be read: which steps are there
+        _, steps = _steps_section(path, "")
+        if not steps or "no complete step" in e.message:
+            raise
+        listing = ", ".join(f"{s['step']} {'complete' if s['complete'] else 'incomplete'}" for s in steps)
+        raise NanokernError(f"{e.message} (steps in {path}: {listing})", e.path) from None
     s, lay = model.spec, model.layout
     dtype = str(model.dtype)
     facts = {
@@ -37,6 +68,9 @@ def inspect_checkpoint(path, rope_interleaved: str = "auto") -> tuple[str, dict]
         "warnings": model.warnings,
     }
     lines = [f"{model.origin} checkpoint {model.path}"]
+    if model.origin == "nanotron":
+        step_lines, facts["steps"] = _steps_section(path, model.path)
+        lines += step_lines
     if model.origin == "nanotron":
         cls = {"qwen2": "Qwen2Config", "llama": "LlamaConfig"}[lay.config_class]
         lines.append(f"  layout: {cls}, TP={lay.tp} PP={lay.pp}, {lay.files} weight file(s)"

@@ -47,14 +47,15 @@ def nt_params(spec: ModelSpec) -> dict[str, tuple[Param, int | None]]:
 
 
 def read_checkpoint(path: str | os.PathLike) -> NanotronCheckpoint:
-    step_dir = find_step_dir(path)
+    notes: list[str] = []  # a checkpoints_path without latest.txt: which step was taken
+    step_dir = find_step_dir(path, notes)
     cfg = read_model_config(step_dir)
     cfg_file = step_dir / "model_config.json"
     cls = nanotron_config.config_class(cfg, cfg_file)
     spec = nanotron_config.spec_from_config(cfg, cfg_file)
     _check_heads(spec, cfg_file)
     want = expected_shapes(spec)
-    warnings: list[str] = nanotron_config.warnings_for(cfg)
+    warnings: list[str] = notes + nanotron_config.warnings_for(cfg)
     model_dir = step_dir / "model"
     if not model_dir.is_dir():
         raise NanokernError("no model/ folder: checkpoint is empty", step_dir)

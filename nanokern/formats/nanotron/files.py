@@ -11,8 +11,10 @@ from pathlib import Path
 from nanokern.arch import nanotron_config
 from nanokern.errors import NanokernError
 
-def find_step_dir(path: str | os.PathLike) -> Path:
-    """A checkpoints_path with latest.txt, or a step folder holding model/ and model_config.json."""
+def find_step_dir(path: str | os.PathLike, notes: list[str] | None = None) -> Path:
+    """A checkpoints_path with latest.txt, a step folder holding model/ and model_config.json, or
+    a checkpoints_path without latest.txt: then its newest complete step, with a line saying so
+    appended to `notes` (none complete: an error naming every step and why)."""
     p = Path(path)
     if not p.exists():
         raise NanokernError("does not exist", p)
@@ -31,6 +33,13 @@ def find_step_dir(path: str | os.PathLike) -> Path:
         return sd
     if (p / "model").is_dir() or (p / "model_config.json").exists():
         return p
+    from nanokern.formats.nanotron.steps import newest_complete  # (it reads checkpoints: imported here)
+
+    found = newest_complete(p)
+    if found is not None:
+        if notes is not None:
+            notes.append(found[1])
+        return found[0]
     raise NanokernError("not a Nanotron checkpoint (no latest.txt, no model/ folder)", p)
 
 
@@ -47,8 +56,13 @@ def _read_text(f: Path) -> str:
 
 
 def is_nanotron(path: str | os.PathLike) -> bool:
+    """A step folder, or a checkpoints_path (with latest.txt, or step folders: integer names)."""
     p = Path(path)
-    return (p / "latest.txt").is_file() or (p / "model").is_dir()
+    if (p / "latest.txt").is_file() or (p / "model").is_dir():
+        return True
+    from nanokern.formats.nanotron.steps import step_names
+
+    return p.is_dir() and any((p / n / "model").is_dir() or (p / n / "model_config.json").exists() for n in step_names(p))
 
 
 def read_model_config(step_dir: Path) -> dict:
