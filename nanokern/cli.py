@@ -127,7 +127,9 @@ def cli():
               help="cuda: gather and cast on the GPU (LOCAL_RANK's GPU under torchrun), staged through pinned buffers.")
 @click.option("--staging-budget", default="1GB", show_default=True, help="--device cuda: pinned + device staging memory.")
 @click.option("--vocab-size", type=int, default=None, help="True vocabulary size: trims Nanotron's padded rows.")
-@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None, help="Copy this tokenizer into a HF output.")
+@click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Copy this tokenizer into a HF output [default: the one config.yaml's tokenizer_name_or_path names, "
+                   "a folder or a hub id in the local HF cache].")
 @click.option("--rope-interleaved", type=click.Choice(["auto", "true", "false"]), default="auto", show_default=True,
               help="Export (Nanotron source): how the source was trained (auto: model_config.json; a missing key means "
                    "interleaved for LlamaConfig). Nanotron output: write q/k for interleaved RoPE (auto: as the source; "
@@ -208,14 +210,17 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
         from nanokern.formats.hf import parse_size
         from nanokern.plan import describe
 
-        plan = make_plan(src, to, dtype, vocab_size=vocab_size, tokenizer=tokenizer, rope_interleaved=rope_interleaved,
+        tok, tok_line = (tokenizer, None) if tokenizer is not None else _default_tokenizer(src, to)
+        plan = make_plan(src, to, dtype, vocab_size=vocab_size, tokenizer=tok, rope_interleaved=rope_interleaved,
                          max_shard_size=max_shard_size, tp=tp, pp=pp, make_vocab_size_divisible_by=make_vocab_size_divisible_by,
                          hf_arch=hf_arch, nanotron_config=nanotron_config)
+        if tok_line and lead:
+            click.echo(tok_line, err=True)
         for w in plan.warnings:
             warn(w)
         info = {"ok": True, "source": src, "source_format": plan.source.origin, "target": plan.target, "dst": dst,
                 "files": [f.path for f in plan.files], "tensors": plan.num_tensors, "bytes": plan.nbytes,
-                "warnings": plan.warnings, **plan.summary}
+                "tokenizer": tok, "warnings": plan.warnings, **plan.summary}
         if dry_run:
             say(describe(plan))
             if lead:
@@ -238,6 +243,26 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
             _QUICK_EXIT.append(True)
 
     run_guarded(json_path, debug, go)
+
+
+def _default_tokenizer(src, to) -> tuple[str | None, str | None]:
+    """No --tokenizer, Nanotron -> HF: the tokenizer the checkpoint's config.yaml names (a local
+    folder, or a hub id in the local HF cache), and the one line that says which, or that there
+    is none and how to add one."""
+    from nanokern.formats import nanotron
+
+    if to not in (None, "hf") or not nanotron.is_nanotron(Path(src)):
+        return None, None
+    from nanokern.formats.tokenizer import named_by_checkpoint
+
+    try:
+        step = nanotron.find_step_dir(src)
+    except NanokernError:
+        return None, None  # the reader says what is wrong
+    folder, why = named_by_checkpoint(step)
+    if folder is None:
+        return None, f"tokenizer: {why}: exported without one; add one with --tokenizer DIR"
+    return str(folder), f"tokenizer: {why}"
 
 
 @cli.command()

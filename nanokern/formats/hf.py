@@ -218,6 +218,8 @@ def plan_hf(
         ids, tok_vocab = tok.special_token_ids(files)
         if tok_vocab is not None and tok_vocab > V:
             raise NanokernError(f"tokenizer has {tok_vocab} tokens but the exported vocab has {V} rows", tokenizer)
+        if tok_vocab is not None and tok_vocab < V:
+            warnings.append(f"the tokenizer has {tok_vocab} tokens, the export {V} rows (padding): --vocab-size {tok_vocab} drops the rest")
         for k, v in ids.items():
             have = getattr(out_spec, f"{k}_token_id")
             if v is not None and have != v:

@@ -48,6 +48,26 @@ def _parse_ids(text: str) -> list[int]:
     return [int(x) for x in parts]
 
 
+def _default_tokenizer(ckpt) -> tuple[str | None, str]:
+    """No --tokenizer: a HF CKPT's own, else the one a Nanotron CKPT's config.yaml names (a folder,
+    or a hub id in the local HF cache: said in one line); (None, why there is none) otherwise."""
+    from nanokern.formats import nanotron
+    from nanokern.formats.tokenizer import has_tokenizer, named_by_checkpoint
+
+    if (Path(ckpt) / "tokenizer_config.json").is_file() or has_tokenizer(ckpt):
+        return str(ckpt), ""
+    if not nanotron.is_nanotron(Path(ckpt)):
+        return None, "the folder has no tokenizer"
+    try:
+        folder, why = named_by_checkpoint(nanotron.find_step_dir(ckpt))
+    except NanokernError:
+        return None, "the checkpoint has no tokenizer"  # the reader says what is wrong, next
+    if folder is not None:
+        click.echo(f"tokenizer: {why}", err=True)
+        return str(folder), ""
+    return None, why
+
+
 def _tokenizer(folder):
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -66,7 +86,8 @@ def _tokenizer(folder):
 @click.option("--prompt-ids", "prompt_ids", multiple=True,
               help="Prompt as token ids separated by commas or spaces, e.g. 1,2,3 or '1 2 3' (repeat for a batch).")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Tokenizer folder (default: CKPT itself when it is a HF folder with one).")
+              help="Tokenizer folder [default: CKPT itself when it is a HF folder with one; for a Nanotron CKPT the "
+                   "one its config.yaml's tokenizer_name_or_path names, a folder or a hub id in the local HF cache].")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--greedy", is_flag=True, help="Argmax decoding (the default unless --temperature is given).")
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), default=None, help="Sample at this temperature.")
@@ -104,11 +125,10 @@ def generate(ckpt, prompts, prompt_ids, tokenizer, max_new_tokens, greedy, tempe
         raise click.UsageError("give --prompt TEXT or --prompt-ids 1,2,3, not both")
     if greedy and temperature is not None:
         raise click.UsageError("--greedy and --temperature exclude each other")
-    if tokenizer is None and prompts:
-        if (Path(ckpt) / "tokenizer.json").is_file() or (Path(ckpt) / "tokenizer_config.json").is_file():
-            tokenizer = ckpt
-        else:
-            raise click.UsageError("--prompt needs --tokenizer DIR (or use --prompt-ids)")
+    if tokenizer is None:
+        tokenizer, why = _default_tokenizer(ckpt)
+        if tokenizer is None and prompts:
+            raise click.UsageError(f"--prompt needs a tokenizer and {why}: give --tokenizer DIR (or use --prompt-ids)")
     tok = _tokenizer(tokenizer) if tokenizer else None
     if prompts:
         rows = [tok(p)["input_ids"] for p in prompts]  # as tokenizer(prompt) does (its special tokens)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -22,6 +23,7 @@ from nanokern.arch import decoder, nanotron_config
 from nanokern.arch.kinds import Kind
 from nanokern.errors import NanokernError
 from nanokern.formats.nanotron import layout as L
+from nanokern.formats.tokenizer import has_tokenizer
 from nanokern.io import dtypes
 from nanokern.io.dtypes import DType
 from nanokern.io.slices import format_pairs, format_unsharded_shape
@@ -55,7 +57,9 @@ def _yaml_config(model: Model, mc: dict, tp: int, pp: int, dtype: DType, step: i
     mod = dict(cfg.get("model") or {"ddp_bucket_cap_mb": 25, "init_method": {"std": 0.025}, "make_vocab_size_divisible_by": 1})
     mod.update({"dtype": dtype.name, "model_config": dict(mc)})
     cfg["model"] = mod
-    cfg.setdefault("tokenizer", {"tokenizer_max_length": None, "tokenizer_name_or_path": None, "tokenizer_revision": None})
+    # an import names its source folder when it holds a tokenizer (an export finds it there)
+    tok = str(Path(model.path).resolve()) if model.origin == "hf" and has_tokenizer(model.path) else None
+    cfg.setdefault("tokenizer", {"tokenizer_max_length": None, "tokenizer_name_or_path": tok, "tokenizer_revision": None})
     return cfg
 
 
