@@ -73,6 +73,9 @@ def make_plan(
         out_interleaved = interleaved if interleaved is not None else False
         if model.origin == "nanotron" and interleaved is None:
             out_interleaved = model.layout.rope_interleaved
+        recorded = getattr(model.layout, "nanotron_source", None)  # a nanokern export: its source's RoPE rows
+        if recorded and interleaved is None:
+            out_interleaved = recorded[2]
         return plan_nanotron(model, tp or 1, pp or 1, dtype or "keep", vocab_size, make_vocab_size_divisible_by, out_interleaved,
                              nanotron_config)
     raise ValueError(f"unknown target {target!r}: choose hf or nanotron")

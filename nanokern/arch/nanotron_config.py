@@ -192,4 +192,43 @@ def _moe_dict(m: MoeSpec | None, base: dict | None, n: int) -> dict | None:
            "enable_shared_expert": m.enable_shared_expert, "token_dispatcher_type": m.token_dispatcher_type}
     if isinstance(base, dict) and base.get("layers") == [-1] and out["layers"] == list(range(n)):
         out["layers"] = [-1]
+    if isinstance(base, dict) and isinstance(base.get("token_dispatcher_type"), str):  # config.json has no place for it
+        out["token_dispatcher_type"] = base["token_dispatcher_type"]
     return {k: out[k] for k in MOE_FIELDS}
+
+
+# ---------------------------------------------------------------------------------------------
+# provenance: what a HF export records of its Nanotron source, so that importing it back restores it
+
+PROVENANCE = "nanotron_source"  # its key in the export's manifest
+FROM_SPEC = frozenset({  # the fields model_config() takes from the spec (config.json carries them)
+    "bos_token_id", "eos_token_id", "hidden_act", "hidden_size", "initializer_range", "intermediate_size",
+    "max_position_embeddings", "num_attention_heads", "num_hidden_layers", "num_key_value_heads", "pad_token_id",
+    "rms_norm_eps", "rope_scaling", "rope_theta", "rope_interleaved", "tie_word_embeddings", "vocab_size",
+    "attention_bias", "sliding_window_size", "no_rope_layer"})
+
+
+def provenance(cls: str, source: dict, interleaved: bool) -> dict:
+    """The Nanotron source of an export: its config class, its RoPE row order (as read, after any
+    --rope-interleaved), and the model_config.json fields config.json has no place for (z_loss_*,
+    _fused_*, _use_doc_masking, log_attn_probs, _attn_implementation, ...; moe_config whole, for
+    its token_dispatcher_type and a `layers: [-1]`)."""
+    return {"config_class": cls, "rope_interleaved": bool(interleaved),
+            "model_config": {k: v for k, v in source.items() if k not in FROM_SPEC}}
+
+
+def restore(prov) -> tuple[str, dict, bool] | None:
+    """A recorded provenance -> (config class, base fields, rope_interleaved); None when it is not
+    one this version wrote (then the import behaves as for any HF folder)."""
+    if not isinstance(prov, dict):
+        return None
+    cls, base, inter = prov.get("config_class"), prov.get("model_config"), prov.get("rope_interleaved")
+    if cls not in CLASSES or not isinstance(base, dict) or not isinstance(inter, bool):
+        return None
+    return cls, {k: v for k, v in base.items() if k not in FROM_SPEC}, inter
+
+
+def holds(spec: ModelSpec, cls: str) -> bool:
+    """Whether config class `cls` can hold the model (LlamaConfig: no bias, NoPE, window or MoE)."""
+    return cls != "llama" or not (spec.attention_bias or spec.no_rope_layer is not None
+                                  or spec.sliding_window is not None or spec.moe is not None)

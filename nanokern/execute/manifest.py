@@ -3,8 +3,11 @@ manifest (for `nanokern verify`), and the fingerprint that ties both to one plan
 
 The manifest, `nanokern-manifest.json` at the root of the output, lists every weight file with
 its size, its header's CRC32 and each tensor's offset, size and CRC32, taken while the bytes
-were written. The journal, `.nanokern-done-<rank>.json` in the partial folder, lists the files
-a rank has finished and made durable; it is removed just before the folder is renamed into place.
+were written. An export of a Nanotron checkpoint also records its source (`nanotron_source`: the
+config class, the RoPE row order and the model_config.json fields config.json has no place for),
+which an import of the export restores (formats/hf.py). The journal, `.nanokern-done-<rank>.json`
+in the partial folder, lists the files a rank has finished and made durable; it is removed just
+before the folder is renamed into place.
 """
 
 from __future__ import annotations
@@ -81,6 +84,12 @@ def file_entry(size: int, header: bytes, sums: dict) -> dict:
 def write_manifest(work: Path, plan: Plan, entries: dict, fsync: bool) -> None:
     manifest = {"format": "nanokern-manifest", "version": 1, "target": plan.target,
                 "files": {f.path: entries[f.path] for f in plan.files}}
+    src = plan.source.layout
+    if plan.target == "hf" and plan.source.origin == "nanotron":  # what an import of this export restores
+        from nanokern.arch import nanotron_config
+
+        manifest[nanotron_config.PROVENANCE] = nanotron_config.provenance(src.config_class, src.model_config,
+                                                                          src.rope_interleaved)
     write_small(work / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode(), fsync=fsync)
 
 

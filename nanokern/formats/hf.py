@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from nanokern import arch
+from nanokern.arch import nanotron_config
 from nanokern.arch.family import Family
 from nanokern.arch.hf_config import transformers_version
 from nanokern.arch.spec import ModelSpec
@@ -22,6 +23,7 @@ from nanokern.plan.model import Block, HfLayout, LogicalTensor, Model, expert_vi
 from nanokern.plan import OutFile, OutTensor, Plan, Source, resolve
 
 SIZE_UNITS = {"TB": 10**12, "GB": 10**9, "MB": 10**6, "KB": 10**3}
+EXPORT_MANIFEST = "nanokern-manifest.json"  # what execute/manifest.py writes (MANIFEST), read here a layer above
 
 
 def parse_size(text: str | int) -> int:
@@ -191,7 +193,27 @@ def read_hf(path: str | os.PathLike) -> Model:
             warnings.append(f"every {z.what} tensor is zero: imported without them")
     if spec.tie_word_embeddings and "lm_head.weight" in refs:
         warnings.append("tie_word_embeddings is true: the stored lm_head.weight is ignored")
-    return Model(spec, family, tensors, "hf", str(d), warnings, HfLayout(len(files), wm is not None))
+    layout = HfLayout(len(files), wm is not None, recorded_source(d, warnings))
+    return Model(spec, family, tensors, "hf", str(d), warnings, layout)
+
+
+def recorded_source(d: Path, warnings: list[str]) -> tuple[str, dict, bool] | None:
+    """The Nanotron source a nanokern export recorded in its manifest (config class, the fields
+    config.json has no place for, rope_interleaved), which an import restores by default; None for
+    a HF folder from elsewhere."""
+    m = d / EXPORT_MANIFEST
+    if not m.is_file():
+        return None
+    try:
+        data = json.loads(m.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict) or nanotron_config.PROVENANCE not in data:
+        return None
+    got = nanotron_config.restore(data[nanotron_config.PROVENANCE])
+    if got is None:
+        warnings.append(f"{m}: {nanotron_config.PROVENANCE} is not readable: imported as any HF folder")
+    return got
 
 
 # ---------------------------------------------------------------------------------------------

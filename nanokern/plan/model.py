@@ -78,6 +78,7 @@ class NanotronLayout:
 class HfLayout:
     files: int
     sharded: bool  # with a model.safetensors.index.json
+    nanotron_source: tuple | None = None  # a nanokern export's (config class, fields, rope_interleaved): see hf.py
 
 
 @dataclass

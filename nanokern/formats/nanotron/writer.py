@@ -81,10 +81,14 @@ def _rows(a: int, b: int) -> np.ndarray:
 
 
 def default_config_class(model: Model) -> str:
-    """A Nanotron source keeps its class; a HF LlamaForCausalLM becomes a LlamaConfig (as before),
-    every other family a Qwen2Config (what Nanotron builds by default)."""
+    """A Nanotron source keeps its class, and so does a nanokern export of one (recorded in its
+    manifest) when that class holds the model; a HF LlamaForCausalLM becomes a LlamaConfig (as
+    before), every other family a Qwen2Config (what Nanotron builds by default)."""
     if model.origin == "nanotron":
         return model.layout.config_class
+    recorded = getattr(model.layout, "nanotron_source", None)
+    if recorded and nanotron_config.holds(model.spec, recorded[0]):
+        return recorded[0]
     return "llama" if model.family.name == "llama" else "qwen2"
 
 
@@ -194,7 +198,8 @@ def plan_nanotron(model: Model, tp: int = 1, pp: int = 1, dtype: str = "keep", v
     step = int(step_name) if step_name.isdigit() else 0
     for f in files:
         f.path = f"{step_name}/{f.path}"
-    base = dict(nt.model_config) if nt else {}
+    recorded = None if nt else getattr(model.layout, "nanotron_source", None)
+    base = dict(nt.model_config) if nt else dict(recorded[1]) if recorded else {}  # the fields config.json lacks
     mc = nanotron_config.model_config(s, cls, V, rope_interleaved, base, warnings, where)
     aux = {
         "latest.txt": step_name.encode(),
