@@ -15,9 +15,11 @@ LAYERS = [
     ["nanokern.formats"],  # readers and writers
     ["nanokern.execute"],  # running a plan
     ["nanokern.convert", "nanokern.verify", "nanokern.inspect"],  # the conversion API: convert, verify, inspect
+    ["nanokern.live"],  # HF tensors from a running job's shards (collective over its ranks)
     ["nanokern.cli_report"],  # how every command reports (errors, --json): used by the command modules below too
     ["nanokern.parity"],
     ["nanokern.generate"],
+    ["nanokern.watch"],  # the sidecar beside a training run (its --check runs parity)
     ["nanokern.bench"],
     ["nanokern.demo", "nanokern.parity_cli", "nanokern.cli", "nanokern.__main__"],  # the commands
 ]

@@ -1,0 +1,88 @@
+"""The job's TP x PP grid as torch.distributed sees it: this rank's place in it, small objects
+gathered over the whole grid (through the TP group, then the PP group: no world group needed,
+so a job with data parallelism calls it on one replica), and the two tensor collectives a live
+export runs: an all-gather of a parameter's shards over TP and a broadcast from the PP rank
+that holds it. Collectives move bytes (uint8 views), so every dtype travels over gloo and NCCL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Grid:
+    tp_group: object
+    pp_group: object
+    tp: int  # this rank's TP rank
+    pp: int  # this rank's PP rank
+    tp_size: int
+    pp_size: int
+    rank: int  # global rank (0 without torch.distributed)
+
+    @property
+    def index(self) -> int:
+        """Place in the grid, TP fastest (Nanotron's layout): 0 .. tp_size * pp_size - 1."""
+        return self.pp * self.tp_size + self.tp
+
+    def all_gather_object(self, obj) -> list:
+        """[object of grid index 0, 1, ...] on every rank of the grid."""
+        import torch.distributed as dist
+
+        row = [obj]
+        if self.tp_size > 1:
+            row = [None] * self.tp_size
+            dist.all_gather_object(row, obj, group=self.tp_group)
+        rows = [row]
+        if self.pp_size > 1:
+            rows = [None] * self.pp_size
+            dist.all_gather_object(rows, row, group=self.pp_group)
+        return [x for r in rows for x in r]
+
+    def barrier(self) -> None:
+        self.all_gather_object(None)
+
+    def gather_tp(self, local, out) -> None:
+        """out [tp_size, n] (uint8) <- every TP rank's `local` (uint8, n bytes)."""
+        import torch.distributed as dist
+
+        if self.tp_size == 1:
+            out[0].copy_(local)
+            return
+        if out.is_cuda and hasattr(dist, "all_gather_into_tensor"):
+            dist.all_gather_into_tensor(out.view(-1), local, group=self.tp_group)
+        else:
+            dist.all_gather(list(out.unbind(0)), local, group=self.tp_group)
+
+    def broadcast_pp(self, buf, owner: int) -> None:
+        """buf (uint8) on every PP rank <- buf of PP rank `owner` (same TP rank)."""
+        import torch.distributed as dist
+
+        if self.pp_size > 1:
+            dist.broadcast(buf, src=dist.get_global_rank(self.pp_group, owner), group=self.pp_group)
+
+
+def grid(tp_group=None, pp_group=None, parallel_context=None) -> Grid:
+    """The grid from the two groups (or anything with `tp_pg` and `pp_pg`, as Nanotron's
+    ParallelContext); None for a group means size 1."""
+    if parallel_context is not None:
+        tp_group = tp_group if tp_group is not None else parallel_context.tp_pg
+        pp_group = pp_group if pp_group is not None else parallel_context.pp_pg
+    import torch.distributed as dist
+
+    on = dist.is_available() and dist.is_initialized()
+
+    def place(g):
+        if g is None or not on:
+            return 0, 1
+        return dist.get_rank(g), dist.get_world_size(g)
+
+    (tp, tps), (pp, pps) = place(tp_group), place(pp_group)
+    return Grid(tp_group, pp_group, tp, pp, tps, pps, dist.get_rank() if on else 0)
+
+
+def as_bytes(t):
+    """A contiguous tensor's bytes, flat (uint8 view, no copy)."""
+    import torch
+
+    return t.reshape(-1).view(torch.uint8)

@@ -1,0 +1,95 @@
+"""hf_weights and hf_metadata: the HF tensors of a running job, collective over its TP x PP ranks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nanokern.errors import NanokernError
+from nanokern.live.comm import Grid, grid
+from nanokern.live.gather import Budget
+from nanokern.live.layout import LivePlan, live_plan
+from nanokern.live.source import RankShards, as_shards
+from nanokern.live.stream import produce
+
+
+@dataclass
+class Setup:
+    sh: RankShards
+    g: Grid
+    lp: LivePlan
+    device: object
+    backend: str
+
+
+def setup(src, tp_group=None, pp_group=None, parallel_context=None, dtype="bf16", vocab_size=None, max_shard_size="5GB",
+          tokenizer=None, rope_interleaved=None, hf_arch=None, backend="auto") -> Setup:
+    """Collective: every rank's metadata, then the plan (identical on every rank)."""
+    import torch
+
+    from nanokern.ops import resolve_backend
+
+    sh = as_shards(src)
+    g = grid(tp_group, pp_group, parallel_context)
+    devices = {p.tensor.device for p in sh.params.values()}
+    if len(devices) > 1:
+        raise NanokernError(f"the shards are on several devices ({', '.join(map(str, sorted(devices, key=str)))})")
+    device = devices.pop() if devices else torch.device("cpu")
+    lp = live_plan(sh, g, dtype, vocab_size, max_shard_size, tokenizer, rope_interleaved, hf_arch)
+    return Setup(sh, g, lp, device, resolve_backend(backend, device))
+
+
+def state_dict_order(lp: LivePlan) -> list:
+    """The plan's OutTensors in the HF class's state_dict order (the files hold them by name)."""
+    by_name = {t.name: t for f in lp.plan.files for t in f.tensors}
+    names = [n for n, *_ in lp.model.family.hf_tensors(lp.model.spec, lp.plan.summary["vocab_size"])]
+    return [by_name[n] for n in names]
+
+
+def _wanted(ranks, g: Grid):
+    if ranks == "all":
+        return lambda t: True
+    if not isinstance(ranks, int):
+        raise NanokernError(f"ranks must be 'all' or a global rank, not {ranks!r}")
+    return lambda t: g.rank == ranks
+
+
+def fill_stats(stats: dict | None, budget: Budget, order, wanted, nbuf: int, gathered: int = 0) -> None:
+    if stats is None:
+        return
+    largest = max((t.nbytes for t in order if wanted(t)), default=0)
+    stats.update(peak_bytes=budget.peak, largest_tensor_bytes=largest, largest_unit_bytes=budget.bound_unit,
+                 bound_bytes=2 * largest + budget.bound_unit, out_buffers=nbuf)
+
+
+def hf_weights(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parallel_context=None, ranks="all",
+               vocab_size: int | None = None, backend: str = "auto", rope_interleaved: bool | None = None,
+               hf_arch: str | None = None, stats: dict | None = None):
+    """Yield (HF name, tensor) for every tensor `nanokern convert --to hf` would write from the
+    saved checkpoint, in the HF class's state_dict order, with the same bytes. Collective: every
+    rank of the TP x PP grid iterates it to the end, in the same order.
+
+    src: what `load_rank` returns, or a Nanotron model (NanotronParameters; `model.config`).
+    tp_group / pp_group (or parallel_context= with tp_pg and pp_pg): the job's groups.
+    ranks: "all" (every rank yields every tensor) or one global rank (only it yields; the others
+    take part in the collectives and yield nothing). Tensors are gathered and cast on the shards'
+    device. A yielded tensor is a VIEW OF A REUSED BUFFER, valid until the next step of the
+    iterator: clone it to keep it. Memory per rank: one buffer of the largest HF tensor plus the
+    gathered units (stats=, a dict, receives the peak and the bound).
+    """
+    s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch, backend)
+    order = state_dict_order(s.lp)
+    wanted = _wanted(ranks, s.g)
+    budget = Budget()
+    try:
+        for t, out in produce(s.lp, s.sh, s.g, order, wanted, s.backend, s.device, budget, nbuf=1):
+            yield t.name, out.view(t.shape)
+    finally:
+        fill_stats(stats, budget, order, wanted, 1)
+
+
+def hf_metadata(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parallel_context=None,
+                vocab_size: int | None = None, rope_interleaved: bool | None = None, hf_arch: str | None = None) -> list:
+    """[(HF name, shape, torch dtype)]: exactly what hf_weights yields (on a rank that yields), in
+    its order. Collective (metadata objects only: no tensor is communicated)."""
+    s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch)
+    return [(t.name, tuple(t.shape), t.dtype.torch) for t in state_dict_order(s.lp)]

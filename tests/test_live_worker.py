@@ -1,0 +1,184 @@
+"""The torchrun side of tests/test_live.py (gloo, CPU): one launch runs every case it is given.
+
+Each case names a Nanotron fixture and the `nanokern convert` exports of it to compare with; the
+world is cut into that fixture's TP x PP grid (ranks beyond TP x PP wait), each rank's shards
+come from live.load_rank (or from an in-process model of NanotronParameter look-alikes), and
+every rank checks what it yields. Failures are printed one per line ("FAIL ..."); exit 1 if any.
+No test functions here: pytest collects nothing from this file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+
+from nanokern import live
+
+FAILS: list[str] = []
+
+
+def check(ok: bool, what: str) -> None:
+    if not ok:
+        FAILS.append(f"FAIL rank {dist.get_rank()}: {what}")
+
+
+def groups(tp: int, pp: int):
+    """(tp_group, pp_group) of this rank in a TP x PP grid over ranks 0..tp*pp-1 (TP fastest);
+    every rank of the world creates every group, in the same order."""
+    mine = [None, None]
+    r = dist.get_rank()
+    for p in range(pp):
+        g = dist.new_group([p * tp + t for t in range(tp)])
+        if r // tp == p and r < tp * pp:
+            mine[0] = g
+    for t in range(tp):
+        g = dist.new_group([p * tp + t for p in range(pp)])
+        if r % tp == t and r < tp * pp:
+            mine[1] = g
+    return mine
+
+
+def reference(folder: str) -> dict:
+    out = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+def tree(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# ---- an in-process stand-in for a Nanotron model: NanotronParameter's metadata, duck-typed -----
+
+class SlicesPair:
+    def __init__(self, local_slices, global_slices):
+        self.local_slices, self.global_slices = local_slices, global_slices
+
+
+class Info:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+class FakeParam(torch.nn.Parameter):
+    def __new__(cls, data, sharded=None, tied=None):
+        p = torch.nn.Parameter._make_subclass(cls, data, False)
+        p._sharded, p._tied = sharded, tied
+        return p
+
+    is_sharded = property(lambda self: self._sharded is not None)
+    is_tied = property(lambda self: self._tied is not None)
+
+    def get_sharded_info(self):
+        return self._sharded
+
+    def get_tied_info(self):
+        return self._tied
+
+
+def fake_model(sh, lm_head_tied: bool):
+    """A module tree holding this rank's shards as Nanotron names them; replicated parameters
+    tied under their own name, and with tied embeddings a second lm_head parameter tied to the
+    embedding (as Nanotron's tie_word_embeddings does)."""
+    root = torch.nn.Module()
+
+    def put(name, param):
+        *path, leaf = name.split(".")
+        m = root
+        for part in path:
+            if not hasattr(m, part) or part not in m._modules:
+                m.add_module(part, torch.nn.Module())
+            m = m._modules[part]
+        m.register_parameter(leaf, param)
+
+    for name, lp in sh.params.items():
+        if lp.pairs is None:
+            put(name, FakeParam(lp.tensor, tied=Info(name=name, root_module=root)))
+            continue
+        pairs = tuple(SlicesPair(tuple(slice(a, b) for a, b in loc), tuple(slice(a, b) for a, b in glo)) for loc, glo in lp.pairs)
+        info = Info(global_ranks=(), local_global_slices_pairs=pairs, unsharded_shape=lp.gshape)
+        tie = Info(name=name, root_module=root) if lm_head_tied and name.endswith("token_embedding.weight") else None
+        put(name, FakeParam(lp.tensor, sharded=info, tied=tie))
+        if tie is not None:  # the lm_head: another parameter (same shard), tied to the embedding's name
+            put("model.lm_head.pp_block.weight", FakeParam(lp.tensor.clone(), sharded=info, tied=tie))
+    root.config = sh.config
+    return root
+
+
+def run_case(case: dict, tpg, ppg, out: Path) -> None:
+    """Every check of one case; `out` is the case's own folder."""
+    fx, dtypes_ = case["fixture"], case["dtypes"]
+    rank = dist.get_rank()
+    sh = live.load_rank(fx, dist.get_rank(tpg), dist.get_rank(ppg))
+    src = fake_model(sh, case.get("tied_lm_head", False)) if case.get("module") else sh
+    opts = {k: case[k] for k in ("vocab_size",) if k in case}
+    for dtype, ref_dir in dtypes_.items():
+        want = reference(ref_dir)
+        meta = live.hf_metadata(src, tpg, ppg, dtype, **opts)
+        check(sorted(n for n, *_ in meta) == sorted(want), f"{fx} {dtype}: hf_metadata names differ from the export's")
+        stats: dict = {}
+        got = [(n, t.clone()) for n, t in live.hf_weights(src, tpg, ppg, dtype, stats=stats, **opts)]
+        check([n for n, _ in got] == [n for n, *_ in meta], f"{fx} {dtype}: hf_weights order is not hf_metadata's")
+        if "order" in case:
+            check([n for n, *_ in meta] == case["order"], f"{fx} {dtype}: not transformers' state_dict order")
+        for (n, t), (_, shape, dt) in zip(got, meta):
+            check(tuple(t.shape) == shape and t.dtype == dt, f"{fx} {dtype}: {n} is {t.dtype} {tuple(t.shape)}, metadata says {dt} {shape}")
+            check(n in want and same(t, want[n]), f"{fx} {dtype}: {n} differs from the convert export")
+        check(0 < stats["peak_bytes"] <= stats["bound_bytes"], f"{fx} {dtype}: peak {stats} over the bound")
+        if case.get("save"):
+            dst = out / f"{Path(fx).name}-{dtype}"
+            live.save_hf(src, dst, tpg, ppg, dtype, tokenizer=case.get("tokenizer"), max_shard_size=case.get("max_shard_size", "5GB"), **opts)
+            if rank == 0:
+                a, b = tree(dst), tree(Path(ref_dir))
+                check(a == b, f"{fx} {dtype}: save_hf's folder differs from convert's: "
+                              f"{sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))}")
+    if case.get("dst") is not None:  # one destination: only it yields, the others take part
+        dtype, ref_dir = next(iter(dtypes_.items()))
+        got = [n for n, _ in live.hf_weights(src, tpg, ppg, dtype, ranks=case["dst"], **opts)]
+        check((len(got) > 0) == (rank == case["dst"]), f"{fx}: ranks={case['dst']} yielded {len(got)} tensors on rank {rank}")
+    if case.get("change"):  # the shards move: the next call yields the new weights (x2 is exact in every dtype)
+        dtype, ref_dir = next(iter(dtypes_.items()))
+        want = reference(ref_dir)
+        for p in sh.params.values():
+            p.tensor.mul_(2)  # (the look-alike model's parameters share these tensors)
+        for n, t in live.hf_weights(src, tpg, ppg, dtype, **opts):
+            check(same(t, (want[n].float() * 2).to(want[n].dtype)), f"{fx} {dtype}: {n} after the shards changed: stale or wrong")
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    out = Path(spec["out"])
+    for i, case in enumerate(spec["cases"]):
+        tp, pp = case["tp"], case["pp"]
+        tpg, ppg = groups(tp, pp)
+        if dist.get_rank() < tp * pp:
+            try:
+                run_case(case, tpg, ppg, out / str(i))
+            except Exception:  # noqa: BLE001 - reported as a failure of the case
+                FAILS.append(f"FAIL rank {dist.get_rank()}: {case['fixture']}: {traceback.format_exc()}")
+        dist.barrier()
+    for line in FAILS:
+        print(line, flush=True)
+    ok = torch.tensor([len(FAILS)])
+    dist.all_reduce(ok)
+    dist.destroy_process_group()
+    if dist.is_available() and int(os.environ.get("RANK", "0")) == 0:
+        print(f"live checks: {int(ok)} failure(s)", flush=True)
+    sys.exit(1 if int(ok) else 0)
+
+
+if __name__ == "__main__":
+    main()
