@@ -19,6 +19,7 @@ LAYERS = [
     ["nanokern.cli_report"],  # how every command reports (errors, --json): used by the command modules below too
     ["nanokern.parity"],
     ["nanokern.generate"],
+    ["nanokern.watch"],  # the sidecar beside a training run (its --check runs parity)
     ["nanokern.bench"],
     ["nanokern.demo", "nanokern.parity_cli", "nanokern.cli", "nanokern.__main__"],  # the commands
 ]

@@ -1,0 +1,119 @@
+"""OUT_ROOT's own files: the watch's lock (one watch per OUT_ROOT), the `latest` link, and
+removing old exports (--keep-last) — only folders this watch made, never anything else.
+
+OUT_ROOT holds `<step>/` (each an export, put in place atomically by convert's execute),
+`latest` (a relative symlink to the newest export, swapped with one rename), `nanokern-watch.jsonl`
+(events.py), `nanokern-watch.lock`, and while an export runs convert's own `<step>.lock` and
+`<step>.partial-*` beside it.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import time
+from pathlib import Path
+
+from nanokern.errors import NanokernError
+
+LOCK = "nanokern-watch.lock"
+LATEST = "latest"
+MANIFEST = "nanokern-manifest.json"  # what convert's execute writes last into every export
+_REMOVING = ".nanokern-removing-"
+
+
+def refuse_overlap(checkpoints: Path, out_root: Path) -> None:
+    """OUT_ROOT must not be, contain, or lie inside CHECKPOINTS_PATH (one line)."""
+    ck, out = Path(os.path.realpath(checkpoints)), Path(os.path.realpath(out_root))
+    if out == ck:
+        raise NanokernError("OUT_ROOT is CHECKPOINTS_PATH: exports go to a folder of their own", out_root)
+    if out.is_relative_to(ck):
+        raise NanokernError(f"OUT_ROOT lies inside CHECKPOINTS_PATH {checkpoints}: exports go to a folder of their own",
+                            out_root)
+    if ck.is_relative_to(out):
+        raise NanokernError(f"OUT_ROOT contains CHECKPOINTS_PATH {checkpoints}: exports go to a folder of their own",
+                            out_root)
+
+
+def hold_lock(out_root: Path) -> int:
+    """One watch per OUT_ROOT: an flock held for the life of the process (released by the kernel
+    however it ends); a second watch refuses naming the holder."""
+    path = out_root / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        who = ""
+        for _ in range(20):  # the holder writes its line right after it gets the lock
+            who = os.pread(fd, 512, 0).decode(errors="replace").strip()
+            if who:
+                break
+            time.sleep(0.01)
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise NanokernError(f"another nanokern watch exports here: {who or 'another process'} ({path})",
+                                out_root) from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    return fd
+
+
+def check_latest(out_root: Path) -> None:
+    p = out_root / LATEST
+    if (p.exists() or p.is_symlink()) and not p.is_symlink():
+        raise NanokernError("exists and is not a symlink: the watch keeps a `latest` link here", p)
+
+
+def point_latest(out_root: Path, step: str | None) -> None:
+    """OUT_ROOT/latest -> step (relative), swapped in one rename; None removes it."""
+    link = out_root / LATEST
+    if step is None:
+        if link.is_symlink():
+            link.unlink()
+        return
+    if link.is_symlink() and os.readlink(link) == step:
+        return
+    tmp = out_root / f".{LATEST}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(step, tmp)
+    os.replace(tmp, link)
+
+
+def is_own_export(out_root: Path, checkpoints: Path, step: str) -> Path | None:
+    """OUT_ROOT/step if it is a real folder directly in OUT_ROOT, holding convert's manifest, and
+    nowhere inside CHECKPOINTS_PATH; None otherwise (then it is never touched)."""
+    if not step.isdigit():
+        return None
+    p = out_root / step
+    if p.is_symlink() or not p.is_dir() or not (p / MANIFEST).is_file():
+        return None
+    real, root, ck = (Path(os.path.realpath(x)) for x in (p, out_root, checkpoints))
+    if real.parent != root or real.is_relative_to(ck) or ck.is_relative_to(real):
+        return None
+    return p
+
+
+def remove_export(out_root: Path, checkpoints: Path, step: str) -> bool:
+    """Remove an export this watch made (the caller knows it from the log): renamed aside first,
+    so a kill never leaves half a folder at OUT_ROOT/step. False if it is not one (left alone)."""
+    p = is_own_export(out_root, checkpoints, step)
+    if p is None:
+        return False
+    aside = out_root / f"{_REMOVING}{step}"
+    os.replace(p, aside)
+    shutil.rmtree(aside)
+    return True
+
+
+def finish_removals(out_root: Path) -> None:
+    """A kill during remove_export leaves `.nanokern-removing-<step>`: finish removing it."""
+    for p in out_root.glob(f"{_REMOVING}*"):
+        if p.name[len(_REMOVING):].isdigit() and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def folder_bytes(p: Path) -> int:
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())

@@ -1,0 +1,229 @@
+"""Rank 0's side of a watch: what the log says was done, recovery of what a kill left, the choice
+of the next step, and everything after an export (the record, `latest`, the check, the
+command, --keep-last). loop.py drives it and shares its decisions with the other ranks."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nanokern.errors import NanokernError
+from nanokern.execute import signals
+from nanokern.formats.nanotron import steps as S
+from nanokern.watch import hooks, outputs
+from nanokern.watch.events import EventLog, History, read_events
+from nanokern.watch.export import ExportOptions, export_dtype, out_of_space
+from nanokern.watch.schedule import Scheduler
+
+
+@dataclass
+class WatchOptions:
+    checkpoints: Path
+    out_root: Path
+    export: ExportOptions = field(default_factory=ExportOptions)
+    every: int | None = None
+    keep_last: int | None = None
+    once: bool = False
+    poll: float = 30.0
+    latest_only: bool = False
+    check: str | None = None  # "parity"
+    exec_cmd: str | None = None
+    give_up: float = 900.0  # seconds a step may stay incomplete and unchanged
+    retries: int = 3  # failed exports of a step that still looks complete, before a failed record
+
+
+class Watcher:
+    def __init__(self, o: WatchOptions, say):
+        self.o, self.say = o, say
+        self.log = EventLog(o.out_root)
+        self.sched = Scheduler(o.checkpoints, o.every, o.give_up)
+        self.history = History()
+        self.attempts: dict[str, int] = {}
+        self.started_sig: dict[str, str] = {}
+        self.failures = 0  # this run's failed records and suspect checks (--once's exit code)
+        self.stop_rc: int | None = None
+        self.hooks_due: list[str] = []
+
+    # -- start ------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        o = self.o
+        outputs.refuse_overlap(o.checkpoints, o.out_root)
+        if o.checkpoints.exists() and not o.checkpoints.is_dir():
+            raise NanokernError("is not a directory", o.checkpoints)
+        if o.once and not o.checkpoints.is_dir():
+            raise NanokernError("does not exist", o.checkpoints)
+        o.out_root.mkdir(parents=True, exist_ok=True)
+        self.lock_fd = outputs.hold_lock(o.out_root)
+        outputs.check_latest(o.out_root)
+        outputs.finish_removals(o.out_root)
+        self.history = History.of(read_events(o.out_root))
+        for name, rec in list(self.history.started.items()):
+            self._recover(name, rec)
+        h = self.history
+        for name in h.ever_exported:
+            self.sched.close(name)
+        for name, rec in h.failed.items():
+            if rec.get("signature") and self._signature(name) == rec["signature"]:
+                self.sched.close(name)  # the same bytes failed before: not again
+        self.hooks_due = [n for n in sorted(h.exported, key=int) if self._hooks_missing(n)]
+        self._keep_last()
+        self._point_latest()
+
+    def _signature(self, name: str) -> str | None:
+        try:
+            return S.observe(S.Step(name, int(name), self.o.checkpoints / name)).signature
+        except FileNotFoundError:
+            return None
+
+    def _recover(self, name: str, rec: dict) -> None:
+        """An export was started and no outcome recorded: a kill. Its folder in place means it
+        completed (convert renames it there whole); keep it if its source is as it was then."""
+        out = self.o.out_root / name
+        if outputs.is_own_export(self.o.out_root, self.o.checkpoints, name) is None:
+            return  # not finished: the next export of it resumes from convert's partial folder
+        if self._signature(name) == rec.get("signature"):
+            self.history.add(self.log.append("exported", name, out, None, outputs.folder_bytes(out), recovered=True))
+            self.say(f"step {name}: found its finished export {out} (the watch was stopped before recording it)")
+        else:
+            outputs.remove_export(self.o.out_root, self.o.checkpoints, name)
+            self._fail(name, "the step changed or was deleted while it was exported: export removed", final=False)
+
+    # -- the next step ------------------------------------------------------------------------------
+    def decide(self) -> dict:
+        """{"do": "export", "step": name} | {"do": "idle"} (after sleeping a poll) | {"do": "stop", "rc": n}."""
+        while self.stop_rc is None:
+            if self.hooks_due:
+                self.run_hooks(self.hooks_due.pop(0))
+                continue
+            look = self.sched.look(once=self.o.once)
+            for st, v in look.give_up:
+                self._fail(st.name, v.reason, signature=st.signature)
+                self.sched.close(st.name)
+            for st, v in look.waiting:
+                self._say_waiting(st, v)
+            ready = [st.name for st in look.ready]
+            if self.o.latest_only and ready:
+                newest = max(self.history.ever_exported, key=int, default=None)
+                for name in ready[:-1] + [n for n in ready[-1:] if newest is not None and int(n) < int(newest)]:
+                    self.say(f"step {name}: skipped (--latest-only: a newer step is ready)")
+                    self.sched.close(name)
+                ready = [n for n in ready[-1:] if newest is None or int(n) > int(newest)]
+            for name in ready:
+                if (self.o.out_root / name).exists() and name not in self.history.started:
+                    self._fail(name, f"{self.o.out_root / name}: exists and was not made by this watch: left alone")
+                    self.sched.close(name)
+                    continue
+                sig = next(st.signature for st in look.ready if st.name == name)
+                self.history.add(self.log.append("started", name, self.o.out_root / name, signature=sig))
+                self.started_sig[name] = sig
+                return {"do": "export", "step": name}
+            if self.o.once:
+                for st, v in look.waiting:
+                    self.say(f"step {st.name}: not complete now ({v.reason if v else 'changing'}): left for a later run")
+                self.stop_rc = 1 if self.failures else 0
+                break
+            time.sleep(self.o.poll)
+            return {"do": "idle"}
+        return {"do": "stop", "rc": self.stop_rc}
+
+    def _say_waiting(self, st: S.Step, v: S.Verdict | None) -> None:
+        what = "being written" if v is None else f"incomplete ({v.reason})"
+        seen = self.sched.seen.get(st.name)
+        if seen is not None and seen.said != what and (v is not None or not seen.said):
+            seen.said = what
+            self.say(f"step {st.name}: {what}")
+
+    # -- after an export ------------------------------------------------------------------------------
+    def exported(self, name: str, plan, report) -> None:
+        out = self.o.out_root / name
+        with signals.deferred(str(out)):
+            if self._signature(name) != self.started_sig.get(name):  # deleted or rewritten meanwhile
+                outputs.remove_export(self.o.out_root, self.o.checkpoints, name)
+                gone = not (self.o.checkpoints / name).is_dir()
+                self._fail(name, ("the step was deleted" if gone else "the step changed") +
+                           " while it was exported: export removed", final=gone)
+                return
+            self.history.add(self.log.append("exported", name, out, report.seconds, report.bytes,
+                                             source=str(self.o.checkpoints / name),
+                                             gbps=round(report.gbps, 4), files=report.files, dtype=export_dtype(plan),
+                                             reused_files=report.reused_files))
+            self.sched.close(name)
+            self._point_latest()
+        self.say(f"step {name}: exported to {out}: {report.files} file(s), {S.size_text(report.bytes)} in "
+                 f"{report.seconds:.2f} s ({report.gbps:.2f} GB/s)")
+        self.run_hooks(name)
+
+    def export_failed(self, name: str, e: BaseException) -> None:
+        msg = str(e) if isinstance(e, NanokernError) else f"{type(e).__name__}: {e}"
+        if out_of_space(e):
+            self._fail(name, msg, final=False)
+            self.say(f"error: {msg}", err=True)
+            self.stop_rc = 1
+            return
+        if not (self.o.checkpoints / name).is_dir():
+            self._fail(name, f"the step was deleted while it was exported ({msg})")
+            return
+        self.attempts[name] = self.attempts.get(name, 0) + 1
+        if self.attempts[name] < self.o.retries and not self.o.once:
+            self.say(f"step {name}: export failed ({msg}); tried {self.attempts[name]} of {self.o.retries} times, "
+                     f"trying again once it is unchanged for a poll")
+            self.sched.forget(name)
+            return
+        self._fail(name, msg, signature=self.started_sig.get(name))
+        self.sched.close(name)
+
+    def _fail(self, name: str, error: str, final: bool = True, signature: str | None = None) -> None:
+        extra = {"signature": signature} if signature else {}
+        self.history.add(self.log.append("failed", name, self.o.out_root / name, error=error, **extra))
+        self.failures += 1
+        self.say(f"step {name}: failed: {error}")
+        if final:
+            self.sched.close(name)
+        else:
+            self.sched.forget(name)
+
+    # -- the check, the command, the old exports, latest ------------------------------------------------
+    def _hooks_missing(self, name: str) -> bool:
+        return (self.o.check and name not in self.history.checked) or (self.o.exec_cmd and name not in self.history.execd)
+
+    def run_hooks(self, name: str) -> None:
+        out = self.o.out_root / name
+        src = self.o.checkpoints / name
+        if self.o.check == "parity" and name not in self.history.checked:
+            dtype = self.history.exported.get(name, {}).get("dtype") or "float32"
+            try:
+                fig = hooks.check_parity(src, out, dtype, self.o.export.device)
+                line = (f"parity {'ok' if fig['passed'] else 'FAILED'} ({fig['dtype']}: logits max|diff| "
+                        f"{fig['logits_max_abs']:.3g}" + (f", first failing row {fig['first_failure']}" if not fig["passed"] else "")
+                        + ")" + ("" if fig["passed"] else ": marked suspect, export kept"))
+            except (NanokernError, OSError, ValueError, RuntimeError) as e:
+                fig = {"passed": False, "suspect": True, "error": str(e)}
+                line = f"parity check could not run ({e}): marked suspect, export kept"
+            secs = fig.pop("seconds", None)
+            self.history.add(self.log.append("checked", name, out, secs, None, **fig))
+            self.failures += 0 if fig["passed"] else 1
+            self.say(f"step {name}: {line}")
+        if self.o.exec_cmd and name not in self.history.execd:
+            res = hooks.run_exec(self.o.exec_cmd, name, out, src)
+            secs = res.pop("seconds")
+            self.history.add(self.log.append("exec", name, out, secs, None, **res))
+            self.say(f"step {name}: exec exited {res['returncode']}" + (f" ({res['error']})" if res.get("error") else ""))
+        self._keep_last()
+
+    def _keep_last(self) -> None:
+        k = self.o.keep_last
+        if not k:
+            return
+        mine = sorted(self.history.exported, key=int)
+        for name in mine[:-k]:
+            with signals.deferred(str(self.o.out_root / name)):
+                if outputs.remove_export(self.o.out_root, self.o.checkpoints, name):
+                    self.history.add(self.log.append("removed", name, self.o.out_root / name))
+                    self.say(f"step {name}: removed its export (--keep-last {k})")
+                elif not (self.o.out_root / name).exists():
+                    self.history.add(self.log.append("removed", name, self.o.out_root / name, error="already gone"))
+
+    def _point_latest(self) -> None:
+        live = [n for n in self.history.exported if (self.o.out_root / n).is_dir()]
+        outputs.point_latest(self.o.out_root, max(live, key=int) if live else None)
