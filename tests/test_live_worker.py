@@ -146,8 +146,10 @@ def run_case(case: dict, tpg, ppg, out: Path) -> None:
                               f"{sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))}")
     if case.get("dst") is not None:  # one destination: only it yields, the others take part
         dtype, ref_dir = next(iter(dtypes_.items()))
-        got = [n for n, _ in live.hf_weights(src, tpg, ppg, dtype, ranks=case["dst"], **opts)]
-        check((len(got) > 0) == (rank == case["dst"]), f"{fx}: ranks={case['dst']} yielded {len(got)} tensors on rank {rank}")
+        want = reference(ref_dir)
+        got = [(n, same(t, want[n])) for n, t in live.hf_weights(src, tpg, ppg, dtype, ranks=case["dst"], **opts)]
+        check(len(got) == (len(want) if rank == case["dst"] else 0), f"{fx}: ranks={case['dst']} yielded {len(got)} tensors on rank {rank}")
+        check(all(ok for _, ok in got), f"{fx}: ranks={case['dst']}: {[n for n, ok in got if not ok][:3]} differ")
     if case.get("change"):  # the shards move: the next call yields the new weights (x2 is exact in every dtype)
         dtype, ref_dir = next(iter(dtypes_.items()))
         want = reference(ref_dir)

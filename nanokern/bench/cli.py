@@ -138,3 +138,12 @@ def _register_generate() -> None:
 
 
 _register_generate()
+
+
+def _register_live() -> None:
+    from nanokern.bench.live import live_cmd
+
+    bench.add_command(live_cmd, "live")
+
+
+_register_live()

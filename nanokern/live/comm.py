@@ -54,6 +54,26 @@ class Grid:
         else:
             dist.all_gather(list(out.unbind(0)), local, group=self.tp_group)
 
+    def gather_tp_to(self, local, out, dst: int) -> None:
+        """out [tp_size, n] on TP rank dst (None elsewhere) <- every TP rank's `local`."""
+        import torch.distributed as dist
+
+        if self.tp_size == 1:
+            out[0].copy_(local)
+            return
+        dist.gather(local, list(out.unbind(0)) if self.tp == dst else None, dst=dist.get_global_rank(self.tp_group, dst),
+                    group=self.tp_group)
+
+    def send_pp(self, buf, to: int) -> None:
+        import torch.distributed as dist
+
+        dist.send(buf, dst=dist.get_global_rank(self.pp_group, to), group=self.pp_group)
+
+    def recv_pp(self, buf, frm: int) -> None:
+        import torch.distributed as dist
+
+        dist.recv(buf, src=dist.get_global_rank(self.pp_group, frm), group=self.pp_group)
+
     def broadcast_pp(self, buf, owner: int) -> None:
         """buf (uint8) on every PP rank <- buf of PP rank `owner` (same TP rank)."""
         import torch.distributed as dist

@@ -46,11 +46,14 @@ def state_dict_order(lp: LivePlan) -> list:
 
 
 def _wanted(ranks, g: Grid):
+    """(wanted, dest) for produce: every rank, or the one global rank `ranks`."""
     if ranks == "all":
-        return lambda t: True
-    if not isinstance(ranks, int):
-        raise NanokernError(f"ranks must be 'all' or a global rank, not {ranks!r}")
-    return lambda t: g.rank == ranks
+        return (lambda t: True), None
+    members = g.all_gather_object(g.rank)
+    if not isinstance(ranks, int) or ranks not in members:
+        raise NanokernError(f"ranks must be 'all' or a global rank of the TP x PP grid {members}, not {ranks!r}")
+    d = members.index(ranks)
+    return (lambda t: g.index == d), (lambda t: d)
 
 
 def fill_stats(stats: dict | None, budget: Budget, order, wanted, nbuf: int, gathered: int = 0) -> None:
@@ -71,17 +74,18 @@ def hf_weights(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parall
     src: what `load_rank` returns, or a Nanotron model (NanotronParameters; `model.config`).
     tp_group / pp_group (or parallel_context= with tp_pg and pp_pg): the job's groups.
     ranks: "all" (every rank yields every tensor) or one global rank (only it yields; the others
-    take part in the collectives and yield nothing). Tensors are gathered and cast on the shards'
+    take part in the collectives and yield nothing; each unit travels to that rank only). Tensors
+    are gathered and cast on the shards'
     device. A yielded tensor is a VIEW OF A REUSED BUFFER, valid until the next step of the
     iterator: clone it to keep it. Memory per rank: one buffer of the largest HF tensor plus the
     gathered units (stats=, a dict, receives the peak and the bound).
     """
     s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch, backend)
     order = state_dict_order(s.lp)
-    wanted = _wanted(ranks, s.g)
+    wanted, dest = _wanted(ranks, s.g)
     budget = Budget()
     try:
-        for t, out in produce(s.lp, s.sh, s.g, order, wanted, s.backend, s.device, budget, nbuf=1):
+        for t, out in produce(s.lp, s.sh, s.g, order, wanted, s.backend, s.device, budget, nbuf=1, dest=dest):
             yield t.name, out.view(t.shape)
     finally:
         fill_stats(stats, budget, order, wanted, 1)

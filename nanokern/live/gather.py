@@ -38,30 +38,37 @@ class Budget:
 
 
 class Units:
-    """The units of a list of tensors, gathered collectively as `step(i)` reaches tensor i."""
+    """The units of a list of tensors, gathered as `step(i)` reaches tensor i. dest(t): the grid
+    index of the one rank that needs tensor t, or None when every rank does. A unit for every
+    rank is all-gathered over TP and broadcast over PP; a unit for one rank is gathered over TP
+    to that rank's TP position and sent on to its PP stage only (the other ranks move nothing)."""
 
-    def __init__(self, lp, sh, g, order, device, budget: Budget):
+    def __init__(self, lp, sh, g, order, device, budget: Budget, dest=None):
         self.lp, self.sh, self.g, self.device, self.budget = lp, sh, g, device, budget
         self.keys: list[list[tuple]] = []
+        self.dests: list[int | None] = []
         self.last: dict[tuple, int] = {}
+        self.cur = None  # the destination of the tensor being filled
         for i, t in enumerate(order):
-            ks = list(dict.fromkeys(self._key(p.ref) for p in t.pieces))
+            d = None if dest is None else dest(t)
+            self.dests.append(d)
+            ks = list(dict.fromkeys((*self._key(p.ref), d) for p in t.pieces))
             self.keys.append(ks)
             for k in ks:
                 self.last[k] = i
         slots = lambda name: self.g.tp_size if self.lp.params[name].sharded else 1  # noqa: E731
         self.largest = max((slots(k[0]) * k[2] for k in self.last), default=0)  # the largest unit buffer
-        self.live: dict[tuple, tuple] = {}  # key -> (view [slots, bytes], its allocation or None)
-        self.gathered_bytes = 0
+        self.live: dict[tuple, tuple] = {}  # key -> (view [slots, bytes] or None, its allocation or None)
 
     def _key(self, ref) -> tuple:
         name, _ = parse_ref(ref.path)
         return unit_of(ref, self.lp.params[name])
 
     def step(self, i: int) -> None:
+        self.cur = self.dests[i]
         for k in self.keys[i]:
             if k not in self.live:
-                self.live[k] = self._gather(k)
+                self.live[k] = self._gather(*k[:3]) if k[3] is None else self._deliver(*k)
 
     def release(self, i: int) -> None:
         for k in self.keys[i]:
@@ -76,45 +83,85 @@ class Units:
                 self.budget.free(base)
         self.live.clear()
 
-    def _gather(self, key: tuple):
-        name, off, slot = key
+    def _local(self, name: str, off: int, slot: int):
+        return as_bytes(self.sh.params[name].tensor)[off : off + slot]
+
+    def _gather(self, name: str, off: int, slot: int):
+        """Every rank gets the unit."""
         info, g = self.lp.params[name], self.g
         holds = g.pp == info.owner
-        local = as_bytes(self.sh.params[name].tensor)[off : off + slot] if holds else None
+        local = self._local(name, off, slot) if holds else None
         slots = g.tp_size if info.sharded else 1
-        self.gathered_bytes += slots * slot
         if local is not None and local.numel() == slot and slots == 1 and local.device == self.device:
             g.broadcast_pp(local, info.owner)  # its own tensor: the broadcast only reads it
             return local.view(1, slot), None
         base = self.budget.alloc(slots * slot, self.device)
         buf = base.view(slots, slot)
-        if holds:
-            if local.numel() != slot:  # a shorter shard than its siblings': padded
-                pad = self.budget.alloc(slot, self.device)
-                pad[: local.numel()].copy_(local)
-                g.gather_tp(pad, buf)
-                self.budget.free(pad)
-            else:
-                g.gather_tp(local.to(self.device), buf)
+        if holds and slots == 1:
+            buf[0].copy_(local)
+        elif holds:
+            src, pad = self._padded(local, slot)
+            g.gather_tp(src, buf)
+            self._free(pad)
         g.broadcast_pp(base, info.owner)
         return buf, base
 
-    def tensor(self, ref):
-        """The piece's source as a tensor: a view of its unit."""
+    def _deliver(self, name: str, off: int, slot: int, d: int):
+        """Only grid rank d gets the unit: gathered over TP to d's TP position on the stage that
+        holds it, then sent to d's stage. Ranks with no part return (None, None)."""
+        info, g = self.lp.params[name], self.g
+        dpp, dtp = divmod(d, g.tp_size)
+        slots = g.tp_size if info.sharded else 1
+        buf = base = None
+        if g.pp == info.owner and (info.sharded and g.tp_size > 1 or g.tp == dtp):
+            local = self._local(name, off, slot)
+            if slots == 1 and local.numel() == slot and local.device == self.device:
+                buf = local.view(1, slot)
+            elif slots == 1:
+                base = self.budget.alloc(slot, self.device)
+                buf = base.view(1, slot)
+                buf[0].copy_(local)
+            else:
+                if g.tp == dtp:
+                    base = self.budget.alloc(slots * slot, self.device)
+                    buf = base.view(slots, slot)
+                src, pad = self._padded(local, slot)
+                g.gather_tp_to(src, buf, dtp)
+                self._free(pad)
+            if dpp != g.pp and g.tp == dtp:
+                g.send_pp(buf.view(-1), dpp)
+                self._free(base)
+                return None, None
+        elif g.pp == dpp and g.tp == dtp:
+            base = self.budget.alloc(slots * slot, self.device)
+            buf = base.view(slots, slot)
+            g.recv_pp(base, info.owner)
+        return (buf, base) if g.index == d else (None, None)
+
+    def _padded(self, local, slot: int):
+        """(source, its allocation): a shard shorter than its siblings' padded to the slot."""
+        if local.numel() == slot and local.device == self.device:
+            return local, None
+        pad = self.budget.alloc(slot, self.device)
+        pad[: local.numel()].copy_(local)
+        return pad, pad
+
+    def _free(self, base) -> None:
+        if base is not None:
+            self.budget.free(base)
+
+    def _raw(self, ref):
         name, tp = parse_ref(ref.path)
         info = self.lp.params[name]
-        key = unit_of(ref, info)
+        key = (*unit_of(ref, info), self.cur)
         buf, _ = self.live[key]
         start = 0 if info.sharded else ref.offset - key[1]
-        raw = buf[tp if info.sharded else 0, start : start + ref.nbytes]
-        return raw.view(ref.dtype.torch).view(ref.shape)
+        return buf[tp if info.sharded else 0, start : start + ref.nbytes]
+
+    def tensor(self, ref):
+        """The piece's source as a tensor: a view of its unit."""
+        return self._raw(ref).view(ref.dtype.torch).view(ref.shape)
 
     def array(self, ref):
         """The same as numpy (host path of execute/fill.py; CPU units only)."""
-        name, tp = parse_ref(ref.path)
-        info = self.lp.params[name]
-        key = unit_of(ref, info)
-        buf, _ = self.live[key]
-        start = 0 if info.sharded else ref.offset - key[1]
-        raw = buf[tp if info.sharded else 0, start : start + ref.nbytes].numpy()
-        return raw.view(ref.dtype.np).reshape(ref.shape)
+        return self._raw(ref).numpy().view(ref.dtype.np).reshape(ref.shape)

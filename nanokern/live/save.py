@@ -116,7 +116,7 @@ def save_hf(src, out_dir, tp_group=None, pp_group=None, dtype: str = "bf16", tok
     wanted = lambda t: owner[file_of[t.name]] == g.index and bool(t.pieces)  # noqa: E731
     with contextlib.ExitStack() as held:
         _prepare(s, dst, work, force, held, wait)
-        entries, error = _write(s, order, wanted, mine, work, progress, stats)
+        entries, error = _write(s, order, wanted, lambda t: owner[file_of[t.name]], mine, work, progress, stats)
         if error is None and durable.batched():
             durable.syncfs(work)  # this rank's files, before rank 0 records them
         gathered = g.all_gather_object((None if error is None else str(error), entries))
@@ -134,7 +134,7 @@ def save_hf(src, out_dir, tp_group=None, pp_group=None, dtype: str = "bf16", tok
     return dst
 
 
-def _write(s, order, wanted, mine, work: Path, progress: bool, stats):
+def _write(s, order, wanted, dest, mine, work: Path, progress: bool, stats):
     """The collective loop (this thread) and this rank's writer (a thread): (entries, error)."""
     import torch
 
@@ -176,7 +176,7 @@ def _write(s, order, wanted, mine, work: Path, progress: bool, stats):
         bar = tqdm(total=sum(map(wanted, order)), unit="tensor", leave=False, desc="save_hf")
     k = 0
     try:
-        for t, out in produce(s.lp, s.sh, s.g, order, wanted, s.backend, s.device, budget, 1 if gpu else 2, before):
+        for t, out in produce(s.lp, s.sh, s.g, order, wanted, s.backend, s.device, budget, 1 if gpu else 2, before, dest):
             if gpu:
                 h = out_view(hosts[k % 2], t)
                 h.copy_(out)

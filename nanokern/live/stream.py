@@ -61,12 +61,13 @@ def _fill_device(t, out, units: Units, backend: str) -> None:
         gather_cast(src, rows, dst, backend=backend)
 
 
-def produce(lp: LivePlan, sh, g, order, wanted, backend: str, device, budget: Budget, nbuf: int = 1, before=None):
+def produce(lp: LivePlan, sh, g, order, wanted, backend: str, device, budget: Budget, nbuf: int = 1, before=None, dest=None):
     """For each tensor of `order` (plan OutTensors, the same list on every rank): gather its
     units (every rank, collectively), then, where wanted(t) (and before(), called first, says
     go on), fill an output buffer and yield (t, view). A view stays valid until the generator
-    is resumed `nbuf` times."""
-    units = Units(lp, sh, g, order, device, budget)
+    is resumed `nbuf` times. dest(t): the grid index of the one rank that wants t (its units go
+    to that rank only), or None: every rank gets every unit."""
+    units = Units(lp, sh, g, order, device, budget, dest)
     budget.bound_unit = units.largest
     size = max((t.nbytes for t in order if wanted(t)), default=0)
     bufs = [budget.alloc(size, device) for _ in range(nbuf if size else 0)]

@@ -1,0 +1,219 @@
+"""`nanokern bench live`: under torchrun (TP x PP processes, gloo on CPU, NCCL with --device cuda),
+from "shards in memory" (live.load_rank, untimed) to "HF folder durable on disk", three ways in
+one run: live.save_hf; the two-step path (every rank saves its shards in Nanotron's layout, as
+save_weights does, then `nanokern convert` of that checkpoint over the same ranks); and the
+collectives alone (the same units all-gathered over TP and broadcast over PP, nothing cast or
+written). Both outputs are compared byte for byte. One CSV row; peak bytes live.* allocates and
+the peak growth of anonymous RSS per rank, against the bound (2 x the largest HF tensor in the
+output dtype + the largest gathered unit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nanokern.bench.common import MB, REPO_ROOT, append_csv_rows, device_name, parse_size, stamp
+
+COLUMNS = ["size", "tp", "pp", "dtype", "out_dtype", "live_s", "two_step_s", "save_nanotron_s", "convert_s", "collectives_s",
+           "speedup_two_step", "live_over_collectives", "identical", "peak_alloc_mb", "bound_mb", "peak_anon_growth_mb",
+           "largest_tensor_mb"]
+
+
+def run(size: str, tp: int, pp: int, dtype: str, out_dtype: str, reps: int, device: str, cache_dir, scratch_dir, echo) -> dict:
+    """Launch the torchrun workers; the row (medians over reps)."""
+    from nanokern.bench.synthetic import cached_checkpoint
+
+    cache = Path(cache_dir) if cache_dir else REPO_ROOT / ".bench-cache"
+    ckpt, shape = cached_checkpoint(cache, parse_size(size), tp, pp, dtype, echo)
+    scratch = Path(scratch_dir) if scratch_dir else cache / "live-scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    spec = scratch / "spec.json"
+    spec.write_text(json.dumps({"ckpt": str(ckpt), "tp": tp, "pp": pp, "out_dtype": out_dtype, "reps": reps,
+                                "device": device, "scratch": str(scratch)}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(tp * pp),
+           "-m", "nanokern.bench.live", str(spec)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"bench live workers failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+    res = json.loads((scratch / "result.json").read_text())
+    shutil.rmtree(scratch, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in res["times"].items()}
+    two = med["save_nanotron_s"] + med["convert_s"]
+    return {**stamp(device_name(device), reps), "size": size, "tp": tp, "pp": pp, "dtype": dtype, "out_dtype": out_dtype,
+            "live_s": round(med["live_s"], 4), "two_step_s": round(two, 4), "save_nanotron_s": round(med["save_nanotron_s"], 4),
+            "convert_s": round(med["convert_s"], 4), "collectives_s": round(med["collectives_s"], 4),
+            "speedup_two_step": round(two / med["live_s"], 3), "live_over_collectives": round(med["live_s"] / med["collectives_s"], 3),
+            "identical": res["identical"], "peak_alloc_mb": round(res["peak_alloc"] / MB, 2), "bound_mb": round(res["bound"] / MB, 2),
+            "peak_anon_growth_mb": round(res["anon_growth"] / MB, 2), "largest_tensor_mb": round(res["largest"] / MB, 2)}
+
+
+def append(path, row: dict) -> None:
+    append_csv_rows(path, COLUMNS, [row])
+
+
+# ---- the torchrun side ------------------------------------------------------------------------
+
+def _groups(tp: int, pp: int):
+    import torch.distributed as dist
+
+    r, mine = dist.get_rank(), [None, None]
+    for p in range(pp):
+        g = dist.new_group([p * tp + t for t in range(tp)])
+        mine[0] = g if r // tp == p else mine[0]
+    for t in range(tp):
+        g = dist.new_group([p * tp + t for p in range(pp)])
+        mine[1] = g if r % tp == t else mine[1]
+    return mine
+
+
+def _save_nanotron(sh, step: Path, tp: int, pp: int, tps: int, pps: int, owner: dict) -> None:
+    """This rank's shards as Nanotron's save_weights writes them: one safetensors file per
+    parameter (sharded: rank suffix and slice metadata; replicated: TP rank 0 of its stage)."""
+    from safetensors.torch import save_file
+
+    from nanokern.formats.nanotron import layout as L
+
+    box = lambda b: "|".join(f"{a},{z},None" for a, z in b)  # noqa: E731
+    for name, p in sh.params.items():
+        if p.pairs is None:
+            if tp != 0 or owner[L.block_of(name)] != pp:
+                continue
+            path, meta = step / L.param_path(name), {}
+        else:
+            if name == L.EMBED_NT and owner["embedding"] != pp:
+                continue  # the tied lm_head's copy: saved once, by the embedding's stage
+            path = step / L.param_path(name, pp, pps, tp, tps)
+            meta = {"version": "1.5", "unsharded_shape": str(tuple(p.gshape)),
+                    "local_global_slices_pairs": ";".join(f"{box(lo)}#{box(gl)}" for lo, gl in p.pairs)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"data": p.tensor.contiguous()}, str(path), metadata=meta)
+
+
+def worker(spec_path: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from nanokern import live
+    from nanokern.bench.measure import AnonSampler
+    from nanokern.convert import convert
+    from nanokern.formats.nanotron import layout as L
+    from nanokern.live.export import setup, state_dict_order
+    from nanokern.live.gather import Budget
+    from nanokern.live.stream import produce
+
+    spec = json.loads(Path(spec_path).read_text())
+    cuda = spec["device"] == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    tps, pps = spec["tp"], spec["pp"]
+    tpg, ppg = _groups(tps, pps)
+    tp, pp = dist.get_rank() % tps, dist.get_rank() // tps
+    sh = live.load_rank(spec["ckpt"], tp, pp, device="cuda" if cuda else "cpu")
+    owner = L.pp_stage_blocks(*_spec_vocab(spec["ckpt"]), pps)
+    scratch, od = Path(spec["scratch"]), spec["out_dtype"]
+    sync = (lambda: torch.cuda.synchronize()) if cuda else (lambda: None)  # noqa: E731
+    times: dict[str, list[float]] = {"live_s": [], "save_nanotron_s": [], "convert_s": [], "collectives_s": []}
+    stats, growth = {}, 0
+    s = setup(sh, tpg, ppg, dtype=od)  # warm-up (untimed): the groups' first collectives open their connections
+    for _ in produce(s.lp, s.sh, s.g, state_dict_order(s.lp), lambda t: False, s.backend, s.device, Budget()):
+        pass
+    for rep in range(spec["reps"]):
+        live_out, nt, conv_out = scratch / f"live-{rep}", scratch / f"nt-{rep}", scratch / f"convert-{rep}"
+        dist.barrier()
+        base = _anon()
+        sampler = AnonSampler(os.getpid())
+        sampler.start()
+        t0 = time.perf_counter()
+        live.save_hf(sh, live_out, tpg, ppg, od, stats=stats)
+        dist.barrier()
+        times["live_s"].append(time.perf_counter() - t0)
+        growth = max(growth, sampler.stop() - base)
+        t0 = time.perf_counter()
+        _save_nanotron(sh, nt / "0", tp, pp, tps, pps, owner)
+        sync()
+        dist.barrier()
+        if dist.get_rank() == 0:
+            (nt / "0" / "model_config.json").write_text(json.dumps(sh.config))
+            (nt / "latest.txt").write_text("0")
+        dist.barrier()
+        t1 = time.perf_counter()
+        convert(nt, conv_out, to="hf", dtype=od, device="cuda" if cuda else "cpu", progress=False)
+        dist.barrier()
+        t2 = time.perf_counter()
+        times["save_nanotron_s"].append(t1 - t0)
+        times["convert_s"].append(t2 - t1)
+        s = setup(sh, tpg, ppg, dtype=od)
+        t0 = time.perf_counter()
+        for _ in produce(s.lp, s.sh, s.g, state_dict_order(s.lp), lambda t: False, s.backend, s.device, Budget()):
+            pass
+        sync()
+        dist.barrier()
+        times["collectives_s"].append(time.perf_counter() - t0)
+    identical = None
+    if dist.get_rank() == 0:
+        files = lambda d: {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}  # noqa: E731
+        identical = files(scratch / "live-0") == files(scratch / "convert-0")
+    per_rank = [None] * dist.get_world_size()
+    dist.all_gather_object(per_rank, (stats, growth))
+    if dist.get_rank() == 0:
+        (scratch / "result.json").write_text(json.dumps({
+            "times": times, "identical": identical, "peak_alloc": max(s["peak_bytes"] for s, _ in per_rank),
+            "bound": max(s["bound_bytes"] for s, _ in per_rank), "largest": max(s["largest_tensor_bytes"] for s, _ in per_rank),
+            "anon_growth": max(g for _, g in per_rank)}))
+    dist.destroy_process_group()
+
+
+def _spec_vocab(ckpt):
+    from nanokern.formats.nanotron import read_checkpoint
+
+    ck = read_checkpoint(ckpt)
+    return ck.spec, ck.spec.vocab_size
+
+
+def _anon() -> int:
+    from nanokern.bench.measure import rss_anon
+
+    return rss_anon(os.getpid())
+
+
+import click  # noqa: E402  (the command, registered by bench/cli.py)
+
+
+@click.command("live")
+@click.option("--size", default="200MB", show_default=True, help="Synthetic checkpoint size (20MB, 1GB, ...).")
+@click.option("--tp", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--pp", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Source dtype.")
+@click.option("--out-dtype", type=click.Choice(["keep", "fp32", "bf16", "fp16"]), default="bf16", show_default=True)
+@click.option("--reps", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="cuda: NCCL, one GPU per process (TP x PP GPUs).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Synthetic checkpoints [default: .bench-cache/].")
+@click.option("--scratch-dir", type=click.Path(file_okay=False), default=None, help="Outputs [default: inside the cache dir].")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Append the row here [default: benchmarks/results/live.csv].")
+@click.option("--no-csv", is_flag=True, help="Do not append a CSV row.")
+def live_cmd(size, tp, pp, dtype, out_dtype, reps, device, cache_dir, scratch_dir, csv_path, no_csv):
+    """Export from a running job: live.save_hf against the two-step path (Nanotron-layout save +
+    `nanokern convert`) and against the collectives alone, under torchrun (TP x PP processes)."""
+    row = run(size, tp, pp, dtype, out_dtype, reps, device, cache_dir, scratch_dir, click.echo)
+    click.echo(",".join(COLUMNS))
+    click.echo(",".join(str(row[c]) for c in COLUMNS))
+    if not no_csv:
+        path = Path(csv_path) if csv_path else REPO_ROOT / "benchmarks" / "results" / "live.csv"
+        append(path, row)
+        click.echo(f"appended a row to {path}")
+    if row["identical"] is False:
+        raise click.ClickException("live.save_hf and nanokern convert outputs differ")
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])
