@@ -32,7 +32,7 @@ TEST_TIMEOUT="${TEST_TIMEOUT:-240}"  # a bare machine compiles every kernel vari
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-150}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 GPU_TESTS="${GPU_TESTS:-$(ls tests/test_ops_*.py tests/test_parity_kernels.py tests/test_generate_kernels.py \
-  tests/test_execute.py | tr '\n' ' ')}"
+  tests/test_execute.py tests/test_live_single.py | tr '\n' ' ')}"
 WHEELS="${WHEELS:-.whl}"
 COLLECT_ONLY=0
 [[ "${1:-}" == "--collect-only" ]] && COLLECT_ONLY=1
@@ -181,8 +181,16 @@ run_step bench-kernels "$BENCH_TIMEOUT" "$PYTHON" benchmarks/bench_kernels.py --
 # bench-generate-cuda*: native decoding (Triton kernels) vs transformers' generate() with SDPA on a
 # synthetic TP=2 checkpoint (benchmarks/results/generate.csv); parity-generate-triton: 32 greedy
 # tokens on the GPU against transformers' generate() on the sliding-window fixture.
+# bench-live-nccl: nanokern.live.save_hf from shards in GPU memory (NCCL; the TP x PP grid is as
+# large as the GPUs allow: 2x2 on 4+, 2x1 on 2-3, 1x1 on one) against a Nanotron-layout save +
+# `nanokern convert --device cuda`, and against the collectives alone (benchmarks/results/live.csv).
+NGPU="$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
+LIVE_GRID="--tp 1 --pp 1"
+(( NGPU >= 2 )) && LIVE_GRID="--tp 2 --pp 1"
+(( NGPU >= 4 )) && LIVE_GRID="--tp 2 --pp 2"
 EXTRA_BENCHMARKS=(
   "bench-convert-cuda|150|$PYTHON -m nanokern.bench convert --device cuda --size 1GB --reps 1 --settle 1"
+  "bench-live-nccl|150|$PYTHON -m nanokern.bench live --device cuda $LIVE_GRID --size 1GB --reps 2"
   "parity-kernels|120|$PYTHON -m nanokern parity --kernels --backend triton"
   "bench-parity-kernels|150|$PYTHON benchmarks/bench_parity_kernels.py"
   "demo-parity-triton|180|$PYTHON -m nanokern demo --backend triton"
@@ -207,6 +215,7 @@ fi
 for f in "$LOGS"/bench-generate-cuda*.log; do
   [[ -f "$f" ]] && grep -E "tok/s|tokens equal" "$f" | tail -2
 done
+[[ -f "$LOGS/bench-live-nccl.log" ]] && grep -A1 "^size,tp,pp" "$LOGS/bench-live-nccl.log" | tail -2
 if [[ -f "$LOGS/bench-convert-cuda.log" ]]; then
   sed -n '/^approach /,/^targets/p' "$LOGS/bench-convert-cuda.log"
 fi

@@ -94,7 +94,7 @@ def _save_nanotron(sh, step: Path, tp: int, pp: int, tps: int, pps: int, owner: 
             meta = {"version": "1.5", "unsharded_shape": str(tuple(p.gshape)),
                     "local_global_slices_pairs": ";".join(f"{box(lo)}#{box(gl)}" for lo, gl in p.pairs)}
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"data": p.tensor.contiguous()}, str(path), metadata=meta)
+        save_file({"data": p.tensor.contiguous().cpu()}, str(path), metadata=meta)
 
 
 def worker(spec_path: str) -> None:

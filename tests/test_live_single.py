@@ -1,0 +1,73 @@
+"""nanokern.live in one process (a TP=1 PP=1 grid, no torch.distributed): the device path, i.e.
+what runs on a GPU (the plan's pieces through the torch op: cuda, triton or torch backend), checked
+here on the CPU against the file converter, and on CUDA where a device is present (-m gpu):
+hf_weights and save_hf equal `nanokern convert` of the same checkpoint, bf16 and keep, dense and
+MoE (experts transposed one at a time)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from fixtures_path import fixture
+from helpers import load_dir, tree_bytes
+
+from nanokern import live
+from nanokern.convert import convert
+from nanokern.live import stream
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    """{name: (checkpoint, {dtype: its convert export})}: a real fixture and a synthetic MoE."""
+    from nanokern.bench.synthetic import choose_shape, write_checkpoint
+
+    tmp = tmp_path_factory.mktemp("live1")
+    moe = write_checkpoint(tmp / "moe", choose_shape(3_000_000, "fp32", 1, "moe"), 1, 1, "fp32")
+    out = {}
+    for name, ck in (("tp1_pp1_fp32", fixture("nanotron", "tp1_pp1_fp32")), ("moe", moe)):
+        refs = {}
+        for dtype in ("bf16", "keep"):
+            refs[dtype] = tmp / f"{name}-{dtype}"
+            convert(ck, refs[dtype], to="hf", dtype=dtype, progress=False)
+        out[name] = (ck, refs)
+    return out
+
+
+def _check(ck: Path, refs: dict, device: str, backend: str, tmp: Path) -> None:
+    shards = live.load_rank(ck, 0, 0, device=device)
+    for dtype, ref in refs.items():
+        want = load_dir(ref)
+        got = {n: t.to("cpu", copy=True) for n, t in live.hf_weights(shards, dtype=dtype, backend=backend)}
+        assert sorted(got) == sorted(want)
+        bad = [n for n in got if got[n].dtype != want[n].dtype or not torch.equal(got[n].view(-1).view(torch.uint8),
+                                                                                   want[n].view(-1).view(torch.uint8))]
+        assert not bad, (dtype, bad[:5])
+        out = tmp / f"{ck.name}-{dtype}-{device}-{backend}"
+        live.save_hf(shards, out, dtype=dtype, backend=backend)
+        assert tree_bytes(out) == tree_bytes(ref)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_device_path_on_cpu_matches_convert(sources, backend, monkeypatch, tmp_path):
+    """The GPU's fill (stream._fill_device) run on CPU tensors: a planted fault there fails here."""
+    def device_fill(t, out, units, b):
+        out.zero_()
+        stream._fill_device(t, out, units, b)
+
+    monkeypatch.setattr(stream, "fill", device_fill)
+    for ck, refs in sources.values():
+        _check(ck, refs, "cpu", backend, tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["cuda", "triton", "torch"])
+def test_cuda_matches_convert(sources, backend, tmp_path):
+    from nanokern.ops import available_backends
+
+    if backend not in available_backends("cuda"):
+        pytest.skip(f"backend {backend} is not available on cuda here")
+    for ck, refs in sources.values():
+        _check(ck, refs, "cuda", backend, tmp_path)
