@@ -14,7 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nanokern.bench import bench  # noqa: E402
 
-FIGURE = ["--size", "1GB", "--tp", "2", "--pp", "2", "--dtype", "fp32", "--out-dtype", "bf16", "--backends", "cpu,torch", "--reps", "5"]
+FIGURE = ["--size", "1GB", "--tp", "2", "--pp", "2", "--dtype", "fp32", "--out-dtype", "bf16", "--backends", "cpu,torch", "--reps", "5",
+          # the published rows: appended to results/, the synthetic checkpoints cached on the repo's disk
+          "--csv", str(Path(__file__).resolve().parent / "results" / "backends.csv"), "--cache-dir", str(Path(__file__).resolve().parent.parent / ".bench-cache")]
 
 if __name__ == "__main__":
     bench(["backends", *FIGURE, *sys.argv[1:]], prog_name="bench_backends.py")

@@ -14,7 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nanokern.bench import bench  # noqa: E402
 
-FIGURE = ["--size", "1GB", "--tp", "2", "--pp", "2", "--dtype", "fp32", "--to", "hf", "--out-dtype", "keep", "--reps", "3"]
+FIGURE = ["--size", "1GB", "--tp", "2", "--pp", "2", "--dtype", "fp32", "--to", "hf", "--out-dtype", "keep", "--reps", "3",
+          # the published rows: appended to results/, the synthetic checkpoints cached on the repo's disk
+          "--csv", str(Path(__file__).resolve().parent / "results" / "convert.csv"), "--cache-dir", str(Path(__file__).resolve().parent.parent / ".bench-cache")]
 
 if __name__ == "__main__":
     # later options win in click, so command-line arguments override the figure's defaults

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${REPS:-3}
-.venv/bin/nanokern bench convert --size 1GB --tp 2 --pp 2 --dtype fp32 --out-dtype keep --reps "$REPS" --to hf "$@"
-.venv/bin/nanokern bench convert --size 1GB --tp 2 --pp 2 --dtype fp32 --out-dtype keep --reps "$REPS" --to nanotron --from hf "$@"
-.venv/bin/nanokern bench convert --size 1GB --tp 2 --pp 2 --dtype fp32 --out-dtype keep --reps "$REPS" --to nanotron --from nanotron --out-tp 1 --out-pp 1 "$@"
+.venv/bin/nanokern bench convert --size 1GB --tp 2 --pp 2 --dtype fp32 --out-dtype keep --reps "$REPS" --csv benchmarks/results/convert.csv --cache-dir .bench-cache --to hf "$@"
+.venv/bin/nanokern bench convert --size 1GB --tp 2 --pp 2 --dtype fp32 --out-dtype keep --reps "$REPS" --csv benchmarks/results/convert.csv --cache-dir .bench-cache --to nanotron --from hf "$@"
+.venv/bin/nanokern bench convert --size 1GB --tp 2 --pp 2 --dtype fp32 --out-dtype keep --reps "$REPS" --csv benchmarks/results/convert.csv --cache-dir .bench-cache --to nanotron --from nanotron --out-tp 1 --out-pp 1 "$@"

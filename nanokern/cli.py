@@ -206,14 +206,15 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
 
     def convert_locked():
         from nanokern.convert import make_plan
-        from nanokern.execute import execute
+        from nanokern.execute import execute, phases
         from nanokern.formats.hf import parse_size
         from nanokern.plan import describe
 
         tok, tok_line = (tokenizer, None) if tokenizer is not None else _default_tokenizer(src, to)
-        plan = make_plan(src, to, dtype, vocab_size=vocab_size, tokenizer=tok, rope_interleaved=rope_interleaved,
-                         max_shard_size=max_shard_size, tp=tp, pp=pp, make_vocab_size_divisible_by=make_vocab_size_divisible_by,
-                         hf_arch=hf_arch, nanotron_config=nanotron_config)
+        with phases.span("plan"):  # (NANOKERN_PHASES only: bench convert's breakdown)
+            plan = make_plan(src, to, dtype, vocab_size=vocab_size, tokenizer=tok, rope_interleaved=rope_interleaved,
+                             max_shard_size=max_shard_size, tp=tp, pp=pp, make_vocab_size_divisible_by=make_vocab_size_divisible_by,
+                             hf_arch=hf_arch, nanotron_config=nanotron_config)
         if tok_line and lead:
             click.echo(tok_line, err=True)
         for w in plan.warnings:

@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nanokern.bench.common import REPO_ROOT, append_csv_rows, device_name, parse_size, schema, stamp
+from nanokern.bench.common import REPO_ROOT, append_csv_rows, default_cache_dir, device_name, parse_size, schema, stamp
 from nanokern.bench.measure import _rm, _run_measured
 from nanokern.bench.naive import compare_hf
 from nanokern.bench.synthetic import cached_checkpoint
@@ -33,7 +33,7 @@ def run_backend_bench(size: str, tp: int, pp: int, dtype: str, out_dtype: str, b
     order rotating each round; every output is compared with the first backend's, bit for bit.
     rope_interleaved: read the source as trained with interleaved RoPE, so that q and k rows are
     permuted on the way (a row-map gather, as for such real checkpoints)."""
-    cache = Path(cache_dir) if cache_dir else REPO_ROOT / ".bench-cache"
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     src, _ = cached_checkpoint(cache, parse_size(size), tp, pp, dtype, echo)
     parent = Path(scratch_dir) if scratch_dir else cache
     parent.mkdir(parents=True, exist_ok=True)

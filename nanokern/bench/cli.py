@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from dataclasses import asdict
@@ -11,6 +10,7 @@ from pathlib import Path
 import click
 
 from nanokern.bench.common import REPO_ROOT, parse_size, short_dtype
+from nanokern.cli_report import json_option, json_stdout, write_json
 
 # torch's names too (bfloat16 = bf16, float16 = fp16, float32 = fp32)
 SRC_DTYPES = click.Choice(["fp32", "bf16", "fp16", "float32", "bfloat16", "float16"])
@@ -22,8 +22,14 @@ def bench():
     """Benchmarks: conversions against the cp+sync floor and a naive script, backends against each other, kernels."""
 
 
+def _size(ctx, param, value):
+    if value is not None and parse_size(value) <= 0:
+        raise click.BadParameter(f"{value!r}: the checkpoint needs a size above 0 (20MB, 1GB, ...)")
+    return value
+
+
 @bench.command("convert")
-@click.option("--size", default="1GB", show_default=True, help="Synthetic checkpoint size (20MB, 1GB, 4GB, ...).")
+@click.option("--size", default="1GB", show_default=True, callback=_size, help="Synthetic checkpoint size (20MB, 1GB, 4GB, ...).")
 @click.option("--tp", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--pp", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--dtype", type=SRC_DTYPES, default="fp32", show_default=True, help="Source dtype.")
@@ -43,18 +49,24 @@ def bench():
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="> 1: torchrun --nproc-per-node N -m nanokern convert.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="torch / OpenMP threads per process (pinned).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Synthetic checkpoints [default: .bench-cache/ at the repo root].")
-@click.option("--scratch-dir", type=click.Path(file_okay=False), default=None, help="Outputs [default: inside the cache dir, same filesystem].")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Append the row here [default: benchmarks/results/convert.csv].")
-@click.option("--no-csv", is_flag=True, help="Do not append a CSV row.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Synthetic checkpoints, kept between runs [default: nanokern-bench-cache/ in the temporary folder, "
+                   "$TMPDIR or /tmp]. The outputs go beside them: put it on the disk to measure.")
+@click.option("--scratch-dir", type=click.Path(file_okay=False), default=None,
+              help="Outputs, removed at the end and on Ctrl-C [default: inside the cache dir, same filesystem].")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="Append the row to this CSV (e.g. benchmarks/results/convert.csv) [default: no CSV].")
+@click.option("--no-csv", is_flag=True, hidden=True)  # (the default now; kept for old scripts)
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a PNG of the medians (and the whole process's phases) here.")
 @click.option("--check/--no-check", default=True, show_default=True, help="Compare nanokern's and the naive outputs bit for bit.")
 @click.option("--clean-cache", is_flag=True, help="Delete this size's synthetic checkpoint afterwards.")
 @click.option("--settle", type=click.FloatRange(0), default=8.0, show_default=True,
-              help="Idle seconds before each measured run, so all start from the same memory state.")
+              help="Idle seconds before each measured run, so all start from the same memory state (each is announced).")
 @click.option("--keep-outputs", type=click.Path(file_okay=False), default=None, hidden=True)
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the full result as JSON.")
+@json_option("the full result")
 def convert_cmd(size, tp, pp, dtype, to, source, out_tp, out_pp, out_dtype, arch_name, reps, workers, backend, nproc, device, threads, cache_dir, scratch_dir,
-                csv_path, no_csv, check, clean_cache, settle, keep_outputs, json_path):
+                csv_path, no_csv, plot_path, check, clean_cache, settle, keep_outputs, json_path):
     """Time nanokern's conversion against `cp -r` + sync of the same files and a naive
     load/cat/save_file script; peak anonymous memory against the largest tensor. nanokern and
     the naive script are timed in-process and as whole processes (exec to exit, then sync).
@@ -63,26 +75,51 @@ def convert_cmd(size, tp, pp, dtype, to, source, out_tp, out_pp, out_dtype, arch
     export:  --to hf                                 (Nanotron --tp x --pp -> HF)
     import:  --to nanotron --from hf                 (HF -> Nanotron --tp x --pp)
     reshard: --to nanotron --out-tp 1 --out-pp 1     (Nanotron --tp x --pp -> --out-tp x --out-pp)
+
+    The table's last lines say where the whole process's time goes (start-up, plan, writing:
+    read+kernel and write per worker thread, sync, rename, exit). Ctrl-C stops the run and
+    removes its outputs (the cached checkpoints are kept).
     """
-    parse_size(size)
+    json_stdout(json_path)
     from nanokern.bench.harness import Options
 
     opts = Options(size, tp, pp, short_dtype(dtype), to, short_dtype(out_dtype), reps, workers, backend, nproc, device,
                    threads, cache_dir, scratch_dir, csv_path, check, keep_outputs, clean_cache, settle, source, out_tp, out_pp,
                    arch_name)
     from nanokern.bench.harness import run_convert_bench
-    from nanokern.bench.report import append_csv, format_table
+    from nanokern.bench.report import append_csv, format_table, phase_seconds, plot
 
-    res = run_convert_bench(opts)
+    res = _interruptible(lambda: run_convert_bench(opts))
     click.echo(format_table(res))
-    if not no_csv:
-        path = Path(csv_path) if csv_path else REPO_ROOT / "benchmarks" / "results" / "convert.csv"
-        append_csv(path, res.row)
-        click.echo(f"appended a row to {path}")
-    if json_path:
-        Path(json_path).write_text(json.dumps({**asdict(res), "table": format_table(res)}, indent=2, default=str) + "\n")
+    if csv_path:
+        append_csv(Path(csv_path), res.row)
+        click.echo(f"appended a row to {Path(csv_path).absolute()}")
+    else:
+        click.echo("no CSV row written (--csv PATH appends one)")
+    if plot_path:
+        plot(res, plot_path)
+        click.echo(f"plot: {Path(plot_path).absolute()}")
+    phases = [phase_seconds(r) for r in res.runs.get("cli", [])]
+    write_json(json_path, {**asdict(res), "phases": [p for p in phases if p], "table": format_table(res)})
     if res.identical is False:
         raise click.ClickException("nanokern and naive outputs differ")
+
+
+def _interruptible(fn):
+    """Ctrl-C / SIGTERM while benchmarking: the child run is stopped and the scratch folder
+    removed (harness.py), then one line and exit 128 + the signal number."""
+    import signal
+
+    from nanokern.execute import signals
+
+    try:
+        with signals.raising():
+            return fn()
+    except (signals.Interrupted, KeyboardInterrupt) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        click.echo(f"interrupted ({signal.Signals(signum).name}): bench stopped; its outputs are removed "
+                   "(the cached checkpoints are kept)", err=True)
+        sys.exit(128 + signum)
 
 
 @bench.command("backends")
@@ -97,11 +134,12 @@ def convert_cmd(size, tp, pp, dtype, to, source, out_tp, out_pp, out_dtype, arch
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="torch / OpenMP threads per process.")
 @click.option("--settle", type=click.FloatRange(0), default=8.0, show_default=True, help="Idle seconds before each run.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Synthetic checkpoints [default: .bench-cache/].")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Synthetic checkpoints [default: nanokern-bench-cache/ in the temporary folder].")
 @click.option("--scratch-dir", type=click.Path(file_okay=False), default=None,
               help="Where outputs go [default: the cache dir]; a tmpfs here takes the disk out of the comparison.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Append rows here [default: benchmarks/results/backends.csv].")
-@click.option("--no-csv", is_flag=True, help="Do not append CSV rows.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="Append the rows to this CSV (e.g. benchmarks/results/backends.csv) [default: no CSV].")
+@click.option("--no-csv", is_flag=True, hidden=True)  # (the default now; kept for old scripts)
 def backends_cmd(size, tp, pp, dtype, out_dtype, backends, rope_interleaved, reps, device, threads, settle, cache_dir, scratch_dir,
                  csv_path, no_csv):
     """Time the same conversion with each gather_cast backend (order rotating each rep, outputs
@@ -115,10 +153,9 @@ def backends_cmd(size, tp, pp, dtype, out_dtype, backends, rope_interleaved, rep
     rows = run_backend_bench(size, tp, pp, short_dtype(dtype), short_dtype(out_dtype), names, reps, device, threads, settle, cache_dir, scratch_dir,
                              click.echo, rope_interleaved)
     click.echo(format_rows(rows))
-    if not no_csv:
-        path = Path(csv_path) if csv_path else REPO_ROOT / "benchmarks" / "results" / "backends.csv"
-        append_rows(path, rows)
-        click.echo(f"appended {len(rows)} rows to {path}")
+    if csv_path:
+        append_rows(Path(csv_path), rows)
+        click.echo(f"appended {len(rows)} rows to {Path(csv_path).absolute()}")
 
 
 @bench.command("kernels", add_help_option=False, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -43,6 +43,14 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2) or "B"])
 
 
+def default_cache_dir() -> Path:
+    """Where the synthetic checkpoints are cached unless --cache-dir says: nanokern-bench-cache/
+    in the temporary folder ($TMPDIR, else /tmp), never the current folder nor the repo."""
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "nanokern-bench-cache"
+
+
 def compile_bytecode() -> None:
     """Compile nanokern's bytecode, as `pip install` does for an installed package. An editable
     install has none, and under PYTHONDONTWRITEBYTECODE Python would compile every module from

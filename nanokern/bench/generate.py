@@ -4,7 +4,8 @@ the two alternating rep by rep after a warm-up; medians. Greedy, exactly N new t
 never stops transformers). Prefill: prompt tokens / time to the first new token; decode: the
 N - 1 later tokens / the time from the first new token to the last (transformers' timed with
 a streamer that notes when each token comes). The tokens of the two are compared too.
-Appends one row per run to benchmarks/results/generate.csv.
+Appends one row per run to the CSV --csv names (benchmarks/results/generate.csv for the
+README's figures).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from nanokern.bench.common import REPO_ROOT, append_csv_rows, device_name, parse_size, schema, stamp
+from nanokern.bench.common import append_csv_rows, default_cache_dir, device_name, parse_size, schema, stamp
 
 CSV_COLUMNS = schema(["model", "tp", "pp", "dtype", "threads", "batch", "prompt_len", "new_tokens", "backend", "hf_attn",
                       "native_prefill_tok_s", "hf_prefill_tok_s", "native_decode_tok_s", "hf_decode_tok_s", "decode_ratio",
@@ -105,10 +106,10 @@ def _bench(ckpt, batch, prompt_len, new_tokens, reps, dtype, backend, device, at
 @click.option("--attn", type=click.Choice(["sdpa", "eager"]), default="sdpa", show_default=True,
               help="transformers' attention implementation.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch threads (default: torch's own).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Synthetic checkpoints [default: .bench-cache/].")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Synthetic checkpoints [default: nanokern-bench-cache/ in the temporary folder].")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
-              help="Append the row here [default: benchmarks/results/generate.csv].")
-@click.option("--no-csv", is_flag=True, help="Do not append a CSV row.")
+              help="Append the row to this CSV (e.g. benchmarks/results/generate.csv) [default: no CSV].")
+@click.option("--no-csv", is_flag=True, hidden=True)  # (the default now; kept for old scripts)
 def generate_cmd(ckpt, size, arch_name, tp, pp, dtype, batch, prompt_len, new_tokens, reps, backend, device, attn, threads,
                  cache_dir, csv_path, no_csv):
     """Native decoding tokens/s (straight from the Nanotron shards) vs transformers' generate()
@@ -116,7 +117,7 @@ def generate_cmd(ckpt, size, arch_name, tp, pp, dtype, batch, prompt_len, new_to
     if ckpt is None:
         from nanokern.bench.synthetic import cached_checkpoint
 
-        cache = Path(cache_dir) if cache_dir else REPO_ROOT / ".bench-cache"
+        cache = Path(cache_dir) if cache_dir else default_cache_dir()
         ckpt, _ = cached_checkpoint(cache, parse_size(size), tp, pp, dtype, click.echo, arch_name)
     row = run_generate_bench(ckpt, batch, prompt_len, new_tokens, reps, dtype, backend, device, attn, threads)
     click.echo(f"{row['model']} TP={row['tp']} PP={row['pp']} {dtype} batch {batch} prompt {prompt_len} new {new_tokens} "
@@ -124,10 +125,9 @@ def generate_cmd(ckpt, size, arch_name, tp, pp, dtype, batch, prompt_len, new_to
     click.echo(f"  prefill tok/s: native {row['native_prefill_tok_s']}, transformers {row['hf_prefill_tok_s']}")
     click.echo(f"  decode  tok/s: native {row['native_decode_tok_s']}, transformers {row['hf_decode_tok_s']} "
                f"(ratio {row['decode_ratio']}); tokens equal: {row['tokens_equal']}")
-    if not no_csv:
-        path = Path(csv_path) if csv_path else REPO_ROOT / "benchmarks" / "results" / "generate.csv"
-        append_csv_rows(path, CSV_COLUMNS, [row])
-        click.echo(f"appended a row to {path}")
+    if csv_path:
+        append_csv_rows(Path(csv_path), CSV_COLUMNS, [row])
+        click.echo(f"appended a row to {Path(csv_path).absolute()}")
 
 
 generate = generate_cmd

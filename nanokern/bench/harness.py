@@ -23,11 +23,16 @@ from pathlib import Path
 import click
 
 from nanokern.arch import decoder
-from nanokern.bench.common import ITEMSIZE, MB, REPO_ROOT, compile_bytecode, device_name, parse_size, short_dtype
+from nanokern.bench.common import (ITEMSIZE, REPO_ROOT, compile_bytecode, default_cache_dir, device_name, parse_size,
+                                   short_dtype)
 from nanokern.bench.measure import Run, _rm, _run_measured
 from nanokern.bench.naive import compare_hf, compare_nanotron
-from nanokern.bench.report import convert_row
+from nanokern.bench.report import convert_row, rep_line
+from nanokern.io.units import human_bytes
 from nanokern.bench.synthetic import cached_checkpoint
+
+
+LABELS = {"floor": "cp+sync", "nanokern": "nanokern in-process", "cli": "nanokern whole process", "naive": "naive"}
 
 
 @dataclass
@@ -119,9 +124,14 @@ def cached_hf_source(cache: Path, nt_src: Path, echo) -> Path:
     echo(f"exporting {nt_src.name} to HF once, as the import source ...")
     tmp = cache / f"{root.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    convert(nt_src, tmp, to="hf", dtype="keep", progress=False)
-    os.sync()
-    os.replace(tmp, root)
+    try:
+        convert(nt_src, tmp, to="hf", dtype="keep", progress=False)
+        os.sync()
+        os.replace(tmp, root)
+    except BaseException:  # Ctrl-C included: no half export left in the cache
+        for p in cache.glob(f"{tmp.name}*"):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        raise
     return root
 
 
@@ -131,7 +141,8 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
     direction = opts.direction
     if opts.to == "hf" and opts.source != "nanotron":
         raise click.BadParameter("--to hf: the source is a Nanotron checkpoint (--from nanotron)")
-    cache = Path(opts.cache_dir) if opts.cache_dir else REPO_ROOT / ".bench-cache"
+    cache = Path(opts.cache_dir) if opts.cache_dir else default_cache_dir()
+    echo(f"cache of synthetic checkpoints: {cache}" + ("" if opts.cache_dir else " (--cache-dir to choose)"))
     nt_src, shape = cached_checkpoint(cache, nbytes, opts.tp, opts.pp, opts.dtype, echo, opts.arch)
     if direction == "import":
         src = cached_hf_source(cache, nt_src, echo)
@@ -186,7 +197,9 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
         # back to the host within seconds, and touching it again costs page faults. Without
         # this pause `cp` (starting in milliseconds) would reuse still-backed pages while the
         # Python workers (seconds of imports) would pay for fresh ones.
-        time.sleep(opts.settle)
+        if opts.settle > 0:
+            echo(f"  settling {opts.settle:g} s (--settle) before the {LABELS[approach]} run ...")
+            time.sleep(opts.settle)
         if approach == "floor":
             return _run_measured(["cp", "-r", str(floor_src), str(outs["floor"])], env)
         if approach == "cli":  # what the user runs and waits for: exec to exit, then sync
@@ -195,7 +208,7 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
                        "-m", "nanokern", *convert_args(outs["cli"])]
             else:
                 cmd = [*nanokern_command(), *convert_args(outs["cli"])]
-            return _run_measured(cmd, env)
+            return _run_measured(cmd, env, phases_file=scratch / "phases.json")
         if approach == "naive" or opts.nproc == 1:
             return _run_measured(spec(approach), env, scratch / f"{approach}.result.json")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(opts.nproc),
@@ -205,23 +218,24 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
         return run
 
     idle_baseline = 0
-    if opts.nproc > 1:  # the launcher tree's import baseline, measured the same way
-        idle = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(opts.nproc),
-                *spec("idle")[1:]]
-        idle_baseline = _run_measured(idle, env).peak_anon
-
     echo(f"{direction}: source {src.name}: {shape.layers} layer(s), hidden {shape.hidden}, intermediate {shape.intermediate}, "
-         f"vocab {shape.vocab}, {source_bytes / 1e9:.3f} GB; largest tensor {big_name} {big_bytes / MB:.1f} MB")
+         f"vocab {shape.vocab}, {human_bytes(source_bytes)}; largest tensor {big_name} {human_bytes(big_bytes)}")
     approaches = ["floor", "nanokern", "cli"] + (["naive"] if opts.arch == "llama" else [])
+    if opts.settle > 0:
+        n = opts.reps * len(approaches)
+        echo(f"each of the {n} runs starts after {opts.settle:g} s idle (--settle): about {n * opts.settle:.0f} s of settling")
     compare = compare_hf if direction == "export" else compare_nanotron
     try:
+        if opts.nproc > 1:  # the launcher tree's import baseline, measured the same way
+            idle = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(opts.nproc),
+                    *spec("idle")[1:]]
+            idle_baseline = _run_measured(idle, env).peak_anon
         for rep in range(opts.reps):
             order = approaches if rep % 2 == 0 else approaches[::-1]
             for a in order:
                 r = measure(a)
                 res.runs.setdefault(a, []).append(r)
-                echo(f"  rep {rep + 1}/{opts.reps} {a:9s} {r.seconds:7.2f} s  exec-to-exit+sync {r.wall:7.2f} s  "
-                     f"cpu {r.cpu:6.2f} s  peak anon {r.peak_anon / MB:8.1f} MB")
+                echo(rep_line(rep + 1, opts.reps, a, r))
                 if a == "floor" or rep < opts.reps - 1 or (not opts.check and not opts.keep_outputs):
                     _rm(outs[a])
         if opts.check and "naive" in approaches:

@@ -140,29 +140,56 @@ class Run:
     baseline_anon: int
     cpu: float = 0.0  # user + system seconds of the process tree for the measured part
     wall: float = 0.0  # exec of the command to its exit, then sync: what the user waits for
+    started: float = 0.0  # time.monotonic() at exec and at exit (the clock the child's phases use)
+    exited: float = 0.0
+    phases: dict | None = None  # the child's NANOKERN_PHASES report (execute/phases.py), when asked for
 
 
-def _run_measured(cmd: list[str], env=None, inner_result: Path | None = None) -> Run:
+def _run_measured(cmd: list[str], env=None, inner_result: Path | None = None, phases_file: Path | None = None) -> Run:
     """Run cmd under the RssAnon sampler. wall = exec to exit, then sync (always); seconds = the
-    worker's own time (imports excluded) when it writes one, else the wall time."""
+    worker's own time (imports excluded) when it writes one, else the wall time. phases_file:
+    the child writes its phase breakdown there (NANOKERN_PHASES). An interrupt (Ctrl-C) stops
+    the child before it is raised on, so the caller can remove what it wrote."""
     if inner_result is not None:
         inner_result.unlink(missing_ok=True)
+    if phases_file is not None:
+        phases_file.unlink(missing_ok=True)
+        env = {**(env if env is not None else os.environ), "NANOKERN_PHASES": str(phases_file)}
     c0 = _cpu_children()
+    started = time.monotonic()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     sampler = AnonSampler(proc.pid)
     sampler.start()
-    out, _ = proc.communicate()
+    try:
+        out, _ = proc.communicate()
+    except BaseException:
+        _stop(proc)
+        sampler.stop()
+        raise
+    exited = time.monotonic()
     os.sync()
     wall = time.perf_counter() - t0
     cpu = _cpu_children() - c0
     peak = sampler.stop()
     if proc.returncode != 0:
         raise click.ClickException(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out.decode(errors='replace')[-3000:]}")
+    phases = json.loads(phases_file.read_text()) if phases_file is not None and phases_file.is_file() else None
     if inner_result is not None and inner_result.is_file():
         r = json.loads(inner_result.read_text())
-        return Run(r["seconds"], peak, r["baseline_anon"], r["cpu"], wall)
-    return Run(wall, peak, 0, cpu, wall)
+        return Run(r["seconds"], peak, r["baseline_anon"], r["cpu"], wall, started, exited, phases)
+    return Run(wall, peak, 0, cpu, wall, started, exited, phases)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM (nanokern's children clean up their lock and partial folder), then SIGKILL."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _rm(path: Path) -> None:

@@ -1,5 +1,6 @@
-"""`bench convert`'s results: the CSV row (medians and ratios of a Result's runs) and the printed
-table with each target's verdict."""
+"""`bench convert`'s results: the CSV row (medians and ratios of a Result's runs), the rep lines
+and the printed table (the same labels, ROWS), where the whole process's time goes (its phases),
+each target's verdict, and the plot."""
 
 from __future__ import annotations
 
@@ -11,6 +12,58 @@ from nanokern.bench.common import CSV_COLUMNS, MB, append_csv_rows, machine, sta
 
 if TYPE_CHECKING:
     from nanokern.bench.harness import Result
+    from nanokern.bench.measure import Run
+
+# (approach, label, figure): what each run measures, under one name in the rep lines, the table and
+# the plot. wall = exec of the command to its exit, then sync; else the run's own (in-process) time.
+ROWS = (("floor", "cp+sync", "wall"), ("nanokern", "nanokern in-process", "seconds"),
+        ("cli", "nanokern whole process", "wall"), ("naive", "naive in-process", "seconds"),
+        ("naive", "naive whole process", "wall"))
+
+
+def figures(approach: str, run: Run) -> list[tuple[str, float]]:
+    """(label, seconds) of one run, as the table names them."""
+    return [(label, getattr(run, fig)) for a, label, fig in ROWS if a == approach]
+
+
+def rep_line(rep: int, reps: int, approach: str, run: Run) -> str:
+    figs = ", ".join(f"{label} {t:.2f} s" for label, t in figures(approach, run))
+    return f"  rep {rep}/{reps}: {figs} (cpu {run.cpu:.2f} s, peak anon {run.peak_anon / MB:.1f} MB)"
+
+
+# the whole process's phases, in order (execute/phases.py): (key, label)
+PHASES = (("plan", "plan"), ("prepare", "prepare (lock, checks)"), ("writing", "writing"), ("finish", "configs+manifest"),
+          ("sync", "sync"), ("rename", "rename"))
+
+
+def phase_seconds(run: Run) -> dict[str, float] | None:
+    """The whole process's wall time cut into phases: start-up (exec to planning), the command's
+    phases, exit (the end to the process's exit) and the sync after it; plus read+kernel and
+    write (waiting for the writer threads), summed over the worker threads within `writing`."""
+    p = run.phases
+    if not p or not run.started:
+        return None
+    sec, marks = p.get("seconds", {}), p.get("marks", {})
+    out = {"start-up": marks.get("plan", run.started) - run.started}
+    for key, label in PHASES:
+        out[label] = sec.get(key, 0.0)
+    out["exit"] = run.exited - marks.get("end", run.exited)
+    out["sync after exit"] = max(0.0, run.wall - (run.exited - run.started))
+    out["read+kernel"], out["write"] = sec.get("kernel", 0.0), sec.get("write", 0.0)
+    return out
+
+
+def phase_line(runs: list[Run]) -> str:
+    """One line: the median of each phase over the runs that reported them."""
+    got = [p for p in (phase_seconds(r) for r in runs) if p]
+    if not got:
+        return ""
+    med = {k: statistics.median(p[k] for p in got) for k in got[0]}
+    top = [k for k in med if k not in ("read+kernel", "write")]
+    parts = [f"{k} {med[k]:.2f} s" + (f" (per worker thread, summed: read+kernel {med['read+kernel']:.2f} s, "
+                                       f"write {med['write']:.2f} s)" if k == "writing" else "") for k in top]
+    return ("where the time goes (nanokern whole process, medians): " + ", ".join(parts)
+            + f"; the phases sum to {sum(med[k] for k in top):.2f} s")
 
 
 def convert_row(res: Result, device: str, target: tuple[int, int] | None, timestamp: str | None = None) -> dict:
@@ -59,12 +112,11 @@ def format_table(res: Result) -> str:
     lines = [f"nanokern bench convert ({d}{'' if arch == 'llama' else ', ' + arch}): {o['size']} {o['dtype']} {what} ({o['out_dtype']}), "
              f"{o['reps']} rep(s), medians; {machine()}",
              f"{'approach':<22} {'time s':>8} {'GB/s':>7} {'x floor':>8} {'vs naive':>9} {'cpu s':>7} {'peak anon MB':>13} {'(peak-base)/largest':>20}"]
-    rows = (("floor", "cp+sync", False), ("nanokern", "nanokern in-process", False),
-            ("cli", "nanokern whole process", True), ("naive", "naive in-process", False), ("naive", "naive whole process", True))
-    for a, label, wall in rows:
+    for a, label, fig in ROWS:
         if a not in res.runs:
             continue
-        t = res.median_wall(a) if wall else res.median(a)
+        wall = fig == "wall"
+        t = statistics.median(getattr(r, fig) for r in res.runs[a])
         peak = res.peak(a)
         mem = "-" if a in ("floor", "cli") else f"{(peak - res.baseline(a)) / res.largest_tensor_bytes:.2f}"
         cpu = statistics.median(r.cpu for r in res.runs[a])
@@ -80,6 +132,8 @@ def format_table(res: Result) -> str:
         against = "naive output" if has_naive else "the source (nanokern verify --against)"
         lines.append(f"nanokern outputs (in-process and whole process) == {against}, tensor for tensor, bit-exact: "
                      + ("yes" if res.identical else f"NO ({len(res.problems)}): " + "; ".join(res.problems[:5])))
+    if "cli" in res.runs and phase_line(res.runs["cli"]):
+        lines.append(phase_line(res.runs["cli"]))
     r = res.row
     verdict = lambda ok: "ok" if ok else "MISSED"  # noqa: E731
     most, least = TARGETS[d]
@@ -93,3 +147,34 @@ def format_table(res: Result) -> str:
 
 def append_csv(path: Path, row: dict) -> None:
     append_csv_rows(path, CSV_COLUMNS, [row])
+
+
+def plot(res: Result, path) -> None:
+    """A PNG: the median seconds of each row of the table, the floor as a line, the whole
+    process's phases stacked beside it when they were measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(label, statistics.median(getattr(r, fig) for r in res.runs[a])) for a, label, fig in ROWS if a in res.runs]
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(rows) + 1.8))
+    ax.barh([label for label, _ in rows][::-1], [t for _, t in rows][::-1], color="#4c72b0")
+    if "floor" in res.runs:
+        ax.axvline(res.median_wall("floor"), color="#c44e52", linestyle="--", label="cp+sync floor")
+    phases = [p for p in (phase_seconds(r) for r in res.runs.get("cli", [])) if p]
+    if phases:
+        left = 0.0
+        colors = plt.get_cmap("tab10").colors
+        for i, k in enumerate(k for k in phases[0] if k not in ("read+kernel", "write")):
+            w = statistics.median(p[k] for p in phases)
+            ax.barh(["nanokern whole process: phases"], [w], left=left, color=colors[i % 10], label=k)
+            left += w
+    o = res.options
+    ax.set_xlabel("seconds (medians)")
+    ax.set_title(f"bench convert ({o.get('direction', 'export')}): {o['size']} {o['dtype']} TP{o['tp']}xPP{o['pp']}, "
+                 f"{o['reps']} rep(s)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from nanokern.execute import distributed, signals
 from nanokern.errors import NanokernError, OutOfSpace
-from nanokern.execute import diskspace, durable, manifest, write
+from nanokern.execute import diskspace, durable, manifest, phases, write
 from nanokern.execute import lock as outlock
 from nanokern.execute.fill import Sources
 from nanokern.execute.replace import check_apart, check_target, recover, replace
@@ -68,13 +68,16 @@ def execute(plan: Plan, dst: str | os.PathLike, backend: str = "auto", device: s
     backend = resolve_backend(backend, device)
     work = manifest.partial_dir(dst, manifest.plan_fingerprint(plan))
     with contextlib.ExitStack() as held:
-        _prepare(plan, dst, work, rank, dist, force, lambda: held.enter_context(outlock.hold(dst, wait=wait, on_wait=on_wait)))
+        with phases.span("prepare"):
+            _prepare(plan, dst, work, rank, dist, force, lambda: held.enter_context(outlock.hold(dst, wait=wait, on_wait=on_wait)))
         stager = None
         if device == "cuda" or staging_bytes is not None:
             from nanokern.execute.staging import Stager
 
             stager = lambda n: Stager(device, (staging_bytes or 1 << 30) // n, backend)  # noqa: E731
-        return _Run(plan, dst, work, backend, dist, rank, world).go(workers, progress, strict, stager, direct_io)
+        report = _Run(plan, dst, work, backend, dist, rank, world).go(workers, progress, strict, stager, direct_io)
+    phases.dump()  # (NANOKERN_PHASES only: bench convert's breakdown)
+    return report
 
 
 def _prepare(plan: Plan, dst: Path, work: Path, rank: int, dist, force: bool, take_lock) -> None:
@@ -128,7 +131,7 @@ class _Run:
         workers = max(1, workers or min(4, os.cpu_count() or 1, max(1, len(self.todo))))
         report = Report(backend=self.backend, workers=workers, processes=self.world,
                         reused_files=len(self.mine) - len(self.todo))
-        self.opts = dict(stager=stager(workers) if stager else None, direct=direct, chunk=write.CHUNK_BYTES)
+        self.opts = dict(stager=stager(workers) if stager else None, direct=direct, chunk=write.CHUNK_BYTES, phases=phases.ACTIVE)
         self.strict = strict
         t0 = time.perf_counter()
         if progress and self.rank == 0 and sys.stderr.isatty():  # not in a log file (Slurm's, a pipe)
@@ -139,7 +142,9 @@ class _Run:
                             desc="convert" if self.world == 1 else f"convert (rank 0 of {self.world})")
             self.bar.update(sum(f.size for f in self.mine) - sum(f.size for f in self.todo))
         with signals.raising():  # from here a signal raises Interrupted: the finished files are kept
-            self._finish(self._write_all(workers))
+            with phases.span("writing"):
+                error = self._write_all(workers)
+            self._finish(error)
         report.seconds = time.perf_counter() - t0
         report.files, report.tensors = len(self.plan.files), self.plan.num_tensors
         report.bytes = sum(f.size for f in self.plan.files)
@@ -154,7 +159,8 @@ class _Run:
     def _make_durable(self) -> None:  # under self.lock: one syncfs for every file finished since the last one
         if not self.pending:
             return
-        durable.syncfs(self.work)
+        with phases.span("sync"):
+            durable.syncfs(self.work)
         self.last_sync = time.monotonic()
         self.entries.update(self.pending)
         self.pending.clear()
@@ -258,9 +264,10 @@ class _Run:
 def _complete(plan: Plan, work: Path, dst: Path, entries: dict, batched: bool) -> None:
     """Configs and manifest, everything durable, then into place (rank 0; signals deferred)."""
     try:
-        for name, data in plan.aux.items():
-            durable.write_small(work / name, data, fsync=not batched)
-        manifest.write_manifest(work, plan, entries, fsync=not batched)
+        with phases.span("finish"):
+            for name, data in plan.aux.items():
+                durable.write_small(work / name, data, fsync=not batched)
+            manifest.write_manifest(work, plan, entries, fsync=not batched)
     except OSError as e:
         if e.errno in diskspace.NO_SPACE:
             raise OutOfSpace(f"no space left on the device while writing it; the {len(entries)} finished file(s) "
@@ -268,9 +275,11 @@ def _complete(plan: Plan, work: Path, dst: Path, entries: dict, batched: bool) -
                              e.filename) from None
         raise
     manifest.drop_journals(work)
-    if batched:
-        durable.syncfs(work)  # every file, config, the manifest and every folder, at once
-    else:
-        for d in {work, *[(work / f.path).parent for f in plan.files]}:
-            durable.fsync_dir(d)
-    replace(work, dst)
+    with phases.span("sync"):
+        if batched:
+            durable.syncfs(work)  # every file, config, the manifest and every folder, at once
+        else:
+            for d in {work, *[(work / f.path).parent for f in plan.files]}:
+                durable.fsync_dir(d)
+    with phases.span("rename"):
+        replace(work, dst)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,14 +46,17 @@ def _digest(raw: np.ndarray, out: np.ndarray, s: dict) -> None:
 
 def write_file(f: OutFile, path: Path, sources: Sources, backend: str, on_bytes=None, stager=None,
                direct: bool = True, chunk: int = CHUNK_BYTES, cancel: threading.Event | None = None,
-               fsync: bool = True) -> dict:
-    """Write one output file; return its manifest entry (size, header and tensor CRC32s, non-finite)."""
+               fsync: bool = True, phases=None) -> dict:
+    """Write one output file; return its manifest entry (size, header and tensor CRC32s, non-finite).
+    phases (execute/phases.py, bench convert's breakdown): the seconds this thread spent in the
+    kernel (gather + cast, reading the memory-mapped source) and waiting for the writer."""
     max_row = max((t.shape2d[1] * t.dtype.itemsize for t in f.tensors), default=0)
     if f.size <= SMALL_FILE_BYTES:
         w = SmallFileWriter(path, f.size)
     else:
         w = SequentialWriter(path, f.size, chunk, max(max_row, len(f.header)), depth=WRITE_DEPTH, direct=direct)
     sums = {t.name: {"offset": t.offset, "nbytes": t.nbytes, "crc32": 0, "finite": True} for t in f.tensors}
+    clock, kernel, waited = time.monotonic, 0.0, 0.0  # a few clock reads per chunk of 16 MB
     try:
         w.region(len(f.header))[:] = np.frombuffer(f.header, np.uint8)
         w.advance(len(f.header))
@@ -66,20 +70,29 @@ def write_file(f: OutFile, path: Path, sources: Sources, backend: str, on_bytes=
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(str(path))
                 r1 = min(rows, r0 + max(1, w.room // row_bytes))
+                t0 = clock()
                 raw = w.region((r1 - r0) * row_bytes)
+                t1 = clock()
                 out = raw.view(t.dtype.np).reshape(r1 - r0, cols)
                 if not covered:
                     out[...] = 0  # rows no piece covers (vocab padding) are zero
                 fill_rows(t, r0, r1, out, sources, backend, stager)
+                t2 = clock()
                 w.check(functools.partial(_digest, raw, out, sums[t.name]))
                 w.advance(raw.size)
+                kernel, waited = kernel + (t2 - t1), waited + (t1 - t0) + (clock() - t2)
                 if on_bytes:
                     on_bytes(raw.size)
                 r0 = r1
+        t0 = clock()
         w.close(fsync=fsync)
+        waited += clock() - t0
     except BaseException:
         w.abort()
         raise
+    if phases is not None:
+        phases.add("kernel", kernel)
+        phases.add("write", waited)
     if on_bytes:
         on_bytes(len(f.header))
     return file_entry(f.size, f.header, sums)
