@@ -49,7 +49,7 @@ class Grid:
         if self.tp_size == 1:
             out[0].copy_(local)
             return
-        if out.is_cuda and hasattr(dist, "all_gather_into_tensor"):
+        if hasattr(dist, "all_gather_into_tensor"):  # (gloo too: no flattened copy of the list)
             dist.all_gather_into_tensor(out.view(-1), local, group=self.tp_group)
         else:
             dist.all_gather(list(out.unbind(0)), local, group=self.tp_group)
