@@ -215,14 +215,14 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
             plan = make_plan(src, to, dtype, vocab_size=vocab_size, tokenizer=tok, rope_interleaved=rope_interleaved,
                              max_shard_size=max_shard_size, tp=tp, pp=pp, make_vocab_size_divisible_by=make_vocab_size_divisible_by,
                              hf_arch=hf_arch, nanotron_config=nanotron_config)
-        if tok_line and lead:
-            click.echo(tok_line, err=True)
         for w in plan.warnings:
             warn(w)
         info = {"ok": True, "source": src, "source_format": plan.source.origin, "target": plan.target, "dst": dst,
                 "files": [f.path for f in plan.files], "tensors": plan.num_tensors, "bytes": plan.nbytes,
                 "tokenizer": tok, "warnings": plan.warnings, **plan.summary}
         if dry_run:
+            if tok_line:
+                say(tok_line, err=True)
             say(describe(plan))
             if lead:
                 write_json(json_path, {**info, "dry_run": True})
@@ -234,6 +234,8 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
             warn(f"non-finite values (NaN/inf) in {n}")
         if not lead:
             return
+        if tok_line:  # (after the output is in place: a failure stays one line)
+            say(tok_line, err=True)
         procs = f", {report.processes} processes" if report.processes > 1 else ""
         say(f"wrote {dst}: {report.files} file(s), {report.tensors} tensor(s), {human_bytes(report.bytes)} "
             f"in {report.seconds:.2f} s ({report.gbps:.2f} GB/s, backend {report.backend}, {report.workers} worker(s){procs})")
@@ -262,7 +264,7 @@ def _default_tokenizer(src, to) -> tuple[str | None, str | None]:
         return None, None  # the reader says what is wrong
     folder, why = named_by_checkpoint(step)
     if folder is None:
-        return None, f"tokenizer: {why}: exported without one; add one with --tokenizer DIR"
+        return None, f"tokenizer: {why}: the HF folder has none; add one with --tokenizer DIR"
     return str(folder), f"tokenizer: {why}"
 
 

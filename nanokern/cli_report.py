@@ -23,8 +23,8 @@ def json_option(what: str = "the report"):
     --json PATH: written to PATH. Pair with json_stdout() at the top of the command."""
     return click.option("--json", "json_path", type=click.Path(dir_okay=False, allow_dash=True), is_flag=False,
                         flag_value="-", default=None, metavar="[PATH]",
-                        help=f"Write {what} as JSON to PATH; --json alone (or --json -) prints it on stdout and "
-                             "the other lines on stderr.")
+                        help=f"Write {what} as JSON to PATH; --json - (or --json alone, after the arguments) prints "
+                             "it on stdout and the other lines on stderr.")
 
 
 @contextlib.contextmanager
