@@ -108,3 +108,23 @@ def test_finished_export_not_yet_recorded_is_kept_not_redone(tmp_path):
     (rec,) = of(out, "exported", "10")
     assert rec.get("recovered") is True and (out / "10").stat().st_ino == ino
     assert os.readlink(out / "latest") == "10"
+
+
+def test_idle_poll_is_one_listing(tmp_path, monkeypatch):
+    """Once every step is exported, a poll lists CHECKPOINTS_PATH and walks no step folder."""
+    from nanokern.formats.nanotron import steps as S
+    from nanokern.watch.export import ExportOptions
+    from nanokern.watch.watcher import Watcher, WatchOptions
+
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    steps(ck, ["10", "20"])
+    assert run_cli("watch", ck, out, "--once", "-q").returncode == 0
+    w = Watcher(WatchOptions(ck, out, ExportOptions(progress=False)), lambda m, err=False: None)
+    w.setup()
+    walked = []
+    monkeypatch.setattr(S, "observe", lambda st: walked.append(st.name))
+    d = w.sched.look()
+    assert (d.ready, d.waiting, d.give_up, walked) == ([], [], [], [])
+    copy_step(fixture("nanotron", SRC) / "0", ck, "30")
+    w.sched.look()
+    assert walked == ["30"]

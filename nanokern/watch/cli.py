@@ -108,6 +108,12 @@ def watch(checkpoints_path, out_root, status_root, plot_path, once, every, keep_
             line = e.message() if e.kept is not None else \
                 f"interrupted ({name}){after}: the watch stopped; the same command goes on where it was"
             click.echo(line, err=True)
+        from nanokern.execute import distributed
+
+        if distributed.owned():  # a peer may be inside a collective: leave without tearing gloo down
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.exit_code)
         sys.exit(e.exit_code)
     sys.exit(rc)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nanokern.errors import NanokernError
+from nanokern.formats.nanotron.steps import size_text
 from nanokern.watch.events import LOG, read_events
 
 
@@ -39,13 +40,13 @@ def table(root: Path) -> str:
     rs = rows(root)
     if not rs and not (root / LOG).is_file():
         raise NanokernError(f"no {LOG} here: not a watch's OUT_ROOT (yet)", root)
-    head = f"{'step':>8}  {'state':<9} {'seconds':>8} {'GB':>8} {'GB/s':>7}  {'parity max|diff|':>16}  {'exec':>4}  note"
+    head = f"{'step':>8}  {'state':<9} {'seconds':>8} {'size':>9} {'GB/s':>7}  {'parity max|diff|':>16}  {'exec':>4}  note"
     lines = [head]
     for r in rs:
         par = "" if r["parity"] is None and r["passed"] is None else \
             (f"{r['parity']:.3g}" if r["parity"] is not None else "-") + ("" if r["passed"] else " SUSPECT")
         lines.append(f"{r['step']:>8}  {r['state']:<9} {_num(r['seconds'], '.2f'):>8} "
-                     f"{_num(None if r['bytes'] is None else r['bytes'] / 1e9, '.3f'):>8} {_num(r['gbps'], '.2f'):>7}  "
+                     f"{'' if r['bytes'] is None else size_text(r['bytes']):>9} {_num(r['gbps'], '.2f'):>7}  "
                      f"{par:>16}  {'' if r['exec'] is None else r['exec']:>4}  {r['error'] or ''}")
     n = {s: sum(r["state"] == s for r in rs) for s in ("exported", "failed", "removed")}
     lines.append(f"{len(rs)} step(s): {n['exported']} exported, {n['failed']} failed, {n['removed']} removed (--keep-last), "
