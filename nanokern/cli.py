@@ -253,16 +253,11 @@ def _default_tokenizer(src, to) -> tuple[str | None, str | None]:
     folder, or a hub id in the local HF cache), and the one line that says which, or that there
     is none and how to add one."""
     from nanokern.formats import nanotron
+    from nanokern.formats.tokenizer import of_checkpoint
 
     if to not in (None, "hf") or not nanotron.is_nanotron(Path(src)):
         return None, None
-    from nanokern.formats.tokenizer import named_by_checkpoint
-
-    try:
-        step = nanotron.find_step_dir(src)
-    except NanokernError:
-        return None, None  # the reader says what is wrong
-    folder, why = named_by_checkpoint(step)
+    folder, why = of_checkpoint(src)
     if folder is None:
         return None, f"tokenizer: {why}: the HF folder has none; add one with --tokenizer DIR"
     return str(folder), f"tokenizer: {why}"

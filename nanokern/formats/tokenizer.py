@@ -91,6 +91,20 @@ def named_by_checkpoint(step_dir: str | Path) -> tuple[Path | None, str]:
     return None, f"the checkpoint has no tokenizer (its config.yaml names {name}, {where})"
 
 
+def of_checkpoint(path: str | Path) -> tuple[Path | None, str]:
+    """named_by_checkpoint() for a Nanotron checkpoints_path or step folder; (None, why) for
+    anything else (a damaged checkpoint: its reader says what is wrong, later)."""
+    from nanokern.formats import nanotron
+
+    if not nanotron.is_nanotron(Path(path)):
+        return None, "the folder has no tokenizer"
+    try:
+        step = nanotron.find_step_dir(path)
+    except NanokernError:
+        return None, "the checkpoint has no tokenizer"
+    return named_by_checkpoint(step)
+
+
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 

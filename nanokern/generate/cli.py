@@ -51,17 +51,11 @@ def _parse_ids(text: str) -> list[int]:
 def _default_tokenizer(ckpt) -> tuple[str | None, str]:
     """No --tokenizer: a HF CKPT's own, else the one a Nanotron CKPT's config.yaml names (a folder,
     or a hub id in the local HF cache: said in one line); (None, why there is none) otherwise."""
-    from nanokern.formats import nanotron
-    from nanokern.formats.tokenizer import has_tokenizer, named_by_checkpoint
+    from nanokern.formats.tokenizer import has_tokenizer, of_checkpoint
 
     if (Path(ckpt) / "tokenizer_config.json").is_file() or has_tokenizer(ckpt):
         return str(ckpt), ""
-    if not nanotron.is_nanotron(Path(ckpt)):
-        return None, "the folder has no tokenizer"
-    try:
-        folder, why = named_by_checkpoint(nanotron.find_step_dir(ckpt))
-    except NanokernError:
-        return None, "the checkpoint has no tokenizer"  # the reader says what is wrong, next
+    folder, why = of_checkpoint(ckpt)
     if folder is not None:
         click.echo(f"tokenizer: {why}", err=True)
         return str(folder), ""
