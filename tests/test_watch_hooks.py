@@ -22,7 +22,7 @@ def test_check_and_exec_after_each_export(tmp_path):
     ck, out = tmp_path / "ck", tmp_path / "hf"
     copy_step(fixture("nanotron", "tp1_pp1_fp32") / "0", ck, "10")
     marker = tmp_path / "marker"
-    cmd = f'echo "$NANOKERN_STEP $NANOKERN_OUT {{step}} {{out}}" > {marker}; exit 3'
+    cmd = f'echo "$NANOKERN_STEP $NANOKERN_OUT {{step}} {{out}} $NANOKERN_CHECK" > {marker}; exit 3'
     r = run_cli("watch", ck, out, "--once", "--dtype", "float32", "--check", "parity", "--exec", cmd, "-q")
     assert r.returncode == 0, r.stderr  # the command's own exit code is logged, not a failure of the watch
     (chk,) = of(out, "checked", "10")
@@ -32,7 +32,7 @@ def test_check_and_exec_after_each_export(tmp_path):
     assert chk["logits_max_abs"] == report["rows"][-1]["metrics"]["max_abs"]
     (ex,) = of(out, "exec", "10")
     assert ex["returncode"] == 3
-    assert marker.read_text().split() == ["10", str(out / "10"), "10", str(out / "10")]
+    assert marker.read_text().split() == ["10", str(out / "10"), "10", str(out / "10"), "passed"]
     order = [e["event"] for e in of(out, "exported") + of(out, "checked") + of(out, "exec")]
     assert order == ["exported", "checked", "exec"]
     s = run_cli("watch", "--status", out)

@@ -42,8 +42,8 @@ DTYPES = click.Choice([*(d.short for d in dtypes.FLOATS), "keep", *(d.name for d
                    "OUT_ROOT/<step>/nanokern-parity.json; a failure marks the step suspect and keeps the export.")
 @click.option("--exec", "exec_cmd", default=None, metavar="CMD",
               help="Shell command run after each export (and check), e.g. an sbatch of an evaluation or an upload: "
-                   "{step} and {out} are replaced (shell-quoted); NANOKERN_STEP, NANOKERN_OUT and NANOKERN_SOURCE "
-                   "are in its environment. Its exit code is logged.")
+                   "{step} and {out} are replaced (shell-quoted); NANOKERN_STEP, NANOKERN_OUT, NANOKERN_SOURCE and "
+                   "NANOKERN_CHECK (passed, suspect, or empty) are in its environment. Its exit code is logged.")
 @click.option("--dtype", type=DTYPES, default=None, help="As convert: output dtype [default: bf16].")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None, help="As convert: copy this tokenizer into each export.")
 @click.option("--vocab-size", type=int, default=None, help="As convert: true vocabulary size (trims padded rows).")

@@ -3,7 +3,6 @@ command (--exec)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -45,10 +44,12 @@ def substitute(command: str, step: str, out: Path) -> str:
     return command.replace("{step}", shlex.quote(step)).replace("{out}", shlex.quote(str(out)))
 
 
-def run_exec(command: str, step: str, out: Path, step_dir: Path) -> dict:
-    """Run the command through the shell with NANOKERN_STEP, NANOKERN_OUT and NANOKERN_SOURCE
-    in its environment; its output goes where the watch's goes. Returns the log's fields."""
-    env = {**os.environ, "NANOKERN_STEP": step, "NANOKERN_OUT": str(out), "NANOKERN_SOURCE": str(step_dir)}
+def run_exec(command: str, step: str, out: Path, step_dir: Path, check: str = "") -> dict:
+    """Run the command through the shell with NANOKERN_STEP, NANOKERN_OUT, NANOKERN_SOURCE and
+    NANOKERN_CHECK (passed, suspect, or empty without --check) in its environment; its output goes
+    where the watch's goes. Returns the log's fields."""
+    env = {**os.environ, "NANOKERN_STEP": step, "NANOKERN_OUT": str(out), "NANOKERN_SOURCE": str(step_dir),
+           "NANOKERN_CHECK": check}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # not a rank of ours
         env.pop(k, None)
     cmd = substitute(command, step, out)
@@ -58,10 +59,3 @@ def run_exec(command: str, step: str, out: Path, step_dir: Path) -> dict:
     except OSError as e:
         return {"seconds": time.perf_counter() - t0, "command": cmd, "returncode": None, "error": str(e)}
     return {"seconds": time.perf_counter() - t0, "command": cmd, "returncode": rc}
-
-
-def load_parity(out: Path) -> dict | None:
-    try:
-        return json.loads((out / PARITY_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None

@@ -44,6 +44,7 @@ class Watcher:
         self.failures = 0  # this run's failed records and suspect checks (--once's exit code)
         self.stop_rc: int | None = None
         self.hooks_due: list[str] = []
+        self.said_absent = False
 
     # -- start ------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -96,6 +97,9 @@ class Watcher:
             if self.hooks_due:
                 self.run_hooks(self.hooks_due.pop(0))
                 continue
+            if not self.o.checkpoints.is_dir() and not self.said_absent:
+                self.say(f"waiting for {self.o.checkpoints} to appear")
+                self.said_absent = True
             look = self.sched.look(once=self.o.once)
             for st, v in look.give_up:
                 self._fail(st.name, v.reason, signature=st.signature)
@@ -197,15 +201,17 @@ class Watcher:
                 line = (f"parity {'ok' if fig['passed'] else 'FAILED'} ({fig['dtype']}: logits max|diff| "
                         f"{fig['logits_max_abs']:.3g}" + (f", first failing row {fig['first_failure']}" if not fig["passed"] else "")
                         + ")" + ("" if fig["passed"] else ": marked suspect, export kept"))
-            except (NanokernError, OSError, ValueError, RuntimeError) as e:
-                fig = {"passed": False, "suspect": True, "error": str(e)}
+            except Exception as e:  # noqa: BLE001 - a check that cannot run marks the step, never stops the watch
+                fig = {"passed": False, "suspect": True, "error": f"{type(e).__name__}: {e}"}
                 line = f"parity check could not run ({e}): marked suspect, export kept"
             secs = fig.pop("seconds", None)
             self.history.add(self.log.append("checked", name, out, secs, None, **fig))
             self.failures += 0 if fig["passed"] else 1
             self.say(f"step {name}: {line}")
         if self.o.exec_cmd and name not in self.history.execd:
-            res = hooks.run_exec(self.o.exec_cmd, name, out, src)
+            chk = self.history.checked.get(name)
+            verdict = "" if chk is None else ("suspect" if chk.get("suspect") else "passed")
+            res = hooks.run_exec(self.o.exec_cmd, name, out, src, verdict)
             secs = res.pop("seconds")
             self.history.add(self.log.append("exec", name, out, secs, None, **res))
             self.say(f"step {name}: exec exited {res['returncode']}" + (f" ({res['error']})" if res.get("error") else ""))
