@@ -140,6 +140,11 @@ def run_case(case: dict, tpg, ppg, out: Path) -> None:
         if case.get("save"):
             dst = out / f"{Path(fx).name}-{dtype}"
             live.save_hf(src, dst, tpg, ppg, dtype, tokenizer=case.get("tokenizer"), max_shard_size=case.get("max_shard_size", "5GB"), **opts)
+            try:  # an existing folder is kept without force, on every rank's word
+                live.save_hf(src, dst, parallel_context=Info(tp_pg=tpg, pp_pg=ppg), dtype=dtype, **opts)
+                check(False, f"{fx} {dtype}: save_hf replaced an existing folder without force")
+            except live.NanokernError as e:
+                check("output exists" in str(e), f"{fx} {dtype}: {e}")
             if rank == 0:
                 a, b = tree(dst), tree(Path(ref_dir))
                 check(a == b, f"{fx} {dtype}: save_hf's folder differs from convert's: "

@@ -12,8 +12,9 @@ manifest and atomic rename (save.py); only the source bytes come from the ranks'
 over TP and broadcast over PP (gather.py, comm.py) one unit at a time.
 """
 
+from nanokern.errors import NanokernError
 from nanokern.live.export import hf_metadata, hf_weights
 from nanokern.live.save import save_hf
 from nanokern.live.source import LocalParam, RankShards, from_module, load_rank
 
-__all__ = ["LocalParam", "RankShards", "from_module", "hf_metadata", "hf_weights", "load_rank", "save_hf"]
+__all__ = ["LocalParam", "NanokernError", "RankShards", "from_module", "hf_metadata", "hf_weights", "load_rank", "save_hf"]
