@@ -2,8 +2,8 @@
 from "shards in memory" (live.load_rank, untimed) to "HF folder durable on disk", three ways in
 one run: live.save_hf; the two-step path (every rank saves its shards in Nanotron's layout, as
 save_weights does, then `nanokern convert` of that checkpoint over the same ranks); and the
-collectives alone (the same units all-gathered over TP and broadcast over PP, nothing cast or
-written). Both outputs are compared byte for byte. One CSV row; peak bytes live.* allocates and
+collectives alone, twice: every unit to every rank (all-gather over TP, broadcast over PP), and
+each unit to the rank that writes it, as save_hf moves them (nothing cast or written). Both outputs are compared byte for byte. One CSV row; peak bytes live.* allocates and
 the peak growth of anonymous RSS per rank, against the bound (2 x the largest HF tensor in the
 output dtype + the largest gathered unit).
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from nanokern.bench.common import MB, REPO_ROOT, append_csv_rows, device_name, parse_size, stamp
 
-COLUMNS = ["size", "tp", "pp", "dtype", "out_dtype", "live_s", "two_step_s", "save_nanotron_s", "convert_s", "collectives_s",
-           "speedup_two_step", "live_over_collectives", "identical", "peak_alloc_mb", "bound_mb", "peak_anon_growth_mb",
-           "largest_tensor_mb"]
+COLUMNS = ["size", "tp", "pp", "dtype", "out_dtype", "live_s", "two_step_s", "save_nanotron_s", "convert_s",
+           "collectives_s", "routed_collectives_s", "speedup_two_step", "live_over_collectives", "live_over_routed",
+           "identical", "peak_alloc_mb", "bound_mb", "peak_anon_growth_mb", "largest_tensor_mb"]
 
 
 def run(size: str, tp: int, pp: int, dtype: str, out_dtype: str, reps: int, device: str, cache_dir, scratch_dir, echo) -> dict:
@@ -50,6 +50,7 @@ def run(size: str, tp: int, pp: int, dtype: str, out_dtype: str, reps: int, devi
     return {**stamp(device_name(device), reps), "size": size, "tp": tp, "pp": pp, "dtype": dtype, "out_dtype": out_dtype,
             "live_s": round(med["live_s"], 4), "two_step_s": round(two, 4), "save_nanotron_s": round(med["save_nanotron_s"], 4),
             "convert_s": round(med["convert_s"], 4), "collectives_s": round(med["collectives_s"], 4),
+            "routed_collectives_s": round(med["routed_s"], 4), "live_over_routed": round(med["live_s"] / med["routed_s"], 3),
             "speedup_two_step": round(two / med["live_s"], 3), "live_over_collectives": round(med["live_s"] / med["collectives_s"], 3),
             "identical": res["identical"], "peak_alloc_mb": round(res["peak_alloc"] / MB, 2), "bound_mb": round(res["bound"] / MB, 2),
             "peak_anon_growth_mb": round(res["anon_growth"] / MB, 2), "largest_tensor_mb": round(res["largest"] / MB, 2)}
@@ -107,6 +108,7 @@ def worker(spec_path: str) -> None:
     from nanokern.formats.nanotron import layout as L
     from nanokern.live.export import setup, state_dict_order
     from nanokern.live.gather import Budget
+    from nanokern.live.save import writers
     from nanokern.live.stream import produce
 
     spec = json.loads(Path(spec_path).read_text())
@@ -121,7 +123,7 @@ def worker(spec_path: str) -> None:
     owner = L.pp_stage_blocks(*_spec_vocab(spec["ckpt"]), pps)
     scratch, od = Path(spec["scratch"]), spec["out_dtype"]
     sync = (lambda: torch.cuda.synchronize()) if cuda else (lambda: None)  # noqa: E731
-    times: dict[str, list[float]] = {"live_s": [], "save_nanotron_s": [], "convert_s": [], "collectives_s": []}
+    times: dict[str, list[float]] = {"live_s": [], "save_nanotron_s": [], "convert_s": [], "collectives_s": [], "routed_s": []}
     stats, growth = {}, 0
     s = setup(sh, tpg, ppg, dtype=od)  # warm-up (untimed): the groups' first collectives open their connections
     for _ in produce(s.lp, s.sh, s.g, state_dict_order(s.lp), lambda t: False, s.backend, s.device, Budget()):
@@ -154,10 +156,17 @@ def worker(spec_path: str) -> None:
         s = setup(sh, tpg, ppg, dtype=od)
         t0 = time.perf_counter()
         for _ in produce(s.lp, s.sh, s.g, state_dict_order(s.lp), lambda t: False, s.backend, s.device, Budget()):
-            pass
+            pass  # every unit to every rank: all-gather over TP, broadcast over PP
         sync()
         dist.barrier()
         times["collectives_s"].append(time.perf_counter() - t0)
+        order, dest = writers(s.lp.plan, s.g)
+        t0 = time.perf_counter()
+        for _ in produce(s.lp, s.sh, s.g, order, lambda t: False, s.backend, s.device, Budget(), dest=dest):
+            pass  # each unit to the rank that writes it, as save_hf moves them
+        sync()
+        dist.barrier()
+        times["routed_s"].append(time.perf_counter() - t0)
     identical = None
     if dist.get_rank() == 0:
         files = lambda d: {p.relative_to(d): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}  # noqa: E731

@@ -75,6 +75,16 @@ def as_copy(f: OutFile) -> OutFile:
     return OutFile(f.path, ts, f.metadata, f.header)
 
 
+def writers(plan, g):
+    """(every tensor in file order, dest): dest(t) is the grid index of the rank that writes t's
+    file (the files split over the ranks by bytes, as convert splits them over its processes)."""
+    owner = {}
+    for r, idx in enumerate(split_by_bytes([f.size for f in plan.files], g.tp_size * g.pp_size)):
+        owner.update({plan.files[i].path: r for i in idx})
+    file_of = {t.name: owner[f.path] for f in plan.files for t in f.tensors}
+    return [t for f in plan.files for t in f.tensors], (lambda t: file_of[t.name])
+
+
 def _prepare(s, dst: Path, work: Path, force: bool, held: contextlib.ExitStack, wait: bool) -> None:
     """Grid rank 0: the lock, recovery of what a killed run left, the checks; every rank: the verdict."""
     error = None
@@ -107,16 +117,12 @@ def save_hf(src, out_dir, tp_group=None, pp_group=None, dtype: str = "bf16", tok
     dst = Path(out_dir).absolute()
     nonce = g.all_gather_object(secrets.token_hex(6))[0]  # a live export never resumes: weights move
     work = manifest.partial_dir(dst, f"live-{nonce}")
-    owner = {}
-    for r, idx in enumerate(split_by_bytes([f.size for f in plan.files], g.tp_size * g.pp_size)):
-        owner.update({plan.files[i].path: r for i in idx})
-    mine = [f for f in plan.files if owner[f.path] == g.index]
-    order = [t for f in plan.files for t in f.tensors]
-    file_of = {t.name: f.path for f in plan.files for t in f.tensors}
-    wanted = lambda t: owner[file_of[t.name]] == g.index and bool(t.pieces)  # noqa: E731
+    order, dest = writers(plan, g)
+    mine = [f for f in plan.files if dest(f.tensors[0]) == g.index]
+    wanted = lambda t: dest(t) == g.index and bool(t.pieces)  # noqa: E731
     with contextlib.ExitStack() as held:
         _prepare(s, dst, work, force, held, wait)
-        entries, error = _write(s, order, wanted, lambda t: owner[file_of[t.name]], mine, work, progress, stats)
+        entries, error = _write(s, order, wanted, dest, mine, work, progress, stats)
         if error is None and durable.batched():
             durable.syncfs(work)  # this rank's files, before rank 0 records them
         gathered = g.all_gather_object((None if error is None else str(error), entries))
