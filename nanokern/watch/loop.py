@@ -43,10 +43,21 @@ def run(o: WatchOptions, say) -> int:
                 "--once" if o.once else f"polling every {o.poll:g} s"]
         say(f"watching {o.checkpoints} -> {o.out_root} ({', '.join(x for x in what if x)}"
             + (f", {ws} processes" if ws > 1 else "") + ")")
+    broken = None  # rank 0's own error: the other ranks are told to stop before it is raised
     with signals.raising():  # a signal anywhere from here raises Interrupted (execute keeps its files)
         while True:
-            d = _share(dist, w.decide() if lead else None)
+            d = None
+            if lead and broken is None:
+                try:
+                    d = w.decide()
+                except Exception as e:  # noqa: BLE001 - shared as a stop, then raised
+                    broken = e
+            if lead and broken is not None:
+                d = {"do": "stop", "rc": 1}
+            d = _share(dist, d)
             if d["do"] == "stop":
+                if broken is not None:
+                    raise broken
                 return d["rc"]
             if d["do"] != "export":
                 continue
@@ -56,7 +67,15 @@ def run(o: WatchOptions, say) -> int:
                                            say=say if lead else None)
             except (NanokernError, OSError, ValueError, RuntimeError) as e:
                 if lead:
-                    w.export_failed(name, e)
+                    broken = _guard(w.export_failed, name, e)
                 continue
             if lead:
-                w.exported(name, plan, report)
+                broken = _guard(w.exported, name, plan, report)
+
+
+def _guard(fn, *args) -> Exception | None:
+    try:
+        fn(*args)
+    except Exception as e:  # noqa: BLE001 - raised once the other ranks are told to stop
+        return e
+    return None

@@ -4,6 +4,7 @@ command, --keep-last). loop.py drives it and shares its decisions with the other
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,10 +161,11 @@ class Watcher:
 
     def export_failed(self, name: str, e: BaseException) -> None:
         msg = str(e) if isinstance(e, NanokernError) else f"{type(e).__name__}: {e}"
-        if out_of_space(e):
-            self._fail(name, msg, final=False)
-            self.say(f"error: {msg}", err=True)
+        if out_of_space(e):  # convert's line, then the record (which may not fit on that disk either)
             self.stop_rc = 1
+            self.say(f"error: {msg}", err=True)
+            with contextlib.suppress(OSError):
+                self._fail(name, msg, final=False)
             return
         if not (self.o.checkpoints / name).is_dir():
             self._fail(name, f"the step was deleted while it was exported ({msg})")
