@@ -40,7 +40,10 @@ def logits_and_warnings(folder, ids):
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+            # `dtype=` from 4.56 on (`torch_dtype=` before it, deprecated after)
+            new_kw = tuple(int(x) for x in transformers.__version__.split(".")[:2]) >= (4, 56)
+            kw = {"dtype" if new_kw else "torch_dtype": torch.float32}
+            model = transformers.AutoModelForCausalLM.from_pretrained(folder, **kw)
             model.eval()
             with torch.no_grad():
                 logits = model(ids).logits.float()

@@ -38,9 +38,22 @@ PINS = ["transformers==4.57.1", "tokenizers==0.22.1", "huggingface_hub==0.36.0",
         "urllib3==2.8.0", "certifi==2026.10.19.post1", "charset-normalizer==3.5.3"]
 ENV_DIR = REPO / ".hf-compat" / "transformers-4.57.1"
 
-# non-default RoPE bases (the class defaults: LLaMA, Qwen2, Qwen2-MoE 1e4; SmolLM3 2e6)
+# Tiny models of every family (hf_families), with non-default RoPE bases (the class defaults:
+# LLaMA, Qwen2, Qwen2-MoE 1e4; SmolLM3 2e6), plus a Qwen2-MoE with a window and a LLaMA with
+# llama3 RoPE scaling (the one non-null rope_scaling): name -> (class, config class, settings, theta).
+def _rope(theta: float, **scaling) -> dict:
+    return {"rope_parameters": {"rope_type": "default", "rope_theta": theta, **scaling}}
+
+
 THETA = {"llama": 5e5, "qwen2_bias": 1e6, "qwen2_swa": 1e6, "smollm3_nope": 5e4, "qwen2_moe": 1e6}
-FIXTURE = "smollm3_nope_tp1_pp1_tied"  # real Nanotron checkpoint, rope_theta 5e4
+SOURCES = {f: (*FAMILIES[f][:2], {**FAMILIES[f][2], **_rope(t)}, t) for f, t in THETA.items()}
+SOURCES["qwen2_moe_swa"] = (*FAMILIES["qwen2_moe"][:2], {
+    **FAMILIES["qwen2_moe"][2], "use_sliding_window": True, "sliding_window": 5, "max_window_layers": 0,
+    "layer_types": ["sliding_attention"] * COMMON["num_hidden_layers"], **_rope(1e6)}, 1e6)
+SOURCES["llama_rope_llama3"] = (*FAMILIES["llama"][:2], {**FAMILIES["llama"][2], **_rope(
+    5e5, rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16)}, 5e5)
+# real Nanotron checkpoints: name -> (rope_theta, dtypes); the MoE one has no q/k/v bias (qkv_bias: false)
+NT_FIXTURES = {"smollm3_nope_tp1_pp1_tied": (5e4, ("keep", "bf16")), "qwen2_moe_tp1_pp2": (1e4, ("keep",))}
 SEQ = 24  # longer than qwen2_swa's window (5)
 
 # The bound. Both versions run the same float32 math on the same weights (for bf16 exports both
@@ -93,10 +106,9 @@ def hf457_env() -> Path:
     return ENV_DIR
 
 
-def build(family: str, folder: Path, seed: int) -> Path:
-    """hf_families' tiny model of `family`, with the RoPE base THETA[family], saved by transformers 5."""
-    cls, cfg_cls, settings = FAMILIES[family]
-    settings = {**settings, "rope_parameters": {"rope_type": "default", "rope_theta": THETA[family]}}
+def build(name: str, folder: Path, seed: int) -> Path:
+    """The tiny model SOURCES[name], random float32, saved by transformers 5."""
+    cls, cfg_cls, settings, _ = SOURCES[name]
     cfg = getattr(transformers, cfg_cls)(**{**COMMON, **settings})
     torch.manual_seed(seed)
     model = getattr(transformers, cls)(cfg).to(torch.float32)
@@ -106,7 +118,12 @@ def build(family: str, folder: Path, seed: int) -> Path:
 
 
 def case_names() -> list[str]:
-    return [f"{f}-{d}" for f in THETA for d in ("keep", "bf16")] + [f"{FIXTURE}-keep", f"{FIXTURE}-bf16"]
+    return [f"{f}-{d}" for f in SOURCES for d in ("keep", "bf16")] + [f"{f}-{d}" for f, (_, ds) in NT_FIXTURES.items() for d in ds]
+
+
+def theta_of(case: str) -> float:
+    name = case.rsplit("-", 1)[0]
+    return SOURCES[name][3] if name in SOURCES else NT_FIXTURES[name][0]
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +135,7 @@ def compared(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf_compat")
     g = torch.Generator().manual_seed(0)
     folders, refs, ids, layers = {}, {}, {}, {}
-    for seed, family in enumerate(THETA):
+    for seed, family in enumerate(SOURCES):
         src = build(family, root / family / "src", seed)
         nt = root / family / "nt"
         convert(src, nt, to="nanotron", tp=2, pp=2, dtype="keep", progress=False)
@@ -129,11 +146,11 @@ def compared(tmp_path_factory):
             ids[name] = torch.randint(3, COMMON["vocab_size"], (2, SEQ), generator=g)
             layers[name] = COMMON["num_hidden_layers"]
             refs[name] = src if dtype == "keep" else folders[name]
-    if (FIXTURES / "nanotron" / FIXTURE).is_dir():
-        for dtype in ("keep", "bf16"):
-            name = f"{FIXTURE}-{dtype}"
-            folders[name] = refs[name] = root / FIXTURE / dtype
-            convert(FIXTURES / "nanotron" / FIXTURE, folders[name], to="hf", dtype=dtype, progress=False)
+    for fx, (_, dtypes) in NT_FIXTURES.items():  # reference: transformers 5 on the same export
+        for dtype in dtypes if (FIXTURES / "nanotron" / fx).is_dir() else ():
+            name = f"{fx}-{dtype}"
+            folders[name] = refs[name] = root / fx / dtype
+            convert(FIXTURES / "nanotron" / fx, folders[name], to="hf", dtype=dtype, progress=False)
             ids[name] = torch.randint(3, 260, (2, SEQ), generator=g)
             layers[name] = 4
     save_file(ids, root / "ids.safetensors")
@@ -151,17 +168,28 @@ def compared(tmp_path_factory):
     for name in folders:
         new, warned, _ = logits_and_warnings(refs[name], ids[name])
         assert not warned, (name, "transformers 5 warned", warned)
-        out[name] = (new, old[name], layers[name], info["cases"][name])
+        out[name] = (new, old[name], layers[name], info["cases"][name], folders[name])
     return out
+
+
+def test_both_spellings_agree(compared):
+    """Every export spells the RoPE settings and the dtype both ways, and the two agree: what
+    4.45-4.56 read (rope_theta, rope_scaling, torch_dtype) is what 5.x reads (rope_parameters, dtype)."""
+    for case, (*_, folder) in compared.items():
+        cfg = json.loads((folder / "config.json").read_text())
+        rp = dict(cfg["rope_parameters"])
+        assert cfg["rope_theta"] == rp.pop("rope_theta") == theta_of(case), case
+        assert cfg["rope_scaling"] == (None if rp["rope_type"] == "default" else rp), case
+        assert cfg["torch_dtype"] == cfg["dtype"] == ("bfloat16" if case.endswith("bf16") else "float32"), case
 
 
 @pytest.mark.parametrize("case", case_names())
 def test_transformers_457_reads_the_same_model(case, compared):
-    if case.startswith(FIXTURE):
-        fixture("nanotron", FIXTURE)  # absent: skip outside CI, fail under CI=true
-    new, old, layers, info = compared[case]
+    if case.rsplit("-", 1)[0] in NT_FIXTURES:
+        fixture("nanotron", case.rsplit("-", 1)[0])  # absent: skip outside CI, fail under CI=true
+    new, old, layers, info, _ = compared[case]
     assert not info["warnings"], (case, "transformers 4.57.1 warned", info["warnings"])
-    theta = THETA.get(case.rsplit("-", 1)[0], 5e4)
+    theta = theta_of(case)
     diff = (new - old).abs().max().item()
     agree = (new.argmax(-1) == old.argmax(-1)).float().mean().item()
     limit = bound(new, layers)
