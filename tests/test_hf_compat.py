@@ -198,3 +198,18 @@ def test_transformers_457_reads_the_same_model(case, compared):
     assert diff <= limit, (case, f"max|diff| {diff:.3g} > {limit:.3g}, argmax agreement {agree:.0%}",
                            f"rope_theta read by 4.57: {info['config'].get('rope_theta')}, written: {theta}")
     assert info["config"]["rope_theta"] == theta, (case, info["config"])
+
+
+@pytest.mark.parametrize("family,theta", [("llama", 1e4), ("qwen2_swa", 1e4), ("qwen2_moe", 1e4), ("smollm3_nope", 2e6)])
+def test_a_config_without_rope_base_reads_the_class_default(family, theta, tmp_path):
+    """No rope_theta anywhere: transformers 4.x and 5.x both take the class's own base (SmolLM3's
+    is 2e6, not LLaMA's 1e4), and so does the import."""
+    from nanokern.formats.hf import spec_from_hf_config
+
+    cls, cfg_cls = FAMILIES[family][:2]
+    cfg = getattr(transformers, cfg_cls)(**{**COMMON, **FAMILIES[family][2]}).to_dict()
+    for key in ("rope_theta", "rope_parameters", "rope_scaling"):
+        cfg.pop(key, None)
+    cfg["architectures"] = [cls]
+    assert getattr(transformers, cfg_cls).from_dict(cfg).rope_parameters["rope_theta"] == theta
+    assert spec_from_hf_config(cfg, tmp_path / "config.json")[1].rope_theta == theta

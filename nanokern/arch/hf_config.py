@@ -105,8 +105,10 @@ def refuse_keys(cfg: dict, where: Path, keys: dict[str, str]) -> None:
             raise NanokernError(f"unsupported {key}={cfg[key]!r}: {why}", where)
 
 
-def read_common(cfg: dict, where: Path, **features) -> ModelSpec:
-    """The shared keys of a LLaMA-like config.json -> ModelSpec (features: the family's own)."""
+def read_common(cfg: dict, where: Path, default_theta: float = 10000.0, **features) -> ModelSpec:
+    """The shared keys of a LLaMA-like config.json -> ModelSpec (features: the family's own;
+    default_theta: the class's RoPE base, which both transformers 4.x and 5.x take when the file
+    names none)."""
     missing = [k for k in _REQUIRED if k not in cfg]
     if missing:
         raise NanokernError(f"config.json lacks {', '.join(map(repr, missing))}", where)
@@ -123,7 +125,7 @@ def read_common(cfg: dict, where: Path, **features) -> ModelSpec:
     if theta is None:
         theta = cfg.get("rope_theta")
     if theta is None:
-        theta = 10000.0
+        theta = default_theta
     if not (number(theta) and theta > 0):
         raise NanokernError(f"rope_theta must be a positive number, not {theta!r}", where)
     rtype = rp.pop("rope_type", "default")

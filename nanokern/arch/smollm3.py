@@ -63,7 +63,8 @@ def spec_from_hf(cfg: dict, where: Path) -> ModelSpec:
         raise NanokernError(f"no_rope_layers must list one flag per layer, not {flags!r}", where)
     k = _interval(flags, where)
     rope = [bool(f) for f in flags]  # SmolLM3Config's default layer_types window the NoPE layers
-    return read_common(cfg, where, no_rope_layer=k, sliding_window=sliding_from_hf(cfg, where, rope, lambda i: not rope[i]))
+    return read_common(cfg, where, default_theta=2e6, no_rope_layer=k,  # SmolLM3Config's RoPE base
+                       sliding_window=sliding_from_hf(cfg, where, rope, lambda i: not rope[i]))
 
 
 FAMILY = Family("smollm3", "SmolLM3ForCausalLM", "smollm3", PARAMS, refuses, hf_config, spec_from_hf)
