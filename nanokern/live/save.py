@@ -134,9 +134,17 @@ def save_hf(src, out_dir, tp_group=None, pp_group=None, dtype: str = "bf16", tok
             if error is not None:
                 raise error
             raise NanokernError(f"rank {failed[0][0]} failed: {failed[0][1]}")
+        error = None
         if g.index == 0:
-            _complete(plan, work, dst, {p: e for _, es in gathered for p, e in es.items()}, durable.batched())
-        g.barrier()
+            try:
+                _complete(plan, work, dst, {p: e for _, es in gathered for p, e in es.items()}, durable.batched())
+            except Exception as e:  # noqa: BLE001 - every rank raises it
+                error = e
+        verdict = g.all_gather_object(None if error is None else str(error))[0]
+        if error is not None:
+            raise error
+        if verdict is not None:
+            raise NanokernError(f"rank 0 failed: {verdict}")
     return dst
 
 
