@@ -58,6 +58,7 @@ def cases(tmp: Path) -> list[dict]:
     kw = {"tokenizer": str(tok), "max_shard_size": "40KB", "vocab_size": 250}
     out.append({"fixture": str(fx), "tp": 2, "pp": 2, "save": True, **kw,
                 "dtypes": {"bf16": _export(fx, tmp / "ref" / "tp2_pp2-files", "bf16", **kw)}})
+    out.append({"fixture": str(fx), "tp": 2, "pp": 2, "broken": True})
     for name, tied in (("tp2_pp1_tied", True), ("qwen2_moe_tp1_pp2", False)):
         fx = fixture("nanotron", name)
         tp, pp = TP_PP[name]

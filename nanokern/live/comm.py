@@ -49,8 +49,9 @@ class Grid:
         if self.tp_size == 1:
             out[0].copy_(local)
             return
-        if hasattr(dist, "all_gather_into_tensor"):  # (gloo too: no flattened copy of the list)
-            dist.all_gather_into_tensor(out.view(-1), local, group=self.tp_group)
+        one = getattr(dist, "all_gather_single", None) or getattr(dist, "all_gather_into_tensor", None)
+        if one is not None:  # (gloo too: no flattened copy of the list)
+            one(out.view(-1), local, group=self.tp_group)
         else:
             dist.all_gather(list(out.unbind(0)), local, group=self.tp_group)
 
