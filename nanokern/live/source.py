@@ -85,6 +85,8 @@ def from_module(model, config=None) -> RankShards:
     """A live Nanotron model (its NanotronParameters) as this rank's shards. Names are those
     `save_weights` writes: the state_dict name, or the tie name (with its root module's prefix)
     for a tied parameter; the config is `model.config` (a dataclass or a dict)."""
+    while type(model).__name__ == "DistributedDataParallel":  # Nanotron saves the unwrapped model
+        model = model.module
     cfg = config if config is not None else getattr(model, "config", None)
     if cfg is None:
         raise NanokernError("the model has no .config: pass config= (model_config.json as a dict)")
