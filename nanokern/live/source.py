@@ -8,6 +8,7 @@ NanotronParameters' sharded and tied infos, duck-typed: nothing of Nanotron is i
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +95,7 @@ def from_module(model, config=None) -> RankShards:
         cfg = dataclasses.asdict(cfg)
     if not isinstance(cfg, dict):
         raise NanokernError(f"config must be a dataclass or a dict, not {type(cfg).__name__}")
+    cfg = json.loads(json.dumps(cfg, default=str))  # model_config.json as the trainer writes it (tuples as lists)
     prefix = {id(m): f"{n}." for n, m in model.named_modules()}
     prefix[id(model)] = ""
     params: dict[str, LocalParam] = {}
