@@ -252,14 +252,17 @@ def plan_hf(
     aux["generation_config.json"] = dump_json(generation_config(out_spec))
 
     tensors, zeros = [], []
-    for name, shape, *_ in model.family.hf_tensors(spec, V):
+    for name, shape, param, *_ in model.family.hf_tensors(spec, V):
         t = model.tensors.get(name)
         if t is None:  # the HF class has it, the source has not (e.g. Qwen2's q/k/v bias): zeros
             zeros.append(name)
             tensors.append(OutTensor(name, shape, out_dtype, []))
             continue
         rows, cols = shape2d(shape)
-        tensors.append(OutTensor(name, shape, t.dtype if dtype == "keep" else out_dtype,
+        # what Nanotron keeps in float32 whatever the model dtype (the MoE router) stays float32:
+        # casting it would lose what training kept, and an import would not give it back
+        kept = dtype == "keep" or (param.fp32 and t.dtype == dtypes.FLOAT32)
+        tensors.append(OutTensor(name, shape, t.dtype if kept else out_dtype,
                                  [Source(name, np.arange(rows, dtype=np.int64), 0, cols)]))
     if zeros:
         warnings.append(f"{model.family.hf_class} has {len(zeros)} tensor(s) the source does not ({zeros[0]}, ...): written as zeros")
