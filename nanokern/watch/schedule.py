@@ -20,7 +20,6 @@ class Seen:
     signature: str
     since: float  # monotonic time the step was first seen with this signature
     verdict: S.Verdict | None = None  # for this signature
-    said: str = ""  # the last state printed for it
 
 
 @dataclass

@@ -46,6 +46,7 @@ class Watcher:
         self.stop_rc: int | None = None
         self.hooks_due: list[str] = []
         self.said_absent = False
+        self.said: dict[str, str] = {}  # the last state printed for each step
 
     # -- start ------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -103,7 +104,8 @@ class Watcher:
                 self.said_absent = True
             look = self.sched.look(once=self.o.once)
             for st, v in look.give_up:
-                self._fail(st.name, v.reason, signature=st.signature)
+                why = "looks complete but is not" if self.o.once else f"incomplete and unchanged for {self.o.give_up:g} s"
+                self._fail(st.name, f"{why}: {v.reason}", signature=st.signature)
                 self.sched.close(st.name)
             for st, v in look.waiting:
                 self._say_waiting(st, v)
@@ -134,9 +136,9 @@ class Watcher:
 
     def _say_waiting(self, st: S.Step, v: S.Verdict | None) -> None:
         what = "being written" if v is None else f"incomplete ({v.reason})"
-        seen = self.sched.seen.get(st.name)
-        if seen is not None and seen.said != what and (v is not None or not seen.said):
-            seen.said = what
+        said = self.said.get(st.name)
+        if said != what and (v is not None or said is None):  # each new state once; "being written" once
+            self.said[st.name] = what
             self.say(f"step {st.name}: {what}")
 
     # -- after an export ------------------------------------------------------------------------------
