@@ -189,13 +189,13 @@ LIVE_GRID="--tp 1 --pp 1"
 (( NGPU >= 2 )) && LIVE_GRID="--tp 2 --pp 1"
 (( NGPU >= 4 )) && LIVE_GRID="--tp 2 --pp 2"
 EXTRA_BENCHMARKS=(
-  "bench-convert-cuda|150|$PYTHON -m nanokern.bench convert --device cuda --size 1GB --reps 1 --settle 1"
-  "bench-live-nccl|150|$PYTHON -m nanokern.bench live --device cuda $LIVE_GRID --size 1GB --reps 2"
+  "bench-convert-cuda|150|$PYTHON -m nanokern.bench convert --device cuda --size 1GB --reps 1 --settle 1 --csv benchmarks/results/convert.csv --cache-dir .bench-cache"
+  "bench-live-nccl|150|$PYTHON -m nanokern.bench live --device cuda $LIVE_GRID --size 1GB --reps 2 --csv benchmarks/results/live.csv --cache-dir .bench-cache"
   "parity-kernels|120|$PYTHON -m nanokern parity --kernels --backend triton"
   "bench-parity-kernels|150|$PYTHON benchmarks/bench_parity_kernels.py"
   "demo-parity-triton|180|$PYTHON -m nanokern demo --backend triton"
-  "bench-generate-cuda|150|$PYTHON -m nanokern.bench.generate --device cuda --backend triton --attn sdpa --size 200MB --reps 3"
-  "bench-generate-cuda-bf16|150|$PYTHON -m nanokern.bench.generate --device cuda --backend triton --attn sdpa --size 200MB --dtype bf16 --reps 3"
+  "bench-generate-cuda|150|$PYTHON -m nanokern.bench.generate --device cuda --backend triton --attn sdpa --size 200MB --reps 3 --csv benchmarks/results/generate.csv"
+  "bench-generate-cuda-bf16|150|$PYTHON -m nanokern.bench.generate --device cuda --backend triton --attn sdpa --size 200MB --dtype bf16 --reps 3 --csv benchmarks/results/generate.csv"
   "parity-generate-triton|120|$PYTHON -m nanokern parity ../shared/fixtures/nanotron/qwen2_swa_tp2_pp1 --generate 32 --backend triton --device cuda"
 )
 for entry in "${EXTRA_BENCHMARKS[@]}"; do

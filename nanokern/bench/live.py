@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from nanokern.bench.common import MB, REPO_ROOT, append_csv_rows, device_name, parse_size, stamp
+from nanokern.bench.common import MB, append_csv_rows, default_cache_dir, device_name, parse_size, stamp
 
 COLUMNS = ["size", "tp", "pp", "dtype", "out_dtype", "live_s", "two_step_s", "save_nanotron_s", "convert_s",
            "collectives_s", "routed_collectives_s", "speedup_two_step", "live_over_collectives", "live_over_routed",
@@ -30,7 +30,7 @@ def run(size: str, tp: int, pp: int, dtype: str, out_dtype: str, reps: int, devi
     """Launch the torchrun workers; the row (medians over reps)."""
     from nanokern.bench.synthetic import cached_checkpoint
 
-    cache = Path(cache_dir) if cache_dir else REPO_ROOT / ".bench-cache"
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     ckpt, shape = cached_checkpoint(cache, parse_size(size), tp, pp, dtype, echo)
     scratch = Path(scratch_dir) if scratch_dir else cache / "live-scratch"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -206,20 +206,19 @@ import click  # noqa: E402  (the command, registered by bench/cli.py)
 @click.option("--reps", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda: NCCL, one GPU per process (TP x PP GPUs).")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Synthetic checkpoints [default: .bench-cache/].")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Synthetic checkpoints [default: nanokern-bench-cache/ in the temporary folder].")
 @click.option("--scratch-dir", type=click.Path(file_okay=False), default=None, help="Outputs [default: inside the cache dir].")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Append the row here [default: benchmarks/results/live.csv].")
-@click.option("--no-csv", is_flag=True, help="Do not append a CSV row.")
-def live_cmd(size, tp, pp, dtype, out_dtype, reps, device, cache_dir, scratch_dir, csv_path, no_csv):
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Append the row to this CSV file [default: none].")
+def live_cmd(size, tp, pp, dtype, out_dtype, reps, device, cache_dir, scratch_dir, csv_path):
     """Export from a running job: live.save_hf against the two-step path (Nanotron-layout save +
     `nanokern convert`) and against the collectives alone, under torchrun (TP x PP processes)."""
     row = run(size, tp, pp, dtype, out_dtype, reps, device, cache_dir, scratch_dir, click.echo)
     click.echo(",".join(COLUMNS))
     click.echo(",".join(str(row[c]) for c in COLUMNS))
-    if not no_csv:
-        path = Path(csv_path) if csv_path else REPO_ROOT / "benchmarks" / "results" / "live.csv"
-        append(path, row)
-        click.echo(f"appended a row to {path}")
+    if csv_path:
+        append(Path(csv_path), row)
+        click.echo(f"appended a row to {csv_path}")
     if row["identical"] is False:
         raise click.ClickException("live.save_hf and nanokern convert outputs differ")
 
