@@ -63,6 +63,10 @@ def test_once_fails_with_a_damaged_step_and_latest_only_skips_behind(tmp_path):
     r = run_cli("watch", ck, out, "--once", "--latest-only", "-q")  # the same bytes: not tried again, 10 is behind
     assert r.returncode == 0, r.stderr
     assert [e["step"] for e in of(out, "exported")] == [20] and len(of(out, "failed", "30")) == 1
+    f.write_bytes((fixture("nanotron", SRC) / "0" / f.relative_to(ck / "30")).read_bytes())  # repaired: new bytes
+    r = run_cli("watch", ck, out, "--once", "--latest-only", "-q")
+    assert r.returncode == 0, r.stderr
+    assert [e["step"] for e in of(out, "exported")] == [20, 30] and os.readlink(out / "latest") == "30"
 
 
 def test_kill_9_at_any_moment_then_the_same_command(tmp_path):
