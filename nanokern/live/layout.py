@@ -16,8 +16,7 @@ from nanokern.errors import NanokernError
 from nanokern.formats import hf
 from nanokern.formats.nanotron import layout as L
 from nanokern.formats.nanotron import to_model
-from nanokern.formats.nanotron.checkpoint import NanotronCheckpoint, _check_heads, _check_params, expected_shapes
-from nanokern.formats.nanotron.files import _uses_mup
+from nanokern.formats.nanotron.checkpoint import NanotronCheckpoint, _check_heads, checked, expected_shapes
 from nanokern.formats.nanotron.shards import NtParam, Shard, _agree, _check_coverage, _check_shard_set
 from nanokern.io import dtypes
 from nanokern.io.safetensors import TensorRef
@@ -109,22 +108,7 @@ def checkpoint(metas: list[dict], cfg: dict, g: Grid, step_dir: Path | None) -> 
         _check_coverage(p, where)
         params[name] = p
         infos[name] = ParamInfo(owner, sharded, p.dtype, [s.ref.nbytes for s in shards])
-    _check_params(params, spec, want, step_dir)
-    # as read_checkpoint: an lm_head beside tied embeddings is exported untied; the RoPE flag's default
-    if L.LM_HEAD_NT in params and spec.tie_word_embeddings:
-        warnings.append("tie_word_embeddings is true but the model holds an lm_head: exported untied")
-        spec.tie_word_embeddings = False
-    if cfg.get("rope_interleaved") is not None:
-        interleaved = bool(cfg["rope_interleaved"])
-    else:
-        interleaved = cls != "qwen2"
-        warnings.append("the config has no rope_interleaved: " + ("half-split (HF) RoPE" if cls == "qwen2" else
-                                                                   "older Nanotron, treated as interleaved (GPT-J) RoPE"))
-    if spec.rope_scaling:
-        warnings.append(f"rope_scaling {spec.rope_scaling} is set, but Nanotron ignores it: the HF model will apply it")
-    if _uses_mup(step_dir):
-        warnings.append("config.yaml uses muP (use_mup): Nanotron's attention scale is 1/d, HF's is 1/sqrt(d); logits will differ")
-    return NanotronCheckpoint(step_dir, cfg, cls, spec, interleaved, params, g.tp_size, g.pp_size, warnings, False), infos
+    return checked(step_dir, cfg, cls, spec, params, want, g.tp_size, g.pp_size, warnings), infos
 
 
 def live_plan(sh: RankShards, g: Grid, dtype: str = "bf16", vocab_size: int | None = None, max_shard_size="5GB",

@@ -102,9 +102,17 @@ def read_checkpoint(path: str | os.PathLike) -> NanotronCheckpoint:
     if bad_naming:
         warnings.append("legacy file names (model_model_weight.safetensors_pp-...) found: read them as Nanotron v0.5 wrote them")
 
+    tp, pp = main_layout or (1, 1)
+    return checked(step_dir, cfg, cls, spec, params, want, tp, pp, warnings, bad_naming)
+
+
+def checked(step_dir: Path, cfg: dict, cls: str, spec: ModelSpec, params: dict[str, NtParam], want: dict, tp: int, pp: int,
+            warnings: list[str], bad_naming: bool = False) -> NanotronCheckpoint:
+    """The checkpoint of parameters read from files (or held in memory by a job: nanokern.live):
+    the parameters against the config, an lm_head beside tied embeddings, the RoPE flag's default."""
     _check_params(params, spec, want, step_dir)
     if L.LM_HEAD_NT in params and spec.tie_word_embeddings:
-        warnings.append("tie_word_embeddings is true but an lm_head file exists (pre-v0.2 checkpoint): exported untied")
+        warnings.append("tie_word_embeddings is true but an lm_head is stored (pre-v0.2 checkpoint): exported untied")
         spec.tie_word_embeddings = False
 
     if "rope_interleaved" in cfg and cfg["rope_interleaved"] is not None:
@@ -119,7 +127,6 @@ def read_checkpoint(path: str | os.PathLike) -> NanotronCheckpoint:
         warnings.append(f"rope_scaling {spec.rope_scaling} is set, but Nanotron ignores it: the HF model will apply it")
     if _uses_mup(step_dir):
         warnings.append("config.yaml uses muP (use_mup): Nanotron's attention scale is 1/d, HF's is 1/sqrt(d); logits will differ")
-    tp, pp = main_layout or (1, 1)
     return NanotronCheckpoint(step_dir, cfg, cls, spec, interleaved, params, tp, pp, warnings, bad_naming)
 
 
