@@ -145,3 +145,12 @@ def test_second_watch_refuses_naming_the_holder(tmp_path):
     r = run_cli("watch", ck, out, "--once", "-q")  # the holder gone (its lock with it): runs
     assert r.returncode == 0, r.stderr
     assert len(of(out, "exported", "10")) == 1
+
+
+def test_a_step_folder_is_not_a_checkpoints_path(tmp_path):
+    from helpers import run_cli
+
+    ck = tmp_path / "ck"
+    copy_step(fixture("nanotron", "tp1_pp1") / "0", ck, "10")
+    r = run_cli("watch", ck / "10", tmp_path / "hf", "-q", timeout=60)  # would otherwise wait for steps forever
+    assert r.returncode == 1 and "is a step folder: watch its parent" in r.stderr and not (tmp_path / "hf").exists()

@@ -56,6 +56,9 @@ class Watcher:
             raise NanokernError("is not a directory", o.checkpoints)
         if o.once and not o.checkpoints.is_dir():
             raise NanokernError("does not exist", o.checkpoints)
+        if (o.checkpoints / "model").is_dir() or (o.checkpoints / "model_config.json").exists():
+            raise NanokernError("is a step folder: watch its parent, the checkpoints_path that holds the steps",
+                                o.checkpoints)
         o.out_root.mkdir(parents=True, exist_ok=True)
         self.lock_fd = outputs.hold_lock(o.out_root)
         outputs.check_latest(o.out_root)
