@@ -73,3 +73,14 @@ def test_failing_check_marks_suspect_keeps_the_export_and_goes_on(tmp_path, monk
     (good,) = of(out, "checked", "20")
     assert good["passed"] is True
     assert any("step 10: parity FAILED" in line and "suspect" in line for line in lines), lines
+
+
+def test_check_in_the_default_export_dtype(tmp_path):
+    """The default export is bf16: the check runs in bf16 (transformers' own bf16 error as the bound)."""
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    copy_step(fixture("nanotron", "qwen2_dense_tp1_pp1") / "0", ck, "5")
+    r = run_cli("watch", ck, out, "--once", "--check", "parity", "-q")
+    assert r.returncode == 0, r.stderr
+    (chk,) = of(out, "checked", "5")
+    assert chk["dtype"] == "bf16" and chk["passed"] is True, chk
+    assert of(out, "exported", "5")[0]["dtype"] == "bfloat16"
