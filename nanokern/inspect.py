@@ -7,6 +7,7 @@ import dataclasses
 from nanokern.convert import load_source, parse_tristate
 from nanokern.errors import NanokernError
 from nanokern.formats.hf import plan_hf
+from nanokern.io.units import human_bytes
 
 
 def _pp_stages(owner: dict[str, int], pp: int) -> list[str]:
@@ -85,12 +86,12 @@ def inspect_checkpoint(path, rope_interleaved: str = "auto") -> tuple[str, dict]
         f"heads {s.num_attention_heads} (kv {s.num_key_value_heads}, head_dim {s.head_dim}), vocab {s.vocab_size} rows",
         f"  rope_theta {s.rope_theta}, rope_scaling {s.rope_scaling}, rms_norm_eps {s.rms_norm_eps}, "
         f"tied embeddings: {s.tie_word_embeddings}",
-        f"  dtype {dtype}, {model.num_parameters():,} parameters ({sum(t.dtype.itemsize * (t.shape[0] * (t.shape[1] if len(t.shape) > 1 else 1)) for t in model.tensors.values()) / 1e9:.3f} GB)",
+        f"  dtype {dtype}, {model.num_parameters():,} parameters ({human_bytes(sum(t.dtype.itemsize * (t.shape[0] * (t.shape[1] if len(t.shape) > 1 else 1)) for t in model.tensors.values()))})",
     ]
     if model.origin == "nanotron":
         plan = plan_hf(model)
         lines.append(f"  convert --to hf: {model.family.hf_class}, {len(plan.files)} file(s), {plan.num_tensors} tensors, bf16, "
-                     f"{plan.nbytes / 1e9:.3f} GB; qkv_proj -> q/k/v_proj, gate_up_proj -> gate/up_proj"
+                     f"{human_bytes(plan.nbytes)}; qkv_proj -> q/k/v_proj, gate_up_proj -> gate/up_proj"
                      + (", experts transposed per expert" if s.moe else "")
                      + (", lm_head tied to the embedding" if s.tie_word_embeddings else ""))
         for w in plan.warnings[len(model.warnings):]:

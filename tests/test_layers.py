@@ -21,7 +21,7 @@ LAYERS = [
     ["nanokern.generate"],
     ["nanokern.watch"],  # the sidecar beside a training run (its --check runs parity)
     ["nanokern.bench"],
-    ["nanokern.demo", "nanokern.parity_cli", "nanokern.cli", "nanokern.__main__"],  # the commands
+    ["nanokern.demo", "nanokern.parity_cli", "nanokern.convert_cli", "nanokern.cli", "nanokern.__main__"],  # the commands
 ]
 
 
