@@ -97,3 +97,19 @@ def test_signature_changes_when_a_file_grows(run_dir):
         f.write(b"x")
     assert S.observe(st).signature != before and st.bytes == size + 1
     assert [s.name for s in S.list_steps(run_dir)] == ["100", "200", "300"]
+
+
+def test_source_signature_follows_only_what_an_export_reads(run_dir):
+    """The watch compares `source` before and after an export: optimizer or random files written
+    later (by a writer whose last file is not model_config.json) must not void the export, a
+    rewritten shard or config must."""
+    st = S.observe(S.Step("100", 100, run_dir / "100"))
+    full, source = st.signature, st.source
+    (run_dir / "100" / "random" / "extra.pt").write_bytes(b"x")
+    S.observe(st)
+    assert st.signature != full and st.source == source
+    for rel in (SHARD, "model_config.json", "config.yaml"):
+        with open(run_dir / "100" / rel, "ab") as f:
+            f.write(b" ")
+        before = st.source
+        assert S.observe(st).source != before, rel

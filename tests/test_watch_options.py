@@ -103,7 +103,7 @@ def test_finished_export_not_yet_recorded_is_kept_not_redone(tmp_path):
     ck, out = tmp_path / "ck", tmp_path / "hf"
     src = steps(ck, ["10"])
     reference(src, out / "10")
-    sig = S.observe(S.Step("10", 10, ck / "10")).signature
+    sig = S.observe(S.Step("10", 10, ck / "10")).source  # what the watch records: the signature of what an export reads
     (out / "nanokern-watch.jsonl").write_text(json.dumps({"time": "", "step": 10, "event": "started", "out": str(out / "10"),
                                                           "seconds": None, "bytes": None, "signature": sig}) + "\n")
     ino = (out / "10").stat().st_ino

@@ -2,8 +2,8 @@
 appended and fsynced as it happens, and what the log says was done (read back on a restart).
 
 Every record has `time`, `step`, `event`, `out`, `seconds`, `bytes` (null where they do not
-apply) and, by event: `started` (an export begins: `signature` of the source step, so a
-restart knows the folder is its own), `exported`, `failed` (`error`; `signature` when the
+apply) and, by event: `started` (an export begins: `signature` of what the export reads of the
+step, its model/ and configs, so a restart knows the folder is its own), `exported`, `failed` (`error`; `signature` when the
 step's own bytes are at fault, so the same bytes are not retried after a restart), `checked`
 (the parity figures, `passed`, `suspect`), `exec` (`command`, `returncode`), `removed`
 (--keep-last). A line cut short by a kill is skipped when read.

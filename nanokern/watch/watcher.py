@@ -78,7 +78,7 @@ class Watcher:
 
     def _signature(self, name: str) -> str | None:
         try:
-            return S.observe(S.Step(name, int(name), self.o.checkpoints / name)).signature
+            return S.observe(S.Step(name, int(name), self.o.checkpoints / name)).source
         except FileNotFoundError:
             return None
 
@@ -108,7 +108,7 @@ class Watcher:
             look = self.sched.look(once=self.o.once)
             for st, v in look.give_up:
                 why = "looks complete but is not" if self.o.once else f"incomplete and unchanged for {self.o.give_up:g} s"
-                self._fail(st.name, f"{why}: {v.reason}", signature=st.signature)
+                self._fail(st.name, f"{why}: {v.reason}", signature=st.source)
                 self.sched.close(st.name)
             for st, v in look.waiting:
                 self._say_waiting(st, v)
@@ -124,7 +124,7 @@ class Watcher:
                     self._fail(name, f"{self.o.out_root / name}: exists and was not made by this watch: left alone")
                     self.sched.close(name)
                     continue
-                sig = next(st.signature for st in look.ready if st.name == name)
+                sig = next(st.source for st in look.ready if st.name == name)
                 self.history.add(self.log.append("started", name, self.o.out_root / name, signature=sig))
                 self.started_sig[name] = sig
                 return {"do": "export", "step": name}

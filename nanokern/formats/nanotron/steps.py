@@ -32,6 +32,7 @@ class Step:
     files: int = 0
     mtime: float = 0.0  # the newest file's (the step folder's own when empty)
     signature: str = ""  # changes when any file is added, removed, grows or is rewritten
+    source: str = ""  # the same over what an export reads only: model/, model_config.json, config.yaml
 
 
 @dataclass
@@ -76,6 +77,9 @@ def step_names(root: Path) -> list[str]:
     return sorted(names, key=int)
 
 
+EXPORT_READS = ("model_config.json", "config.yaml")  # beside model/: what an export of the step reads
+
+
 def observe(st: Step) -> Step:
     """Refresh size, count, newest time and signature of a step folder from a walk of it."""
     h = hashlib.sha256()
@@ -102,9 +106,14 @@ def observe(st: Step) -> Step:
         except FileNotFoundError:
             if d == st.path:
                 raise
+    read = hashlib.sha256()
     for rel, size, mt in sorted(entries):
-        h.update(f"{rel}\0{size}\0{mt}\n".encode())
+        line = f"{rel}\0{size}\0{mt}\n".encode()
+        h.update(line)
+        if rel in EXPORT_READS or rel.startswith("model" + os.sep):
+            read.update(line)
     st.bytes, st.files, st.mtime, st.signature = total, count, newest, h.hexdigest()[:16]
+    st.source = read.hexdigest()[:16]
     return st
 
 
