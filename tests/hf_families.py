@@ -58,6 +58,11 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
 def build(family: str, folder: Path, seed: int = 0) -> Path:
     """save_pretrained of a random float32 model of `family` (FAMILIES or REFUSED) into `folder`."""
     cls, cfg_cls, settings = (FAMILIES.get(family) or REFUSED[family])[:3]
+    return build_model(cls, cfg_cls, settings, folder, seed)
+
+
+def build_model(cls: str, cfg_cls: str, settings: dict, folder: Path, seed: int = 0) -> Path:
+    """save_pretrained of a random float32 transformers `cls` with COMMON + settings into `folder`."""
     cfg = getattr(transformers, cfg_cls)(**{**COMMON, **settings})
     torch.manual_seed(seed)
     model = getattr(transformers, cls)(cfg).to(torch.float32)

@@ -27,7 +27,7 @@ import torch
 import transformers
 from fixtures_path import FIXTURES, REPO, fixture
 from hf_compat_child import logits_and_warnings
-from hf_families import COMMON, FAMILIES, randomize
+from hf_families import COMMON, FAMILIES, build_model
 from safetensors.torch import load_file, save_file
 
 from nanokern.convert import convert
@@ -109,12 +109,7 @@ def hf457_env() -> Path:
 def build(name: str, folder: Path, seed: int) -> Path:
     """The tiny model SOURCES[name], random float32, saved by transformers 5."""
     cls, cfg_cls, settings, _ = SOURCES[name]
-    cfg = getattr(transformers, cfg_cls)(**{**COMMON, **settings})
-    torch.manual_seed(seed)
-    model = getattr(transformers, cls)(cfg).to(torch.float32)
-    randomize(model, seed)
-    model.save_pretrained(folder)
-    return folder
+    return build_model(cls, cfg_cls, settings, folder, seed)
 
 
 def case_names() -> list[str]:
