@@ -2,12 +2,15 @@
 ramp of buffer sizes, O_DIRECT or not; checks see each region's final bytes, in order."""
 
 import functools
+import mmap
+import os
 import time
 import zlib
 
 import numpy as np
 import pytest
 
+from nanokern.io import direct
 from nanokern.io.direct import ALIGN, SequentialWriter
 
 
@@ -110,3 +113,38 @@ def test_an_error_met_by_close_stops_the_threads(tmp_path):
         w.close()
     w.abort()
     assert not any(t.is_alive() for t in w.threads)
+
+
+def _vmflags(addr: int) -> list[str]:
+    """The VmFlags of the mapping of this process that holds addr (/proc/self/smaps)."""
+    inside = False
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            inside = lo <= addr < hi
+        elif inside and head == "VmFlags:":
+            return line.split()[1:]
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+def test_staging_buffers_are_whole_huge_pages_reused_across_files():
+    """Each buffer starts on a 2 MiB boundary and spans whole huge pages (so that, advised to
+    transparent huge pages, a request to the disk is a few contiguous segments), and a next
+    file that needs a few KiB more gets the same buffers instead of faulting in new ones."""
+    pool = direct._Pool()
+    views = pool.take(3, (5 << 20) + 100)
+    for v in views:
+        assert np.frombuffer(v, np.uint8).ctypes.data % direct.HUGE_PAGE == 0
+        assert len(v) % direct.HUGE_PAGE == 0 and len(v) >= (5 << 20) + 100
+    again = pool.take(3, (5 << 20) + 8192)
+    assert all(a is b for a, b in zip(again, views))
+    assert pool.take(2, 64 << 20)[0] is not views[0] and len(pool.take(2, 64 << 20)[0]) == 64 << 20
+
+
+@pytest.mark.skipif(not (hasattr(mmap, "MADV_HUGEPAGE") and os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled")
+                         and os.path.exists("/proc/self/smaps")),
+                    reason="no transparent huge pages on this system: the staging buffers are small pages")
+def test_staging_buffers_ask_for_transparent_huge_pages():
+    v = direct._Pool().take(1, 4 << 20)[0]
+    assert "hg" in _vmflags(np.frombuffer(v, np.uint8).ctypes.data)  # madvise(MADV_HUGEPAGE) took

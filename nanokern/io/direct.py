@@ -16,6 +16,7 @@ buffer is reused once both its write and its checks are done.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import queue
@@ -27,18 +28,38 @@ from nanokern.io.safetensors import close_maps
 
 ALIGN = 4096
 FIRST_CHUNK = 4 << 20  # the ramp's first buffer: small, so the disk has work almost at once
+HUGE_PAGE = 2 << 20  # a transparent huge page (x86-64, and arm64 with 4 KiB pages)
+
+
+def _staging(nbytes: int) -> tuple[mmap.mmap, memoryview]:
+    """nbytes of private anonymous memory (counted in RssAnon, like any other buffer of the
+    process) that start on a 2 MiB boundary and are advised to transparent huge pages. Each
+    O_DIRECT request then carries a few physically contiguous segments instead of one per 4 KiB
+    page: a block device caps the segments of a request (virtio-blk: 254, so 1 MB of 4 KiB
+    pages), and in whole 1 GB conversions on a virtio disk this made the writing about 15%
+    faster. Where huge pages are off or unavailable, the same buffer is made of small pages."""
+    m = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    with contextlib.suppress(AttributeError, OSError):  # no MADV_HUGEPAGE (not Linux): small pages
+        m.madvise(mmap.MADV_HUGEPAGE)
+    start = -np.frombuffer(m, np.uint8).ctypes.data % HUGE_PAGE  # (the temporary view is gone at once)
+    return m, memoryview(m)[start : start + nbytes]
 
 
 class _Pool(threading.local):
-    """Per producer thread: page-aligned anonymous buffers, faulted in once and reused."""
+    """Per producer thread: page-aligned buffers (_staging), faulted in once and reused. Sizes are
+    rounded up to whole huge pages, so that the next file's buffers are nearly always these."""
 
-    def take(self, count: int, nbytes: int) -> list[mmap.mmap]:
-        maps = getattr(self, "maps", [])
-        if len(maps) < count or len(maps[0]) < nbytes:
-            close_maps(maps)  # a previous file's writer may still hold views: then unmapped when it goes
-            # private anonymous memory: counted in RssAnon, like any other buffer of the process
-            maps = self.maps = [mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) for _ in range(count)]
-        return maps[:count]
+    def take(self, count: int, nbytes: int) -> list[memoryview]:
+        views = getattr(self, "views", [])
+        if len(views) < count or len(views[0]) < nbytes:
+            nbytes = -(-nbytes // HUGE_PAGE) * HUGE_PAGE
+            maps, self.views = getattr(self, "maps", []), []
+            for v in views:
+                with contextlib.suppress(BufferError):  # a numpy view still held (by a traceback, say):
+                    v.release()  # then the map is unmapped when that view goes
+            close_maps(maps)
+            self.maps, self.views = map(list, zip(*[_staging(nbytes) for _ in range(count)]))
+        return self.views[:count]
 
 
 _pool = _Pool()
@@ -67,15 +88,15 @@ class SequentialWriter:
         self.closed = False
         self.chunk = max(ALIGN, min(chunk, -(-size // ALIGN) * ALIGN))
         cap = -(-(self.chunk + max_region + 2 * ALIGN) // ALIGN) * ALIGN
-        self.maps = _pool.take(depth + 1, cap)
-        self.bufs = [np.frombuffer(m, dtype=np.uint8) for m in self.maps]
+        self.views = _pool.take(depth + 1, cap)
+        self.bufs = [np.frombuffer(m, dtype=np.uint8) for m in self.views]
         self.free: queue.Queue = queue.Queue()
         for i in range(1, depth + 1):
             self.free.put(i)
         self.cur, self.fill, self.base = 0, 0, 0  # buffer being filled, bytes in it, its file offset
         self.target = min(self.chunk, max(ALIGN, first_chunk))  # submit at this fill; doubles per buffer
-        self.checks: list[list] = [[] for _ in self.maps]  # per buffer: callables to run once it is filled
-        self.busy = [0] * len(self.maps)  # per buffer: its write and its checks not yet done
+        self.checks: list[list] = [[] for _ in self.views]  # per buffer: callables to run once it is filled
+        self.busy = [0] * len(self.views)  # per buffer: its write and its checks not yet done
         self.busy_lock = threading.Lock()
         self.jobs: queue.Queue = queue.Queue()
         self.check_jobs: queue.Queue = queue.Queue()
@@ -95,7 +116,7 @@ class SequentialWriter:
             i, n, off = job
             try:
                 if self.error is None:
-                    view = memoryview(self.maps[i])[:n]
+                    view = memoryview(self.views[i])[:n]
                     while view:
                         k = os.pwrite(self.fd, view, off)
                         view, off = view[k:], off + k
@@ -132,7 +153,7 @@ class SequentialWriter:
 
     def region(self, nbytes: int) -> np.ndarray:
         """A uint8 view of the next `nbytes` of the file, to fill before `advance(nbytes)`."""
-        if self.fill + nbytes > len(self.maps[self.cur]):
+        if self.fill + nbytes > len(self.views[self.cur]):
             raise ValueError(f"region of {nbytes} bytes exceeds the staging buffer")
         return self.bufs[self.cur][self.fill : self.fill + nbytes]
 
