@@ -2,11 +2,11 @@
 written whole.
 
 DURABILITY "syncfs": output files are closed without an fsync each; finished files are made
-durable together by one syncfs of the output's filesystem (once SYNC_BYTES or SYNC_EVERY
-seconds of finished files are pending, and once at the end for the files, configs, manifest and
-folders), and only then journaled as finished, so a resume never trusts a file that is not on
-disk. "fsync": one fsync per file and per folder (benchmarks/bench_durability.py compares them).
-"""
+durable together by one syncfs of the output's filesystem, on a thread of its own (batches.py:
+once SYNC_BYTES or SYNC_EVERY seconds of finished files are pending, and once at the end for
+the files, configs, manifest and folders), and only then journaled as finished, so a resume
+never trusts a file that is not on disk. "fsync": one fsync per file and per folder
+(benchmarks/bench_durability.py compares them)."""
 
 from __future__ import annotations
 

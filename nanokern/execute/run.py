@@ -23,6 +23,7 @@ from pathlib import Path
 from nanokern.execute import distributed, signals
 from nanokern.errors import NanokernError, OutOfSpace
 from nanokern.execute import diskspace, durable, manifest, phases, write
+from nanokern.execute.batches import Batches
 from nanokern.execute import lock as outlock
 from nanokern.execute.fill import Sources
 from nanokern.execute.replace import check_apart, check_target, recover, replace
@@ -119,12 +120,10 @@ class _Run:
         self.mine = [plan.files[i] for i in distributed.split_by_bytes([f.size for f in plan.files], world)[rank]]
         self.todo = sorted((f for f in self.mine if f.path not in done), key=lambda f: -f.size)
         self.entries = {p: e for p, e in done.items() if p in {f.path for f in self.mine}}  # durable, journaled
-        self.pending: dict[str, dict] = {}  # finished, not yet made durable (batched)
         self.batched = durable.batched()
-        self.lock = threading.RLock()  # re-entrant: a signal may arrive while the main thread holds it
+        self.lock = threading.RLock()  # (the progress bar) re-entrant: a signal may arrive while the main thread holds it
         self.stop = threading.Event()  # set on the first error or signal: the other writers stop at their next chunk
         self.sources = Sources()
-        self.last_sync = time.monotonic()
         self.bar = None
 
     def go(self, workers, progress, strict, stager, direct) -> Report:
@@ -156,17 +155,7 @@ class _Run:
             with self.lock:
                 self.bar.update(n)
 
-    def _make_durable(self) -> None:  # under self.lock: one syncfs for every file finished since the last one
-        if not self.pending:
-            return
-        with phases.span("sync"):
-            durable.syncfs(self.work)
-        self.last_sync = time.monotonic()
-        self.entries.update(self.pending)
-        self.pending.clear()
-        manifest.save_journal(self.work, self.rank, self.entries)
-
-    def _write_one(self, f: OutFile) -> None:
+    def _write_one(self, f: OutFile, batches: Batches) -> None:
         if self.stop.is_set():
             return
         target = self.work / f.path
@@ -180,54 +169,46 @@ class _Run:
         if self.strict and entry["nonfinite"]:
             raise NanokernError(f"non-finite values (NaN/inf) in {', '.join(entry['nonfinite'][:3])} (--strict)",
                                 self.plan.source.path)
-        with self.lock:
-            if not self.batched:
-                self.entries[f.path] = entry
-                manifest.save_journal(self.work, self.rank, self.entries)
-                return
-            self.pending[f.path] = entry
-            if (time.monotonic() - self.last_sync >= durable.SYNC_EVERY
-                    or sum(e["size"] for e in self.pending.values()) >= durable.SYNC_BYTES):
-                self._make_durable()
+        batches.finished(f.path, entry)
 
     def _write_all(self, workers: int) -> Exception | None:
         """Write this rank's files; the error that stopped it (None: all written)."""
+        batches = Batches(self.work, self.rank, self.entries)  # (entries: updated as files become durable)
         try:
             for d in sorted({(self.work / f.path).parent for f in self.todo}):
                 d.mkdir(parents=True, exist_ok=True)
             if workers == 1:
                 for f in self.todo:
-                    self._write_one(f)
+                    self._write_one(f, batches)
             else:
                 from concurrent.futures import ThreadPoolExecutor  # (imported only when needed: start-up)
 
                 with ThreadPoolExecutor(workers) as pool:
                     try:
-                        for fut in [pool.submit(self._write_one, f) for f in self.todo]:
+                        for fut in [pool.submit(self._write_one, f, batches) for f in self.todo]:
                             fut.result()
                     except BaseException:
                         self.stop.set()
                         pool.shutdown(wait=True, cancel_futures=True)
                         raise
-            with self.lock:
-                self._make_durable()
+            batches.close()
         except signals.Interrupted as e:  # keep the finished files: the same command resumes
-            with self.lock:
-                self._make_durable()
+            batches.close()
             e.kept, e.total, e.work = len(self.entries), len(self.mine), str(self.work)
             raise
         except KeyboardInterrupt:
+            batches.stop()
             raise  # keep the finished files: the next run resumes
         except OutOfSpace as e:  # keep the finished files for a resume; drop the unfinished ones
-            with self.lock:
-                for f in self.todo:
-                    if f.path not in self.entries and f.path not in self.pending:
-                        (self.work / f.path).unlink(missing_ok=True)  # frees room for the journal
-                with contextlib.suppress(OSError):
-                    self._make_durable()
+            for f in self.todo:
+                if not batches.known(f.path):
+                    (self.work / f.path).unlink(missing_ok=True)  # frees room for the journal
+            with contextlib.suppress(OSError):
+                batches.close()
             return OutOfSpace(f"{e.message}; the {len(self.entries)} finished file(s) are kept in {self.work}: "
                               f"free space and run the same command to resume", e.path)
         except Exception as e:  # noqa: BLE001 - reported, and shared with the other ranks
+            batches.stop()  # (the files are removed)
             return e
         finally:
             self.sources.close()
