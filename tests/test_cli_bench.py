@@ -67,12 +67,14 @@ def test_phase_breakdown_from_known_figures():
 
     runs = [Run(4.0, 0, 0, 0.0, 4.0, started=100.0, exited=103.5,
                 phases={"marks": {"plan": 100.5, "end": 103.4},
-                        "seconds": {"plan": 0.25, "prepare": 0.05, "write_all": 2.5, "kernel": 1.5, "write": 2.0,
-                                    "sync": 0.3, "finish": 0.05, "rename": 0.01}})]
+                        "seconds": {"plan": 0.25, "prepare": 0.05, "writing": 2.5, "kernel": 1.5, "write": 2.0,
+                                    "sync": 0.3, "finish": 0.05, "rename": 0.01,
+                                    "batch sync": 0.2, "batch syncs": 4}})]
     line = phase_line(runs)
-    for part in ("start-up 0.50 s", "plan 0.25 s", "sync 0.30 s", "rename 0.01 s", "exit 0.10 s", "sync after exit 0.50 s",
-                 "read+kernel 1.50", "write 2.00"):
+    for part in ("start-up 0.50 s", "plan 0.25 s", "writing 2.50 s", "sync 0.30 s", "rename 0.01 s", "exit 0.10 s", "sync after exit 0.50 s",
+                 "read+kernel 1.50", "write 2.00", "4 sync(s) of finished files, 0.20 s"):
         assert part in line, (part, line)
+    assert line.endswith("the phases sum to 4.26 s"), line  # (the syncs beside the writers are not added again)
 
 
 def test_size_zero_refused():

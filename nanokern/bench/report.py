@@ -35,11 +35,14 @@ def rep_line(rep: int, reps: int, approach: str, run: Run) -> str:
 PHASES = (("plan", "plan"), ("prepare", "prepare (lock, checks)"), ("writing", "writing"), ("finish", "configs+manifest"),
           ("sync", "sync"), ("rename", "rename"))
 
+INNER = ("read+kernel", "write", "batch syncs", "batch sync")  # within `writing`, not phases of their own
+
 
 def phase_seconds(run: Run) -> dict[str, float] | None:
     """The whole process's wall time cut into phases: start-up (exec to planning), the command's
     phases, exit (the end to the process's exit) and the sync after it; plus read+kernel and
-    write (waiting for the writer threads), summed over the worker threads within `writing`."""
+    write (waiting for the writer threads), summed over the worker threads within `writing`, and
+    the number and seconds of the syncs that made finished files durable beside them."""
     p = run.phases
     if not p or not run.started:
         return None
@@ -50,6 +53,7 @@ def phase_seconds(run: Run) -> dict[str, float] | None:
     out["exit"] = run.exited - marks.get("end", run.exited)
     out["sync after exit"] = max(0.0, run.wall - (run.exited - run.started))
     out["read+kernel"], out["write"] = sec.get("kernel", 0.0), sec.get("write", 0.0)
+    out["batch syncs"], out["batch sync"] = sec.get("batch syncs", 0), sec.get("batch sync", 0.0)
     return out
 
 
@@ -59,9 +63,11 @@ def phase_line(runs: list[Run]) -> str:
     if not got:
         return ""
     med = {k: statistics.median(p[k] for p in got) for k in got[0]}
-    top = [k for k in med if k not in ("read+kernel", "write")]
+    top = [k for k in med if k not in INNER]
     parts = [f"{k} {med[k]:.2f} s" + (f" (per worker thread, summed: read+kernel {med['read+kernel']:.2f} s, "
-                                       f"write {med['write']:.2f} s)" if k == "writing" else "") for k in top]
+                                       f"write {med['write']:.2f} s; beside them {med['batch syncs']:.0f} sync(s) of "
+                                       f"finished files, {med['batch sync']:.2f} s)" if k == "writing" else "")
+             for k in top]
     return ("where the time goes (nanokern whole process, medians): " + ", ".join(parts)
             + f"; the phases sum to {sum(med[k] for k in top):.2f} s")
 
@@ -166,7 +172,7 @@ def plot(res: Result, path) -> None:
     if phases:
         left = 0.0
         colors = plt.get_cmap("tab10").colors
-        for i, k in enumerate(k for k in phases[0] if k not in ("read+kernel", "write")):
+        for i, k in enumerate(k for k in phases[0] if k not in INNER):
             w = statistics.median(p[k] for p in phases)
             ax.barh(["nanokern whole process: phases"], [w], left=left, color=colors[i % 10], label=k)
             left += w

@@ -46,6 +46,12 @@ def span(name: str):
     return ACTIVE.span(name) if ACTIVE is not None else contextlib.nullcontext()
 
 
+def add(name: str, amount: float) -> None:
+    """Add to phase `name` (seconds, or a count; nothing when off)."""
+    if ACTIVE is not None:
+        ACTIVE.add(name, amount)
+
+
 def dump() -> None:
     """Write what was gathered (rank 0 only; nothing when off)."""
     if ACTIVE is None or int(os.environ.get("RANK", "0")) != 0:
