@@ -16,7 +16,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from nanokern.arch import rope
 from nanokern.arch import decoder, nanotron_config
@@ -192,6 +191,8 @@ def plan_nanotron(model: Model, tp: int = 1, pp: int = 1, dtype: str = "keep", v
                     sources.append(Source(param.hf_name(part, i, e), _rows(0, cols), 0, n, e * cols, off, transpose=True))
                     off += n
             files.append(OutFile(L.param_path(name), [OutTensor("data", shape, dt, sources)], {}))
+
+    import yaml  # (here: an export to HF never loads it, 11 ms of start-up)
 
     nt = model.layout if model.origin == "nanotron" else None
     step_name = nt.step if nt else "0"
