@@ -211,6 +211,7 @@ class _Run:
             batches.stop()  # (the files are removed)
             return e
         finally:
+            batches.stop()  # (on every path: no sync thread outlives the run)
             self.sources.close()
             if self.bar:
                 self.bar.close()
