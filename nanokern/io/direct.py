@@ -35,9 +35,10 @@ def _staging(nbytes: int) -> tuple[mmap.mmap, memoryview]:
     """nbytes of private anonymous memory (counted in RssAnon, like any other buffer of the
     process) that start on a 2 MiB boundary and are advised to transparent huge pages. Each
     O_DIRECT request then carries a few physically contiguous segments instead of one per 4 KiB
-    page: a block device caps the segments of a request (virtio-blk: 254, so 1 MB of 4 KiB
-    pages), and in whole 1 GB conversions on a virtio disk this made the writing about 15%
-    faster. Where huge pages are off or unavailable, the same buffer is made of small pages."""
+    page. A block device caps the segments of a request (virtio-blk: 254): on a virtio disk, 16
+    writes of 16 MB went out as 476 requests of 551 KiB on average from small pages, as 64 of
+    4 MiB from huge pages, and a whole 1 GB import wrote in 0.41-0.44 s instead of 0.56-0.60 s.
+    Where huge pages are off or unavailable, the same buffer is made of small pages."""
     m = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     with contextlib.suppress(AttributeError, OSError):  # no MADV_HUGEPAGE (not Linux): small pages
         m.madvise(mmap.MADV_HUGEPAGE)
