@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -49,3 +52,24 @@ def journaled(parent: Path) -> int:
         except (json.JSONDecodeError, OSError):
             pass
     return n
+
+
+def ctrl_c_once(cmd: list[str], ready, wait: float = 120, **kw) -> tuple[int, str, bytes]:
+    """Start cmd, read its stdout until ready(what it printed so far) holds (or `wait` seconds or
+    its exit), then send SIGINT: (exit status, stderr, stdout read before the signal). The child
+    is killed if it outlives the test."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kw)
+    try:
+        os.set_blocking(p.stdout.fileno(), False)
+        got, t0 = b"", time.monotonic()
+        while not ready(got) and time.monotonic() - t0 < wait and p.poll() is None:
+            got += p.stdout.read() or b""
+            time.sleep(0.05)
+        assert ready(got), f"not ready before the signal: {got!r}"
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    return p.returncode, err.decode(), got

@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
+from helpers import ctrl_c_once
 
 from nanokern.bench.harness import Result
 from nanokern.bench.measure import Run
@@ -114,24 +114,18 @@ def test_tiny_import_from_anywhere(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_ctrl_c_removes_the_scratch_folder(tmp_path):
     cache, scratch = tmp_path / "cache", tmp_path / "scratch"
-    p = subprocess.Popen([str(REPO / ".venv" / "bin" / "nanokern"), "bench", "convert", "--size", "20MB", "--reps", "1",
-                          "--settle", "60", "--cache-dir", str(cache), "--scratch-dir", str(scratch)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        os.set_blocking(p.stdout.fileno(), False)
-        got, t0 = b"", time.monotonic()
-        while b"settling" not in got and time.monotonic() - t0 < 240 and p.poll() is None:
-            got += p.stdout.read() or b""
-            time.sleep(0.1)
-        assert b"settling" in got, got
-        assert any(scratch.iterdir())  # the run's scratch folder exists
-        p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    err = err.decode()
-    assert p.returncode == 130, err
+    seen = []  # whether the run's scratch folder existed when the signal was sent
+
+    def settling(out: bytes) -> bool:
+        if b"settling" in out:
+            seen.append(any(scratch.iterdir()))
+            return True
+        return False
+
+    code, err, _ = ctrl_c_once([str(REPO / ".venv" / "bin" / "nanokern"), "bench", "convert", "--size", "20MB", "--reps", "1",
+                                "--settle", "60", "--cache-dir", str(cache), "--scratch-dir", str(scratch)], settling, wait=240)
+    assert seen and seen[-1]
+    assert code == 130, err
     assert not any(scratch.iterdir()), list(scratch.iterdir())
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "bench" in lines[0] and "removed" in lines[0], err

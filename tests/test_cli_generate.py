@@ -4,17 +4,14 @@ missing prompt, the bf16 TP note, and a Ctrl-C line of its own."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
 from fixtures_path import fixture
+from helpers import ctrl_c_once
 
 from nanokern.cli import cli
 from nanokern.generate.cli import _parse_ids
@@ -69,22 +66,9 @@ def test_bf16_tp_note():
 
 def test_ctrl_c_says_generation_stopped():
     ck = fixture("nanotron", "qwen2_dense_tp1_pp1")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    p = subprocess.Popen([sys.executable, "-m", "nanokern", "generate", str(ck), "--prompt-ids", "5,6", "--max-new-tokens",
-                          "100000", "--device", "cpu"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        os.set_blocking(p.stdout.fileno(), False)
-        got, t0 = b"", time.monotonic()
-        while not got.strip() and time.monotonic() - t0 < 120 and p.poll() is None:  # tokens are streaming
-            got += p.stdout.read() or b""
-            time.sleep(0.05)
-        assert got.strip(), "no token streamed"
-        p.send_signal(signal.SIGINT)
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
-    err = err.decode()
-    assert p.returncode == 130, err
+    code, err, _ = ctrl_c_once([sys.executable, "-m", "nanokern", "generate", str(ck), "--prompt-ids", "5,6",
+                                "--max-new-tokens", "100000", "--device", "cpu"],
+                               lambda out: bool(out.strip()), cwd=REPO)  # once tokens are streaming
+    assert code == 130, err
     assert "generation stopped" in err and "nothing kept" not in err and "Traceback" not in err, err
     assert len([ln for ln in err.splitlines() if ln.strip()]) == 1, err
