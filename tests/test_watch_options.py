@@ -114,6 +114,26 @@ def test_finished_export_not_yet_recorded_is_kept_not_redone(tmp_path):
     assert os.readlink(out / "latest") == "10"
 
 
+def test_a_lock_left_by_a_kill_after_the_rename_is_removed_one_still_held_is_not(tmp_path):
+    """A kill between an export's rename and its lock's release leaves `<step>.lock` beside a
+    finished export: the next watch removes it; a `<step>.lock` some process holds stays."""
+    import fcntl
+
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    steps(ck, ["10", "20"])
+    assert run_cli("watch", ck, out, "--once", "-q").returncode == 0
+    (out / "10.lock").write_text("pid 1 on a node that was killed\n")  # nobody holds it
+    held = os.open(out / "20.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (a convert of step 20 running by hand)
+        r = run_cli("watch", ck, out, "--once", "-q")
+        assert r.returncode == 0, r.stderr
+        assert not (out / "10.lock").exists() and (out / "20.lock").exists()
+    finally:
+        os.close(held)
+    assert len(of(out, "exported", "10")) == 1 and len(of(out, "exported", "20")) == 1
+
+
 def test_idle_poll_is_one_listing(tmp_path, monkeypatch):
     """Once every step is exported, a poll lists CHECKPOINTS_PATH and walks no step folder."""
     from nanokern.formats.nanotron import steps as S

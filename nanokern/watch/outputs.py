@@ -4,7 +4,7 @@ removing old exports (--keep-last) — only folders this watch made, never anyth
 OUT_ROOT holds `<step>/` (each an export, put in place atomically by convert's execute),
 `latest` (a relative symlink to the newest export, swapped with one rename), `nanokern-watch.jsonl`
 (events.py), `nanokern-watch.lock`, and while an export runs convert's own `<step>.lock` and
-`<step>.partial-*` beside it.
+`<step>.partial-*` beside it (what a kill leaves of those is removed when the watch starts).
 """
 
 from __future__ import annotations
@@ -113,6 +113,22 @@ def finish_removals(out_root: Path) -> None:
     for p in out_root.glob(f"{_REMOVING}*"):
         if p.name[len(_REMOVING):].isdigit() and p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
+
+
+def clear_stale_locks(out_root: Path) -> None:
+    """A kill between an export's rename and the release of its lock leaves `<step>.lock` (its
+    holder removes it on release): each one no process holds is taken and released, which removes
+    it; one still held (a convert the user runs by hand, say) is left alone."""
+    from nanokern.execute import lock as outlock
+
+    for p in out_root.glob("*.lock"):
+        step = p.name[: -len(".lock")]
+        if step.isdigit() and p.is_file() and not p.is_symlink():
+            try:
+                with outlock.hold(out_root / step):
+                    pass
+            except NanokernError:
+                pass
 
 
 def folder_bytes(p: Path) -> int:

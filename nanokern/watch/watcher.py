@@ -63,6 +63,7 @@ class Watcher:
         self.lock_fd = outputs.hold_lock(o.out_root)
         outputs.check_latest(o.out_root)
         outputs.finish_removals(o.out_root)
+        outputs.clear_stale_locks(o.out_root)
         self.history = History.of(read_events(o.out_root))
         for name, rec in list(self.history.started.items()):
             self._recover(name, rec)
