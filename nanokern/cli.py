@@ -10,7 +10,7 @@ import click
 from nanokern import __version__
 from nanokern.execute import signals
 from nanokern.cli_report import Fail, json_option, json_stdout, run_guarded, write_json
-from nanokern.convert_cli import BACKENDS, QUICK_EXIT, convert, no_blas_threads
+from nanokern.convert_cli import BACKEND_CHOICE, QUICK_EXIT, convert, no_blas_threads
 from nanokern.errors import NanokernError
 
 if os.path.basename(sys.argv[0]) == "nanokern" or sys.argv[0].endswith(os.path.join("nanokern", "__main__.py")):
@@ -71,8 +71,6 @@ class _Group(click.Group):
     def make_context(self, info_name, args, parent=None, **extra):
         try:
             return super().make_context(info_name, args, parent, **extra)
-        except click.exceptions.NoArgsIsHelpError:
-            raise
         except click.UsageError as e:
             raise _usage_fail(e) from None
 
@@ -151,7 +149,7 @@ def verify(path, against, json_path, debug):
 
 @cli.command()
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Keep the demo's files here (default: a temporary folder).")
-@click.option("--backend", type=BACKENDS, default="auto", show_default=True)
+@click.option("--backend", type=BACKEND_CHOICE, default="auto", show_default=True)
 @click.option("--arch", "arch_name", type=click.Choice(["llama", "qwen2", "smollm3", "moe"]), default="llama", show_default=True,
               help="qwen2: q/k/v bias + sliding window; smollm3: NoPE layers; moe: Qwen2-MoE with a shared expert.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")

@@ -13,11 +13,12 @@ from nanokern.arch import BY_CLASS
 from nanokern.cli_report import json_option, json_stdout, run_guarded, warn_line, write_json
 from nanokern.io import dtypes
 from nanokern.io.units import human_bytes
+from nanokern.ops.backends import BACKENDS
 
 QUICK_EXIT = []  # set by a command whose work is complete and durable: skip the interpreter's teardown
 
-DTYPES = click.Choice([*(d.short for d in dtypes.FLOATS), "keep", *(d.name for d in dtypes.FLOATS)])  # torch's names too
-BACKENDS = click.Choice(["auto", "torch", "cpu", "cuda", "triton"])
+DTYPES = click.Choice(dtypes.choices(keep=True))
+BACKEND_CHOICE = click.Choice(["auto", *BACKENDS])
 HF_CLASSES = list(BY_CLASS)
 
 
@@ -34,7 +35,7 @@ def no_blas_threads() -> None:
 @click.argument("dst", type=click.Path())
 @click.option("--to", "to", type=click.Choice(["hf", "nanotron"]), help="Target format [default: the other one].")
 @click.option("--dtype", type=DTYPES, default=None, help="Output dtype, round-to-nearest-even [default: bf16 for HF, keep for Nanotron].")
-@click.option("--backend", type=BACKENDS, default="auto", show_default=True, help="gather_cast implementation (all give the same bytes).")
+@click.option("--backend", type=BACKEND_CHOICE, default="auto", show_default=True, help="gather_cast implementation (all give the same bytes).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda: gather and cast on the GPU (LOCAL_RANK's GPU under torchrun), staged through pinned buffers.")
 @click.option("--staging-budget", default="1GB", show_default=True, help="--device cuda: pinned + device staging memory.")

@@ -10,11 +10,13 @@ from pathlib import Path
 import click
 
 from nanokern.bench.common import REPO_ROOT, parse_size, short_dtype
+from nanokern.io import dtypes
+from nanokern.ops.backends import BACKENDS
 from nanokern.cli_report import json_option, json_stdout, write_json
 
 # torch's names too (bfloat16 = bf16, float16 = fp16, float32 = fp32)
-SRC_DTYPES = click.Choice(["fp32", "bf16", "fp16", "float32", "bfloat16", "float16"])
-OUT_DTYPES = click.Choice(["keep", "fp32", "bf16", "fp16", "float32", "bfloat16", "float16"])
+SRC_DTYPES = click.Choice(dtypes.choices(keep=False))
+OUT_DTYPES = click.Choice(dtypes.choices(keep=True))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -45,7 +47,7 @@ def _size(ctx, param, value):
                    "shared expert). The naive baseline exists for llama only; the others are checked against the source.")
 @click.option("--reps", type=click.IntRange(1), default=3, show_default=True)
 @click.option("--workers", type=int, default=None, help="nanokern's --workers [default: its own].")
-@click.option("--backend", type=click.Choice(["auto", "torch", "cpu", "cuda", "triton"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True)
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="> 1: torchrun --nproc-per-node N -m nanokern convert.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(1), default=1, show_default=True, help="torch / OpenMP threads per process (pinned).")
@@ -90,7 +92,8 @@ def convert_cmd(size, tp, pp, dtype, to, source, out_tp, out_pp, out_dtype, arch
     from nanokern.bench.report import append_csv, format_table, phase_seconds, plot
 
     res = _interruptible(lambda: run_convert_bench(opts))
-    click.echo(format_table(res))
+    table = format_table(res)
+    click.echo(table)
     if csv_path:
         append_csv(Path(csv_path), res.row)
         click.echo(f"appended a row to {Path(csv_path).absolute()}")
@@ -99,8 +102,9 @@ def convert_cmd(size, tp, pp, dtype, to, source, out_tp, out_pp, out_dtype, arch
     if plot_path:
         plot(res, plot_path)
         click.echo(f"plot: {Path(plot_path).absolute()}")
-    phases = [phase_seconds(r) for r in res.runs.get("cli", [])]
-    write_json(json_path, {**asdict(res), "phases": [p for p in phases if p], "table": format_table(res)})
+    if json_path:
+        phases = [phase_seconds(r) for r in res.runs.get("cli", [])]
+        write_json(json_path, {**asdict(res), "phases": [p for p in phases if p], "table": table})
     if res.identical is False:
         raise click.ClickException("nanokern and naive outputs differ")
 

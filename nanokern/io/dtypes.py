@@ -57,6 +57,11 @@ TABLE = (
 )
 BY_CODE = {d.code: d for d in TABLE}
 FLOATS = (FLOAT32, BFLOAT16, FLOAT16)  # what conversions read and write
+
+
+def choices(keep: bool) -> list[str]:
+    """The spellings a command line takes: fp32 bf16 fp16, ("keep",) and torch's float32 bfloat16 float16."""
+    return [*(d.short for d in FLOATS), *(["keep"] if keep else []), *(d.name for d in FLOATS)]
 # What a user may type for a float dtype: the short names, torch's names, and torch's aliases.
 ALIASES = {**{d.short: d for d in FLOATS}, **{d.name: d for d in FLOATS}, "half": FLOAT16, "float": FLOAT32}
 

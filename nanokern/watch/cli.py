@@ -11,8 +11,7 @@ import click
 
 from nanokern.arch import BY_CLASS
 from nanokern.io import dtypes
-
-DTYPES = click.Choice([*(d.short for d in dtypes.FLOATS), "keep", *(d.name for d in dtypes.FLOATS)])
+from nanokern.ops.backends import BACKENDS
 
 
 @click.command("watch")
@@ -44,14 +43,14 @@ DTYPES = click.Choice([*(d.short for d in dtypes.FLOATS), "keep", *(d.name for d
               help="Shell command run after each export (and check), e.g. an sbatch of an evaluation or an upload: "
                    "{step} and {out} are replaced (shell-quoted); NANOKERN_STEP, NANOKERN_OUT, NANOKERN_SOURCE and "
                    "NANOKERN_CHECK (passed, suspect, or empty) are in its environment. Its exit code is logged.")
-@click.option("--dtype", type=DTYPES, default=None, help="As convert: output dtype [default: bf16].")
+@click.option("--dtype", type=click.Choice(dtypes.choices(keep=True)), default=None, help="As convert: output dtype [default: bf16].")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None, help="As convert: copy this tokenizer into each export.")
 @click.option("--vocab-size", type=int, default=None, help="As convert: true vocabulary size (trims padded rows).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="As convert: largest safetensors shard.")
 @click.option("--hf-arch", type=click.Choice(list(BY_CLASS)), default=None, help="As convert: the transformers class [default: the first that holds the model].")
 @click.option("--workers", type=int, default=None, help="As convert: files written in parallel.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="As convert (and where the check runs).")
-@click.option("--backend", type=click.Choice(["auto", "torch", "cpu", "cuda", "triton"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
               help="As convert: gather_cast implementation (all give the same bytes).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
