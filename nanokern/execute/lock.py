@@ -28,7 +28,8 @@ def lock_path(dst: str | os.PathLike) -> Path:
     return dst.parent / f"{dst.name}.lock"
 
 
-def _holder(fd: int) -> str:
+def holder(fd: int) -> str:
+    """The line the holder of the lock on fd wrote (write_holder), or "another process"."""
     for _ in range(20):  # the holder writes its line right after it gets the lock
         data = os.pread(fd, 512, 0).decode(errors="replace").strip()
         if data:
@@ -46,7 +47,7 @@ def _acquire(path: Path, dst, wait: bool, on_wait) -> int:
             except OSError as e:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
-                who = _holder(fd)
+                who = holder(fd)
                 if not wait:
                     raise NanokernError(f"in use by {who} (another conversion writes this output; "
                                         f"--wait to wait for it)", dst) from None
@@ -61,9 +62,7 @@ def _acquire(path: Path, dst, wait: bool, on_wait) -> int:
             if not same:  # the previous holder removed the file we locked: lock the current one
                 os.close(fd)
                 continue
-            line = f"pid {os.getpid()} on {os.uname().nodename} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, line.encode(), 0)
+            write_holder(fd)
             return fd
         except BaseException:
             try:
@@ -71,6 +70,12 @@ def _acquire(path: Path, dst, wait: bool, on_wait) -> int:
             except OSError:
                 pass
             raise
+
+
+def write_holder(fd: int) -> None:
+    """Say who holds the lock on fd: pid, host, since when (what a refused second run prints)."""
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
 
 
 @contextmanager

@@ -13,28 +13,15 @@ import errno
 import fcntl
 import os
 import shutil
-import time
 from pathlib import Path
 
 from nanokern.errors import NanokernError
+from nanokern.execute import lock as outlock
+from nanokern.execute.replace import made_by_nanokern
 
 LOCK = "nanokern-watch.lock"
 LATEST = "latest"
-MANIFEST = "nanokern-manifest.json"  # what convert's execute writes last into every export
 _REMOVING = ".nanokern-removing-"
-
-
-def refuse_overlap(checkpoints: Path, out_root: Path) -> None:
-    """OUT_ROOT must not be, contain, or lie inside CHECKPOINTS_PATH (one line)."""
-    ck, out = Path(os.path.realpath(checkpoints)), Path(os.path.realpath(out_root))
-    if out == ck:
-        raise NanokernError("OUT_ROOT is CHECKPOINTS_PATH: exports go to a folder of their own", out_root)
-    if out.is_relative_to(ck):
-        raise NanokernError(f"OUT_ROOT lies inside CHECKPOINTS_PATH {checkpoints}: exports go to a folder of their own",
-                            out_root)
-    if ck.is_relative_to(out):
-        raise NanokernError(f"OUT_ROOT contains CHECKPOINTS_PATH {checkpoints}: exports go to a folder of their own",
-                            out_root)
 
 
 def hold_lock(out_root: Path) -> int:
@@ -45,19 +32,12 @@ def hold_lock(out_root: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
-        who = ""
-        for _ in range(20):  # the holder writes its line right after it gets the lock
-            who = os.pread(fd, 512, 0).decode(errors="replace").strip()
-            if who:
-                break
-            time.sleep(0.01)
+        who = outlock.holder(fd)
         os.close(fd)
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise NanokernError(f"another nanokern watch exports here: {who or 'another process'} ({path})",
-                                out_root) from None
+            raise NanokernError(f"another nanokern watch exports here: {who} ({path})", out_root) from None
         raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+    outlock.write_holder(fd)
     return fd
 
 
@@ -88,7 +68,7 @@ def is_own_export(out_root: Path, checkpoints: Path, step: str) -> Path | None:
     if not step.isdigit():
         return None
     p = out_root / step
-    if p.is_symlink() or not p.is_dir() or not (p / MANIFEST).is_file():
+    if p.is_symlink() or not made_by_nanokern(p):
         return None
     real, root, ck = (Path(os.path.realpath(x)) for x in (p, out_root, checkpoints))
     if real.parent != root or real.is_relative_to(ck) or ck.is_relative_to(real):
@@ -119,8 +99,6 @@ def clear_stale_locks(out_root: Path) -> None:
     """A kill between an export's rename and the release of its lock leaves `<step>.lock` (its
     holder removes it on release): each one no process holds is taken and released, which removes
     it; one still held (a convert the user runs by hand, say) is left alone."""
-    from nanokern.execute import lock as outlock
-
     for p in out_root.glob("*.lock"):
         step = p.name[: -len(".lock")]
         if step.isdigit() and p.is_file() and not p.is_symlink():

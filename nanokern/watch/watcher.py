@@ -11,6 +11,7 @@ from pathlib import Path
 
 from nanokern.errors import NanokernError
 from nanokern.execute import signals
+from nanokern.execute.replace import check_apart
 from nanokern.formats.nanotron import steps as S
 from nanokern.watch import hooks, outputs
 from nanokern.watch.events import EventLog, History, read_events
@@ -51,7 +52,7 @@ class Watcher:
     # -- start ------------------------------------------------------------------------------------
     def setup(self) -> None:
         o = self.o
-        outputs.refuse_overlap(o.checkpoints, o.out_root)
+        check_apart(o.checkpoints, o.out_root, "CHECKPOINTS_PATH")
         if o.checkpoints.exists() and not o.checkpoints.is_dir():
             raise NanokernError("is not a directory", o.checkpoints)
         if o.once and not o.checkpoints.is_dir():
