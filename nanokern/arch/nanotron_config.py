@@ -149,12 +149,17 @@ def warnings_for(cfg: dict) -> list[str]:
     return out
 
 
-def _refuse_llama(spec: ModelSpec, where) -> None:
+def _llama_lacks(spec: ModelSpec) -> list[str]:
+    """The Qwen2Config fields this model uses that LlamaConfig has no place for."""
     keys = {"attention_bias": spec.attention_bias, "no_rope_layer": spec.no_rope_layer is not None,
             "sliding_window_size": spec.sliding_window is not None, "moe_config": spec.moe is not None}
-    for key, set_ in keys.items():
-        if set_:
-            raise NanokernError(f"--nanotron-config llama: LlamaConfig has no {key}; use --nanotron-config qwen2", where)
+    return [key for key, set_ in keys.items() if set_]
+
+
+def _refuse_llama(spec: ModelSpec, where) -> None:
+    lacks = _llama_lacks(spec)
+    if lacks:
+        raise NanokernError(f"--nanotron-config llama: LlamaConfig has no {lacks[0]}; use --nanotron-config qwen2", where)
 
 
 def model_config(spec: ModelSpec, cls: str, vocab: int, interleaved: bool, base: dict, warnings: list[str], where) -> dict:
@@ -230,5 +235,4 @@ def restore(prov) -> tuple[str, dict, bool] | None:
 
 def holds(spec: ModelSpec, cls: str) -> bool:
     """Whether config class `cls` can hold the model (LlamaConfig: no bias, NoPE, window or MoE)."""
-    return cls != "llama" or not (spec.attention_bias or spec.no_rope_layer is not None
-                                  or spec.sliding_window is not None or spec.moe is not None)
+    return cls != "llama" or not _llama_lacks(spec)

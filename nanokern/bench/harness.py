@@ -129,8 +129,7 @@ def cached_hf_source(cache: Path, nt_src: Path, echo) -> Path:
         os.sync()
         os.replace(tmp, root)
     except BaseException:  # Ctrl-C included: no half export left in the cache
-        for p in cache.glob(f"{tmp.name}*"):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        _rm(tmp)
         raise
     return root
 

@@ -138,8 +138,9 @@ def format_table(res: Result) -> str:
         against = "naive output" if has_naive else "the source (nanokern verify --against)"
         lines.append(f"nanokern outputs (in-process and whole process) == {against}, tensor for tensor, bit-exact: "
                      + ("yes" if res.identical else f"NO ({len(res.problems)}): " + "; ".join(res.problems[:5])))
-    if "cli" in res.runs and phase_line(res.runs["cli"]):
-        lines.append(phase_line(res.runs["cli"]))
+    line = phase_line(res.runs.get("cli", []))
+    if line:
+        lines.append(line)
     r = res.row
     verdict = lambda ok: "ok" if ok else "MISSED"  # noqa: E731
     most, least = TARGETS[d]

@@ -25,7 +25,6 @@ class Batches:
         self.pending: dict[str, dict] = {}  # finished, not yet durable
         self.batched = durable.batched()
         self.lock = threading.RLock()  # (re-entrant: a signal may arrive in the main thread holding it)
-        self.sync_lock = threading.RLock()  # one sync and journal write at a time
         self.due = threading.Event()
         self.closing = False
         self.error: OSError | None = None
@@ -68,21 +67,21 @@ class Batches:
                 return
 
     def flush(self) -> None:
-        """One syncfs for every file pending when it starts, then the journal records them."""
-        with self.sync_lock:
-            with self.lock:
-                batch = dict(self.pending)
-            if not batch:
-                return
-            with phases.span("batch sync"):  # (bench convert: their number and seconds, within writing)
-                durable.syncfs(self.work)
-            phases.add("batch syncs", 1)
-            with self.lock:
-                self.last = time.monotonic()
-                for path in batch:
-                    del self.pending[path]
-                self.entries.update(batch)
-                manifest.save_journal(self.work, self.rank, self.entries)
+        """One syncfs for every file pending when it starts, then the journal records them. Runs on
+        the sync thread, or in close() once that thread is gone: never two at once."""
+        with self.lock:
+            batch = dict(self.pending)
+        if not batch:
+            return
+        with phases.span("batch sync"):  # (bench convert: their number and seconds, within writing)
+            durable.syncfs(self.work)
+        phases.add("batch syncs", 1)
+        with self.lock:
+            self.last = time.monotonic()
+            for path in batch:
+                del self.pending[path]
+            self.entries.update(batch)
+            manifest.save_journal(self.work, self.rank, self.entries)
 
     def stop(self) -> None:
         """Stop the sync thread, after the sync it may be running."""

@@ -197,7 +197,6 @@ class _Run:
             e.kept, e.total, e.work = len(self.entries), len(self.mine), str(self.work)
             raise
         except KeyboardInterrupt:
-            batches.stop()
             raise  # keep the finished files: the next run resumes
         except OutOfSpace as e:  # keep the finished files for a resume; drop the unfinished ones
             for f in self.todo:
@@ -208,8 +207,7 @@ class _Run:
             return OutOfSpace(f"{e.message}; the {len(self.entries)} finished file(s) are kept in {self.work}: "
                               f"free space and run the same command to resume", e.path)
         except Exception as e:  # noqa: BLE001 - reported, and shared with the other ranks
-            batches.stop()  # (the files are removed)
-            return e
+            return e  # (the files are removed)
         finally:
             batches.stop()  # (on every path: no sync thread outlives the run)
             self.sources.close()

@@ -117,7 +117,7 @@ class SequentialWriter:
             i, n, off = job
             try:
                 if self.error is None:
-                    view = memoryview(self.views[i])[:n]
+                    view = self.views[i][:n]
                     while view:
                         k = os.pwrite(self.fd, view, off)
                         view, off = view[k:], off + k
