@@ -93,13 +93,16 @@ def test_force_replaces_only_what_nanokern_wrote(ck, tmp_path):
 
 
 def test_cleanup_beside_out_removes_only_nanokern_names(ck, tmp_path):
+    from nanokern.execute.manifest import make_work
+
     out = tmp_path / "out"
     theirs = [tmp_path / "out.partial-mine", tmp_path / "out.old-backup", tmp_path / "out.partial-0123456789abcdeX"]
     for d in theirs:
         d.mkdir()
         (d / "f").write_text("the user's")
     ours = tmp_path / "out.partial-0123456789abcdef"  # what a killed run of another plan would leave
-    ours.mkdir()
+    make_work(ours)
+    (ours / "model.safetensors").write_bytes(b"half")
     r = run_cli("convert", ck, out, "-q")
     assert r.returncode == 0, r.stderr
     assert all((d / "f").read_text() == "the user's" for d in theirs)

@@ -48,6 +48,13 @@ def owned() -> bool:
     return bool(_owned)
 
 
+def gather(dist, obj) -> list:
+    """Every rank's obj, in rank order."""
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def split_by_bytes(sizes: list[int], ranks: int) -> list[list[int]]:
     """Indices of items per rank, balancing the sum of sizes (LPT greedy)."""
     load = [0] * ranks

@@ -7,7 +7,8 @@ were written. An export of a Nanotron checkpoint also records its source (`nanot
 config class, the RoPE row order and the model_config.json fields config.json has no place for),
 which an import of the export restores (formats/hf.py). The journal, `.nanokern-done-<rank>.json`
 in the partial folder, lists the files a rank has finished and made durable; it is removed just
-before the folder is renamed into place.
+before the folder is renamed into place. The marker, `.nanokern-partial`, proves a partial
+folder is nanokern's (the clean-up beside OUT removes nothing else); it goes after the rename.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import hashlib
 import json
 import mmap
 import os
+import secrets
+import stat
 from pathlib import Path
 
 from zlib_ng.zlib_ng import crc32  # zlib's CRC-32, SIMD: faster than the stdlib's
@@ -25,6 +28,7 @@ from nanokern.plan import Plan
 
 MANIFEST = "nanokern-manifest.json"
 JOURNAL_GLOB = ".nanokern-done-*.json"
+MARKER = ".nanokern-partial"  # in a partial folder: nanokern made it (its own name inside, and a token)
 
 
 def plan_fingerprint(plan: Plan) -> str:
@@ -48,6 +52,41 @@ def plan_fingerprint(plan: Plan) -> str:
 
 def partial_dir(dst: Path, fingerprint: str) -> Path:
     return dst.parent / f"{dst.name}.partial-{fingerprint}"
+
+
+def make_work(work: Path) -> str:
+    """Create the partial folder WORK with the marker that proves nanokern made it; its token."""
+    token = secrets.token_hex(8)
+    work.mkdir()
+    write_small(work / MARKER, json.dumps({"format": "nanokern-partial", "folder": work.name, "token": token}).encode(),
+                fsync=False)
+    return token
+
+
+def work_token(path: Path) -> str | None:
+    """The token of a partial folder nanokern made (a real folder holding its marker, which
+    names the folder); None for anything else, which is then never written into nor removed."""
+    m = path / MARKER
+    try:
+        if path.is_symlink() or not stat.S_ISREG(os.lstat(m).st_mode) or os.lstat(m).st_size > 4096:
+            return None
+        info = json.loads(m.read_bytes())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(info, dict) and info.get("format") == "nanokern-partial" and info.get("folder") == path.name
+    return info.get("token") if ok and isinstance(info.get("token"), str) else None
+
+
+def seen_by_all(work: Path, gather) -> str | None:
+    """Once rank 0 has made WORK, every rank must see that very folder (the output lies on a
+    filesystem all ranks share): None, or the error every rank raises. gather(obj): every
+    rank's obj, in rank order (a collective)."""
+    seen = gather(work_token(work))
+    blind = [r for r, t in enumerate(seen) if t is None or t != seen[0]]
+    if not blind:
+        return None
+    return (f"rank {blind[0]} does not see {work} that rank 0 made: the output must be on a filesystem "
+            f"every rank sees, at the same path")
 
 
 def finished(work: Path, plan: Plan) -> dict[str, dict]:
@@ -83,7 +122,8 @@ def file_entry(size: int, header: bytes, sums: dict) -> dict:
 
 def write_manifest(work: Path, plan: Plan, entries: dict, fsync: bool) -> None:
     manifest = {"format": "nanokern-manifest", "version": 1, "target": plan.target,
-                "files": {f.path: entries[f.path] for f in plan.files}}
+                "files": {f.path: entries[f.path] for f in plan.files},
+                "written": sorted([f.path for f in plan.files] + list(plan.aux))}  # everything else is the user's
     src = plan.source.layout
     if plan.target == "hf" and plan.source.origin == "nanotron":  # what an import of this export restores
         from nanokern.arch import nanotron_config

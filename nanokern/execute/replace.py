@@ -2,10 +2,12 @@
 
 Replacing an existing DST (--force) so that a kill at any moment leaves a complete DST, old or
 new: the finished folder and DST are swapped in one atomic renameat2(RENAME_EXCHANGE), then the
-old one (now at the partial folder's name) is removed. An intent file beside DST, written before
-the swap and removed after the clean-up, tells the next run what a kill left behind (`recover`).
-Where the filesystem cannot exchange, DST is renamed aside first and the next run puts back
-whichever complete folder a kill left.
+old one (now at the partial folder's name) is removed: the files its manifest lists, never
+anything else. An intent file beside DST (`DST.replacing`), written before the swap and removed
+after the clean-up, names both folders by name and inode and tells the next run what a kill left
+behind (`recover`). Where the filesystem cannot exchange, DST is renamed aside first
+(`DST.old-<hex>`) and the next run puts back whichever complete folder a kill left. Nothing
+beside DST is removed unless nanokern provably made it: a name alone proves nothing.
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ import glob
 import json
 import os
 import re
+import secrets
 import shutil
+import stat
 from pathlib import Path
 
 from nanokern.errors import NanokernError
 from nanokern.execute.durable import fsync_dir, write_small
-from nanokern.execute.manifest import JOURNAL_GLOB, MANIFEST
+from nanokern.execute.manifest import JOURNAL_GLOB, MANIFEST, MARKER, work_token
+from nanokern.execute.owned import foreign, remove_owned, written
 
 
-PARTIAL = re.compile(r"\.partial-[0-9a-f]{16}")  # the suffix manifest.partial_dir gives this run's folder
-OLD = re.compile(r"\.old-[0-9]+")  # DST.old-PID: an old DST renamed aside by replace()
+_OLD = re.compile(r"\.old-[0-9a-f]{12}")  # DST.old-<hex>: an old DST renamed aside by replace()
+_INTENT = "nanokern-replacing"
 
 
 def check_apart(src: str | os.PathLike, dst: str | os.PathLike, what: str = "the source") -> None:
@@ -40,12 +45,12 @@ def check_apart(src: str | os.PathLike, dst: str | os.PathLike, what: str = "the
 
 def made_by_nanokern(dst: Path) -> bool:
     """A complete nanokern output (its manifest is written last, just before the rename)."""
-    return dst.is_dir() and (dst / MANIFEST).is_file()
+    return dst.is_dir() and written(dst, complete=True) is not None
 
 
 def check_target(dst: Path, force: bool) -> None:
-    """An existing DST is replaced only with --force, and only when nanokern wrote it (or it is
-    an empty folder): --force never deletes a folder of the user's."""
+    """An existing DST is replaced only with --force, only when nanokern wrote it (or it is an
+    empty folder) and only when nothing else is in it: --force never deletes a file of the user's."""
     if not (dst.exists() or dst.is_symlink()):
         return
     if not (made_by_nanokern(dst) or (dst.is_dir() and not any(dst.iterdir()))):
@@ -53,10 +58,35 @@ def check_target(dst: Path, force: bool) -> None:
                             "move it away or choose another output (nanokern replaces only folders it wrote)", dst)
     if not force:
         raise NanokernError("output exists (use --force to replace it)", dst)
+    theirs = foreign(dst)
+    if theirs:
+        shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+        raise NanokernError(f"holds {len(theirs)} file(s) nanokern did not write ({shown}): move them out first "
+                            f"(--force replaces only what nanokern wrote)", dst)
+    if _read_intent(dst) is False:
+        raise NanokernError(f"exists and was not written by nanokern; nanokern needs this name to replace "
+                            f"{dst.name} safely: move it away", _intent_path(dst))
 
 
 def _intent_path(dst: Path) -> Path:
     return dst.parent / f"{dst.name}.replacing"
+
+
+def _read_intent(dst: Path) -> dict | bool | None:
+    """The intent nanokern left beside DST (a dict); None: there is none; False: a file of the
+    user's is at its name (never read past 4 kB, never followed, never removed)."""
+    path = _intent_path(dst)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size > 4096:
+        return False
+    try:
+        info = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return info if isinstance(info, dict) and info.get("format") == _INTENT and info.get("dst") == dst.name else False
 
 
 def exchange(a: Path, b: Path) -> bool:
@@ -79,63 +109,79 @@ def exchange(a: Path, b: Path) -> bool:
 
 
 def _write_intent(dst: Path, info: dict) -> None:
-    write_small(_intent_path(dst), json.dumps(info).encode())
+    tmp = dst.parent / f".{dst.name}.replacing-{os.getpid()}"
+    write_small(tmp, json.dumps({"format": _INTENT, "dst": dst.name, **info}).encode())
+    os.replace(tmp, _intent_path(dst))  # (recover checked that nothing of the user's is there)
     fsync_dir(dst.parent)
 
 
-def _remove(path: Path) -> None:
-    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+def _ino(p: Path) -> int | None:
+    try:
+        return os.lstat(p).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _drop_old(old: Path) -> None:
+    """Remove the replaced output: what nanokern wrote in it (a symlink DST: the link itself)."""
+    if old.is_symlink() or not old.is_dir():
+        old.unlink()
+    else:
+        remove_owned(old)
 
 
 def replace(work: Path, dst: Path) -> None:
     """Move the finished folder `work` to `dst`, swapping atomically with an existing one."""
     if dst.exists() or dst.is_symlink():
-        _write_intent(dst, {"mode": "exchange", "new": work.name, "ino": work.stat().st_ino})
+        info = {"mode": "exchange", "new": work.name, "new_ino": _ino(work), "old_ino": _ino(dst)}
+        _write_intent(dst, info)
         if exchange(work, dst):
             fsync_dir(dst.parent)
-            _remove(work)
+            _drop_old(work)  # (the old output, now at the partial folder's name)
         else:
-            old = dst.parent / f"{dst.name}.old-{os.getpid()}"
-            _write_intent(dst, {"mode": "rename", "new": work.name, "old": old.name})
+            old = dst.parent / f"{dst.name}.old-{secrets.token_hex(6)}"
+            _write_intent(dst, {**info, "mode": "rename", "old": old.name})
             os.replace(dst, old)
             os.replace(work, dst)
             fsync_dir(dst.parent)
-            _remove(old)
+            _drop_old(old)
         _intent_path(dst).unlink()
     else:
         os.replace(work, dst)
     fsync_dir(dst.parent)
+    (dst / MARKER).unlink(missing_ok=True)  # (a marker a kill leaves here is counted as nanokern's)
 
 
 def recover(dst: Path, keep: Path | None = None) -> None:
     """Under DST's lock, before a run: finish or undo what a killed run left beside DST (a swap
-    in progress, `DST.old-*`, partial folders of other plans); `keep` is this run's own."""
+    in progress, the partial folders of other plans); `keep` is this run's own. Only what
+    nanokern provably made is touched: a folder the intent names by name and inode, a partial
+    folder holding nanokern's marker."""
     parent = dst.parent
-    intent = _intent_path(dst)
-    if intent.is_file():
-        try:
-            info = json.loads(intent.read_text())
-        except (json.JSONDecodeError, OSError):
-            info = {}
-        new = parent / info.get("new", "")
-        if new.parent != parent or not PARTIAL.fullmatch(new.name.removeprefix(dst.name)):
-            new = parent  # not a name this module writes: touch nothing
+    info = _read_intent(dst)
+    if info:
+        new, old = parent / str(info.get("new", "")), parent / str(info.get("old", ""))
+        if new.parent != parent or not new.name.startswith(f"{dst.name}.partial-"):
+            new = None
+        if old.parent != parent or not _OLD.fullmatch(old.name.removeprefix(dst.name)) or _ino(old) != info.get("old_ino"):
+            old = None
         if info.get("mode") == "exchange":
-            # swapped when DST is the new folder: then `new` holds the old output
-            if dst.exists() and dst.stat().st_ino == info.get("ino") and new.is_dir() and new != parent:
-                shutil.rmtree(new)
-        elif info.get("mode") == "rename" and not dst.exists():
-            old = parent / info.get("old", "")
-            if old.parent != parent or not OLD.fullmatch(old.name.removeprefix(dst.name)):
-                old = parent
-            if new.is_dir() and new != parent and not any(new.glob(JOURNAL_GLOB)) and (new / MANIFEST).is_file():
-                os.replace(new, dst)  # complete: the journals go just before the rename
-            elif old.is_dir() and old != parent:
-                os.replace(old, dst)
-        intent.unlink()
+            if new and _ino(dst) == info.get("new_ino") and _ino(new) == info.get("old_ino"):
+                _drop_old(new)  # swapped: `new` holds the old output
+        elif info.get("mode") == "rename":
+            if not (dst.exists() or dst.is_symlink()):
+                complete = new and _ino(new) == info.get("new_ino") and not any(new.glob(JOURNAL_GLOB)) and (new / MANIFEST).is_file()
+                if complete:
+                    os.replace(new, dst)  # (the journals go just before the rename)
+                elif old:
+                    os.replace(old, dst)
+                    old = None
+            if old and (dst.exists() or dst.is_symlink()):
+                _drop_old(old)
+        _intent_path(dst).unlink()
         fsync_dir(parent)
-    for stale in parent.glob(f"{glob.escape(dst.name)}.*"):  # only the names nanokern gives its own folders
-        suffix = stale.name.removeprefix(dst.name)
-        if stale.is_symlink() or stale == keep or not (OLD.fullmatch(suffix) or PARTIAL.fullmatch(suffix)):
-            continue
-        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+    if made_by_nanokern(dst) and (dst / MARKER).is_file() and not (dst / MARKER).is_symlink():
+        (dst / MARKER).unlink()  # a kill right after the rename left it
+    for stale in parent.glob(f"{glob.escape(dst.name)}.partial-*"):
+        if stale != keep and work_token(stale) is not None:  # only folders nanokern made
+            shutil.rmtree(stale)

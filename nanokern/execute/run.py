@@ -93,18 +93,29 @@ def _prepare(plan: Plan, dst: Path, work: Path, rank: int, dist, force: bool, ta
             recover(dst, keep=work)
         check_target(dst, force)
         if rank == 0:
-            reusable = manifest.finished(work, plan) if work.is_dir() else {}
+            resume = work.exists() or work.is_symlink()
+            if resume and manifest.work_token(work) is None:
+                raise NanokernError(f"exists and was not made by nanokern; nanokern needs this name for the "
+                                    f"partial output of {dst.name}: move it away", work)
+            reusable = manifest.finished(work, plan) if resume else {}
             # an unfinished file left by an interrupted run is rewritten in place: its blocks count as free
             diskspace.check_fits(dst, [max(0, f.size - durable.allocated(work / f.path)) for f in plan.files
                                        if f.path not in reusable] + [len(d) for d in plan.aux.values()])
-            work.mkdir(exist_ok=True)
+            if not resume:
+                manifest.make_work(work)
     except NanokernError as e:
         error = e
     if dist:
-        shared = [None if error is None else str(error)]
+        shared = [None if error is None else (str(error), isinstance(error, OutOfSpace))]
         dist.broadcast_object_list(shared, src=0)
         if shared[0] is not None and error is None:
-            error = NanokernError(shared[0])
+            error = (OutOfSpace if shared[0][1] else NanokernError)(shared[0][0])
+        if error is None:
+            blind = manifest.seen_by_all(work, lambda o: distributed.gather(dist, o))
+            if blind is not None:
+                error = NanokernError(blind)
+                if rank == 0 and [p.name for p in work.iterdir()] == [manifest.MARKER]:
+                    shutil.rmtree(work)  # (made by this run, nothing written in it yet)
     if error is not None:
         raise error
 
@@ -223,7 +234,7 @@ class _Run:
             failed = [(r, msg, k) for r, (msg, k, _) in enumerate(gathered) if msg is not None]
             if failed and error is None:
                 r, msg, keep = failed[0]
-                error = NanokernError(f"rank {r} failed: {msg}")
+                error = (OutOfSpace if keep else NanokernError)(f"rank {r} failed: {msg}")
             if not failed:
                 for _, _, e in gathered:
                     self.entries.update(e)

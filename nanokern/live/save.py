@@ -95,10 +95,14 @@ def _prepare(s, dst: Path, work: Path, force: bool, held: contextlib.ExitStack, 
             recover(dst, keep=work)
             check_target(dst, force)
             diskspace.check_fits(dst, [f.size for f in s.lp.plan.files] + [len(d) for d in s.lp.plan.aux.values()])
-            work.mkdir()
+            manifest.make_work(work)
         except NanokernError as e:
             error = str(e)
     verdict = s.g.all_gather_object(error)[0]
+    if verdict is None:
+        verdict = manifest.seen_by_all(work, s.g.all_gather_object)
+        if verdict is not None and s.g.index == 0:
+            shutil.rmtree(work)  # (nothing written in it yet)
     if verdict is not None:
         raise NanokernError(verdict)
 
@@ -115,6 +119,10 @@ def save_hf(src, out_dir, tp_group=None, pp_group=None, dtype: str = "bf16", tok
               hf_arch, backend)
     plan, g = s.lp.plan, s.g
     dst = Path(out_dir).absolute()
+    dsts = g.all_gather_object(str(dst))
+    if len(set(dsts)) > 1:  # before anything is written: every rank writes into one folder
+        raise NanokernError(f"out_dir differs across ranks (rank 0: {dsts[0]}, rank {next(r for r, d in enumerate(dsts) if d != dsts[0])}: "
+                            f"{next(d for d in dsts if d != dsts[0])}): give every rank the same path, on a filesystem every rank sees")
     nonce = g.all_gather_object(secrets.token_hex(6))[0]  # a live export never resumes: weights move
     work = manifest.partial_dir(dst, f"live-{nonce}")
     order, dest = writers(plan, g)
