@@ -12,7 +12,7 @@ import click
 from nanokern.arch import BY_CLASS
 from nanokern.cli_report import json_option, json_stdout, run_guarded, warn_line, write_json
 from nanokern.io import dtypes
-from nanokern.io.units import human_bytes
+from nanokern.io.units import human_bytes, parse_size, positive_size
 from nanokern.ops.backends import BACKENDS
 
 QUICK_EXIT = []  # set by a command whose work is complete and durable: skip the interpreter's teardown
@@ -38,7 +38,7 @@ def no_blas_threads() -> None:
 @click.option("--backend", type=BACKEND_CHOICE, default="auto", show_default=True, help="gather_cast implementation (all give the same bytes).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda: gather and cast on the GPU (LOCAL_RANK's GPU under torchrun), staged through pinned buffers.")
-@click.option("--staging-budget", default="1GB", show_default=True, help="--device cuda: pinned + device staging memory.")
+@click.option("--staging-budget", type=positive_size, default="1GB", show_default=True, help="--device cuda: pinned + device staging memory.")
 @click.option("--vocab-size", type=int, default=None, help="True vocabulary size: trims Nanotron's padded rows.")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None,
               help="Copy this tokenizer into a HF output [default: the one config.yaml's tokenizer_name_or_path names, "
@@ -47,7 +47,7 @@ def no_blas_threads() -> None:
               help="Export (Nanotron source): how the source was trained (auto: model_config.json; a missing key means "
                    "interleaved for LlamaConfig). Nanotron output: write q/k for interleaved RoPE (auto: as the source; "
                    "a reshard reads the source by its own config unless that lacks the key).")
-@click.option("--max-shard-size", default="5GB", show_default=True, help="HF output: largest safetensors shard.")
+@click.option("--max-shard-size", type=positive_size, default="5GB", show_default=True, help="HF output: largest safetensors shard.")
 @click.option("--tp", type=click.IntRange(1), default=None, help="Nanotron output (implies --to nanotron): tensor-parallel size [default: 1].")
 @click.option("--pp", type=click.IntRange(1), default=None, help="Nanotron output (implies --to nanotron): pipeline-parallel size [default: 1].")
 @click.option("--make-vocab-size-divisible-by", type=click.IntRange(1), default=None,
@@ -58,7 +58,7 @@ def no_blas_threads() -> None:
 @click.option("--nanotron-config", type=click.Choice(["qwen2", "llama"]), default=None,
               help="Nanotron output (implies --to nanotron): Qwen2Config (what Nanotron builds by default) or LlamaConfig (older Nanotron) "
                    "[default: a Nanotron source keeps its class; HF Llama -> llama, other families -> qwen2].")
-@click.option("--workers", type=int, default=None, help="Files written in parallel [default: min(4, cores)].")
+@click.option("--workers", type=click.IntRange(1), default=None, help="Files written in parallel [default: min(4, cores)].")
 @click.option("--buffered-io", is_flag=True, help="Write through the page cache instead of O_DIRECT.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
 @click.option("--wait", is_flag=True, help="If another conversion is writing DST, wait for it instead of refusing.")
@@ -120,7 +120,6 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
     def convert_locked():
         from nanokern.convert import make_plan
         from nanokern.execute import execute, phases
-        from nanokern.formats.hf import parse_size
         from nanokern.plan import describe
 
         tok, tok_line = (tokenizer, None) if tokenizer is not None else _default_tokenizer(src, to)

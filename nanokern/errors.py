@@ -15,5 +15,5 @@ class NanokernError(Exception):
 
 
 class OutOfSpace(NanokernError):
-    """The disk filled up while writing (another writer took the space): the finished files are
-    kept for a resume."""
+    """Not enough free space: found before writing (nothing written), or the disk filled up while
+    writing (another writer took the space; the finished files are kept for a resume)."""

@@ -570,7 +570,7 @@ def directory_named_like_shard(ck):
     f = ck / "0" / QKV.format(1)
     f.unlink()
     f.mkdir()
-    return f, ["cannot read"]
+    return f, ["not a regular file (a directory)"]
 
 
 NANOTRON_CASES = [

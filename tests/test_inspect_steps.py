@@ -38,7 +38,7 @@ def test_inspect_lists_every_step_and_takes_the_newest_complete(run_dir):
     assert "complete  <- this one" in rows["100"]
     assert "incomplete" in rows["200"] and "model_config.json" in rows["200"]
     assert "incomplete" in rows["300"] and SHARD.rsplit("/", 1)[1] in rows["300"] and "truncated" in rows["300"]
-    assert all(" KB " in rows[s] and " files " in rows[s] for s in rows)  # size and file count
+    assert all(" kB " in rows[s] and " files " in rows[s] for s in rows)  # size and file count
     said = [line for line in out.splitlines() if "no latest.txt: took step 100" in line]
     assert len(said) == 1 and "200" in said[0] and "300" in said[0]
 

@@ -46,7 +46,7 @@ def _size(ctx, param, value):
               help="Synthetic family: qwen2 = q/k/v bias + window, smollm3 = NoPE layers, moe = Qwen2-MoE (8 experts, "
                    "shared expert). The naive baseline exists for llama only; the others are checked against the source.")
 @click.option("--reps", type=click.IntRange(1), default=3, show_default=True)
-@click.option("--workers", type=int, default=None, help="nanokern's --workers [default: its own].")
+@click.option("--workers", type=click.IntRange(1), default=None, help="nanokern's --workers [default: its own].")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True)
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="> 1: torchrun --nproc-per-node N -m nanokern convert.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
@@ -121,13 +121,12 @@ def _interruptible(fn):
             return fn()
     except (signals.Interrupted, KeyboardInterrupt) as e:
         signum = getattr(e, "signum", signal.SIGINT)
-        click.echo(f"interrupted ({signal.Signals(signum).name}): bench stopped; its outputs are removed "
-                   "(the cached checkpoints are kept)", err=True)
-        sys.exit(128 + signum)
+        signals.leave(signum, f"interrupted ({signal.Signals(signum).name}): bench stopped; its outputs are removed "
+                              "(the cached checkpoints are kept)")
 
 
 @bench.command("backends")
-@click.option("--size", default="1GB", show_default=True, help="Synthetic checkpoint size (20MB, 1GB, 4GB, ...).")
+@click.option("--size", default="1GB", show_default=True, callback=_size, help="Synthetic checkpoint size (20MB, 1GB, 4GB, ...).")
 @click.option("--tp", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--pp", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--dtype", type=SRC_DTYPES, default="fp32", show_default=True, help="Source dtype.")

@@ -8,13 +8,12 @@ import csv
 import datetime as _dt
 import importlib.metadata
 import os
-import re
 import subprocess
 from pathlib import Path
 
 import click
 
-from nanokern.io import dtypes
+from nanokern.io import dtypes, units
 
 GEN_VERSION = 2  # bump when the generated checkpoint changes: invalidates the cache
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -29,18 +28,15 @@ CSV_COLUMNS = [  # results/convert.csv
 ]
 ST_DTYPES = {d.short: d.code for d in dtypes.FLOATS}  # from the one table (io/dtypes.py)
 ITEMSIZE = {d.short: d.itemsize for d in dtypes.FLOATS}
-_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
-          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "B": 1}
 MB = 1e6
 
 
 def parse_size(text: str) -> int:
-    """'1GB' -> 10**9, '512MiB' -> 2**29 (decimal units like huggingface_hub; *iB binary)."""
-    s = str(text).strip().upper().replace(" ", "")
-    m = re.fullmatch(r"([0-9]*\.?[0-9]+)([KMGT]I?B|B)?", s)
-    if not m:
-        raise click.BadParameter(f"size {text!r}: use e.g. 20MB, 1GB, 4GB, 1.5GiB")
-    return int(float(m.group(1)) * _UNITS[m.group(2) or "B"])
+    """'1GB' -> 10**9, '512MiB' -> 2**29 (io/units.py's parser; click's one line when it is not a size)."""
+    try:
+        return units.parse_size(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def default_cache_dir() -> Path:

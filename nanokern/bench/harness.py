@@ -13,11 +13,10 @@ import json
 import math
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
@@ -27,7 +26,7 @@ from nanokern.bench.common import (ITEMSIZE, REPO_ROOT, compile_bytecode, defaul
                                    short_dtype)
 from nanokern.bench.measure import Run, _rm, _run_measured
 from nanokern.bench.naive import compare_hf, compare_nanotron
-from nanokern.bench.report import convert_row, rep_line
+from nanokern.bench.report import Result, convert_row, rep_line
 from nanokern.io.units import human_bytes
 from nanokern.bench.synthetic import cached_checkpoint
 
@@ -71,32 +70,6 @@ class Options:
     def target_layout(self) -> tuple[int, int] | None:
         """(TP, PP) of a Nanotron output."""
         return {"export": None, "import": (self.tp, self.pp), "reshard": (self.out_tp, self.out_pp)}[self.direction]
-
-
-@dataclass
-class Result:
-    options: dict
-    shape: dict
-    source_bytes: int
-    largest_tensor: str
-    largest_tensor_bytes: int
-    runs: dict[str, list[Run]] = field(default_factory=dict)
-    identical: bool | None = None
-    problems: list[str] = field(default_factory=list)
-    row: dict = field(default_factory=dict)
-    load_before: str = ""
-
-    def median(self, approach: str) -> float:
-        return statistics.median(r.seconds for r in self.runs[approach])
-
-    def median_wall(self, approach: str) -> float:
-        return statistics.median(r.wall for r in self.runs[approach])
-
-    def peak(self, approach: str) -> int:
-        return max(r.peak_anon for r in self.runs[approach])
-
-    def baseline(self, approach: str) -> int:
-        return int(statistics.median(r.baseline_anon for r in self.runs[approach]))
 
 
 def nanokern_command() -> list[str]:

@@ -1,18 +1,47 @@
-"""`bench convert`'s results: the CSV row (medians and ratios of a Result's runs), the rep lines
+"""`bench convert`'s results (Result: what harness.py measured): the CSV row (medians and ratios of a Result's runs), the rep lines
 and the printed table (the same labels, ROWS), where the whole process's time goes (its phases),
 each target's verdict, and the plot."""
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nanokern.bench.common import CSV_COLUMNS, MB, append_csv_rows, machine, stamp
 
 if TYPE_CHECKING:
-    from nanokern.bench.harness import Result
     from nanokern.bench.measure import Run
+
+
+@dataclass
+class Result:
+    """One `bench convert`: its options, the synthetic source, every run of every approach."""
+
+    options: dict
+    shape: dict
+    source_bytes: int
+    largest_tensor: str
+    largest_tensor_bytes: int
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+    identical: bool | None = None
+    problems: list[str] = field(default_factory=list)
+    row: dict = field(default_factory=dict)
+    load_before: str = ""
+
+    def median(self, approach: str) -> float:
+        return statistics.median(r.seconds for r in self.runs[approach])
+
+    def median_wall(self, approach: str) -> float:
+        return statistics.median(r.wall for r in self.runs[approach])
+
+    def peak(self, approach: str) -> int:
+        return max(r.peak_anon for r in self.runs[approach])
+
+    def baseline(self, approach: str) -> int:
+        return int(statistics.median(r.baseline_anon for r in self.runs[approach]))
+
 
 # (approach, label, figure): what each run measures, under one name in the rep lines, the table and
 # the plot. wall = exec of the command to its exit, then sync; else the run's own (in-process) time.

@@ -6,7 +6,7 @@ import errno
 import os
 from pathlib import Path
 
-from nanokern.errors import NanokernError
+from nanokern.errors import OutOfSpace
 from nanokern.io.units import human_bytes
 
 BLOCK = 4096
@@ -40,16 +40,11 @@ def free_bytes(path: str | os.PathLike) -> int:
 
 
 def check_fits(dst: str | os.PathLike, sizes) -> None:
-    """Raise one line naming the filesystem that will hold dst when `sizes` do not fit in it."""
+    """Raise OutOfSpace, one line naming dst and the filesystem that will hold it, when `sizes`
+    do not fit in it."""
     place = _existing(Path(dst).parent)
     need = needed_bytes(sizes)
     free = free_bytes(place)
     if need > free:
-        mount = _mount_point(place)
-        where = f"{place} (filesystem at {mount})" if mount != place else str(place)
-        raise NanokernError(f"not enough free space for {Path(dst).name}: needs {_gb(need)}, {_gb(free)} free; "
-                            f"nothing was written", where)
-
-
-def _gb(n: int) -> str:
-    return human_bytes(n)
+        raise OutOfSpace(f"not enough free space: needs {human_bytes(need)}, {human_bytes(free)} free on "
+                         f"{_mount_point(place)}; nothing was written", dst)

@@ -68,13 +68,19 @@ def _handler(signum, frame):
             pass
     e = Interrupted(signum)
     e.finished = _complete
+    leave(signum, e.message())
+
+
+def leave(signum: int, line: str):
+    """End the process at once after a signal: what stdout holds is flushed, `line` goes to stderr
+    (rank 0 only), exit 128 + the signal number. Nothing else runs (no atexit, no finally)."""
+    try:
+        sys.stdout.flush()
+    except Exception:  # noqa: BLE001 - leaving anyway
+        pass
     if int(os.environ.get("RANK", "0")) == 0:
-        try:
-            sys.stdout.flush()
-        except Exception:  # noqa: BLE001
-            pass
-        os.write(2, (e.message() + "\n").encode())
-    os._exit(e.exit_code)
+        os.write(2, (line + "\n").encode())
+    os._exit(128 + signum)
 
 
 def at_quick_exit(fn) -> int:

@@ -4,8 +4,10 @@ save_pretrained writes them."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,33 +17,22 @@ from nanokern.arch import nanotron_config
 from nanokern.arch.family import Family
 from nanokern.arch.hf_config import transformers_version
 from nanokern.arch.spec import ModelSpec
+from nanokern.arch.values import pos_int
 from nanokern.errors import NanokernError
 from nanokern.formats import tokenizer as tok
 from nanokern.io import dtypes
+from nanokern.io.regular import read_text
+from nanokern.io.units import parse_size
 from nanokern.io.safetensors import close_maps, map_array, read_header
 from nanokern.plan.model import Block, HfLayout, LogicalTensor, Model, expert_view, shape2d, whole_block
 from nanokern.plan import OutFile, OutTensor, Plan, Source, resolve
 
-SIZE_UNITS = {"TB": 10**12, "GB": 10**9, "MB": 10**6, "KB": 10**3}
 EXPORT_MANIFEST = "nanokern-manifest.json"  # what execute/manifest.py writes (MANIFEST), read here a layer above
-
-
-def parse_size(text: str | int) -> int:
-    """'5GB' -> 5_000_000_000 (decimal units, as huggingface_hub parses them)."""
-    if isinstance(text, int):
-        return text
-    s = text.strip().upper()
-    unit = s[-2:]
-    if unit not in SIZE_UNITS:
-        if s.isdigit():
-            return int(s)
-        raise ValueError(f"size {text!r}: use a number with TB, GB, MB or KB")
-    return int(float(s[:-2]) * SIZE_UNITS[unit])
 
 
 def is_hf(path: str | os.PathLike) -> bool:
     p = Path(path)
-    return (p / "config.json").is_file()
+    return (p / "config.json").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,14 +76,12 @@ def spec_from_hf_config(cfg: dict, where: Path) -> tuple[Family, ModelSpec]:
 
 
 def _read_json(f: Path, what: str):
+    if not f.exists() and not f.is_symlink():
+        raise NanokernError(f"missing {what}", f)
     try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NanokernError(f"missing {what}", f) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return json.loads(read_text(f))  # (a FIFO or a device is refused from its stat, never opened)
+    except json.JSONDecodeError as e:
         raise NanokernError(f"not valid JSON ({e})", f) from None
-    except OSError as e:
-        raise NanokernError(f"cannot read: {e.strerror or e}", f) from None
 
 
 def _all_zero_bits(refs) -> bool:
@@ -135,9 +124,9 @@ def read_hf(path: str | os.PathLike) -> Model:
     d = Path(path)
     cfg_file = d / "config.json"
     cfg = _read_json(cfg_file, "config.json")
-    family, spec = spec_from_hf_config(cfg, cfg_file)
+    family_of(cfg, cfg_file)
     index = d / "model.safetensors.index.json"
-    if index.is_file():
+    if index.exists():
         idx = _read_json(index, "index")
         wm = idx.get("weight_map") if isinstance(idx, dict) else None
         if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
@@ -146,7 +135,7 @@ def read_hf(path: str | os.PathLike) -> Model:
         for f in files:
             if os.path.basename(f) != f or f in ("", ".", "..") or os.path.isabs(f) or "\\" in f:
                 raise NanokernError(f"index names a file outside its folder: {f!r}", index)
-    elif (d / "model.safetensors").is_file():
+    elif (d / "model.safetensors").exists():
         files, wm = ["model.safetensors"], None
     else:
         raise NanokernError("no model.safetensors or model.safetensors.index.json", d)
@@ -157,6 +146,8 @@ def read_hf(path: str | os.PathLike) -> Model:
             if wm is not None and wm.get(name) != f:
                 continue
             refs[name] = ref
+    _check_layer_count(cfg, refs, cfg_file)  # before anything is built per layer
+    family, spec = spec_from_hf_config(cfg, cfg_file)
     want = {t[0]: t[1] for t in family.hf_tensors(spec)}
     tensors: dict[str, LogicalTensor] = {}
     warnings = []
@@ -197,16 +188,39 @@ def read_hf(path: str | os.PathLike) -> Model:
     return Model(spec, family, tensors, "hf", str(d), warnings, layout)
 
 
+def _check_layer_count(cfg: dict, refs: dict, cfg_file: Path) -> None:
+    """num_hidden_layers (and an MoE's num_experts) against the tensors the headers hold: a config
+    that claims more (1000000000, say) is refused before a list is built per layer or expert."""
+    for key, pattern in (("num_hidden_layers", _LAYER), ("num_experts", _EXPERT)):
+        n = cfg.get(key)
+        if not pos_int(n):
+            continue  # (absent, or not a number: the config reader names the key)
+        stored = {int(m.group(1)) for m in map(pattern.match, refs) if m}
+        if key == "num_experts":
+            stored |= {e for ref in (refs[k] for k in refs if k.endswith(".mlp.experts.gate_up_proj")) for e in range(ref.shape[0])}
+            if not stored:
+                continue  # (a dense model: the config reader says whether it may have experts)
+        first_missing = next(i for i in itertools.count() if i not in stored)
+        if first_missing < n:
+            raise NanokernError(f"{key} is {n} but the safetensors files hold {len(stored)} "
+                                f"({'model.layers' if key == 'num_hidden_layers' else 'experts'} {first_missing} is missing)",
+                                cfg_file)
+
+
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+_EXPERT = re.compile(r"^model\.layers\.\d+\.mlp\.experts\.(\d+)\.")
+
+
 def recorded_source(d: Path, warnings: list[str]) -> tuple[str, dict, bool] | None:
     """The Nanotron source a nanokern export recorded in its manifest (config class, the fields
     config.json has no place for, rope_interleaved), which an import restores by default; None for
     a HF folder from elsewhere."""
     m = d / EXPORT_MANIFEST
-    if not m.is_file():
+    if not m.exists():
         return None
     try:
-        data = json.loads(m.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(read_text(m))
+    except (NanokernError, ValueError):
         data = None
     if not isinstance(data, dict) or nanotron_config.PROVENANCE not in data:
         return None

@@ -3,7 +3,6 @@ family) or from a HF folder, with the same KV-cache decoder (nanokern/generate/d
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import sys
@@ -166,15 +165,14 @@ def _own_signal_line() -> None:
     number. Nothing is written to disk, so there is nothing to clean up."""
     import threading
 
+    from nanokern.execute import signals
+
     def stop(signum, _frame):
         try:
             sys.stdout.write("\n")
-            sys.stdout.flush()
         except Exception:  # noqa: BLE001 - leaving anyway
             pass
-        if int(os.environ.get("RANK", "0")) == 0:
-            os.write(2, f"interrupted ({signal.Signals(signum).name}): generation stopped\n".encode())
-        os._exit(128 + signum)
+        signals.leave(signum, f"interrupted ({signal.Signals(signum).name}): generation stopped")
 
     if threading.current_thread() is not threading.main_thread():
         return

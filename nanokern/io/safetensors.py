@@ -16,6 +16,7 @@ import numpy as np
 
 from nanokern.errors import NanokernError
 from nanokern.io.dtypes import BY_CODE, DType
+from nanokern.io.regular import regular_size
 
 MAX_HEADER = 100 * 1024 * 1024
 
@@ -62,18 +63,20 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     where the last tensor does (shorter: truncated; longer: not a safetensors file as written).
     """
     path = os.fspath(path)
+    size = regular_size(path)  # a FIFO or a device is refused before it is opened
+    if size < 8:
+        raise NanokernError(f"truncated: {size} bytes, not even a safetensors header length", path)
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            head = f.read(8)
-            if len(head) < 8:
-                raise NanokernError(f"truncated: {size} bytes, not even a safetensors header length", path)
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n == 0 or n > MAX_HEADER:
                 raise NanokernError(f"corrupt safetensors header: declared header length {n} bytes is implausible", path)
             if 8 + n > size:
-                raise NanokernError(f"truncated or corrupt: the header declares {n} bytes but only {size - 8} follow", path)
+                raise NanokernError(f"truncated or corrupt: the header declares {n} bytes but the file has "
+                                    f"{size - 8} after the length", path)
             raw = f.read(n)
+            if len(raw) < n:
+                raise NanokernError(f"truncated: the header declares {n} bytes, {len(raw)} could be read", path)
     except OSError as e:
         raise NanokernError(f"cannot read: {e.strerror or e}", path) from None
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from nanokern.arch import BY_CLASS
-from nanokern.io import dtypes
+from nanokern.io import dtypes, units
 from nanokern.ops.backends import BACKENDS
 
 
@@ -46,9 +46,9 @@ from nanokern.ops.backends import BACKENDS
 @click.option("--dtype", type=click.Choice(dtypes.choices(keep=True)), default=None, help="As convert: output dtype [default: bf16].")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None, help="As convert: copy this tokenizer into each export.")
 @click.option("--vocab-size", type=int, default=None, help="As convert: true vocabulary size (trims padded rows).")
-@click.option("--max-shard-size", default="5GB", show_default=True, help="As convert: largest safetensors shard.")
+@click.option("--max-shard-size", type=units.positive_size, default="5GB", show_default=True, help="As convert: largest safetensors shard.")
 @click.option("--hf-arch", type=click.Choice(list(BY_CLASS)), default=None, help="As convert: the transformers class [default: the first that holds the model].")
-@click.option("--workers", type=int, default=None, help="As convert: files written in parallel.")
+@click.option("--workers", type=click.IntRange(1), default=None, help="As convert: files written in parallel.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True, help="As convert (and where the check runs).")
 @click.option("--backend", type=click.Choice(["auto", *BACKENDS]), default="auto", show_default=True,
               help="As convert: gather_cast implementation (all give the same bytes).")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nanokern.errors import NanokernError
-from nanokern.formats.nanotron.steps import size_text
+from nanokern.io.units import human_bytes
 from nanokern.watch.events import LOG, read_events
 
 
@@ -46,7 +46,7 @@ def table(root: Path) -> str:
         par = "" if r["parity"] is None and r["passed"] is None else \
             (f"{r['parity']:.3g}" if r["parity"] is not None else "-") + ("" if r["passed"] else " SUSPECT")
         lines.append(f"{r['step']:>8}  {r['state']:<9} {_num(r['seconds'], '.2f'):>8} "
-                     f"{'' if r['bytes'] is None else size_text(r['bytes']):>9} {_num(r['gbps'], '.2f'):>7}  "
+                     f"{'' if r['bytes'] is None else human_bytes(r['bytes']):>9} {_num(r['gbps'], '.2f'):>7}  "
                      f"{par:>16}  {'' if r['exec'] is None else r['exec']:>4}  {r['error'] or ''}")
     n = {s: sum(r["state"] == s for r in rs) for s in ("exported", "failed", "removed")}
     lines.append(f"{len(rs)} step(s): {n['exported']} exported, {n['failed']} failed, {n['removed']} removed (--keep-last), "

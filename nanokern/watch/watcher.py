@@ -162,7 +162,7 @@ class Watcher:
                                              reused_files=report.reused_files))
             self.sched.close(name)
             self._point_latest()
-        self.say(f"step {name}: exported to {out}: {report.files} file(s), {S.size_text(report.bytes)} in "
+        self.say(f"step {name}: exported to {out}: {report.files} file(s), {S.human_bytes(report.bytes)} in "
                  f"{report.seconds:.2f} s ({report.gbps:.2f} GB/s)")
         self.run_hooks(name)
 

@@ -4,6 +4,7 @@ the checks that name the file at fault. Only metadata is read: headers and confi
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from nanokern.arch.kinds import Param
 from nanokern.arch.spec import ModelSpec
 from nanokern.errors import NanokernError
 from nanokern.formats.nanotron import layout as L
-from nanokern.formats.nanotron.files import _uses_mup, find_step_dir, read_model_config
+from nanokern.formats.nanotron.files import _uses_mup, read_model_config, step_dir_of
 from nanokern.formats.nanotron.shards import (
     NtParam,
     Shard,
@@ -46,22 +47,27 @@ def nt_params(spec: ModelSpec) -> dict[str, tuple[Param, int | None]]:
     return {name: (p, i) for name, p, i in decoder.nanotron_params(spec)}
 
 
-def read_checkpoint(path: str | os.PathLike) -> NanotronCheckpoint:
-    notes: list[str] = []  # a checkpoints_path without latest.txt: which step was taken
-    step_dir = find_step_dir(path, notes)
+def read_step(path: str | os.PathLike, notes: list[str] | None = None) -> NanotronCheckpoint:
+    """The checkpoint of a step folder (or of the step a checkpoints_path's latest.txt names; a
+    folder of steps without latest.txt: resolve.read_checkpoint). notes: lines that come first
+    among the warnings."""
+    step_dir = step_dir_of(path)
+    if step_dir is None:
+        raise NanokernError("not a Nanotron step folder (no latest.txt, no model/ folder)", path)
     cfg = read_model_config(step_dir)
     cfg_file = step_dir / "model_config.json"
-    cls = nanotron_config.config_class(cfg, cfg_file)
-    spec = nanotron_config.spec_from_config(cfg, cfg_file)
-    _check_heads(spec, cfg_file)
-    want = expected_shapes(spec)
-    warnings: list[str] = notes + nanotron_config.warnings_for(cfg)
     model_dir = step_dir / "model"
     if not model_dir.is_dir():
         raise NanokernError("no model/ folder: checkpoint is empty", step_dir)
     files = sorted(model_dir.rglob("*.safetensors"))
     if not files:
         raise NanokernError("no .safetensors files under model/: checkpoint is empty", model_dir)
+    _check_layer_count(cfg, files, model_dir)  # before anything is built per layer
+    cls = nanotron_config.config_class(cfg, cfg_file)
+    spec = nanotron_config.spec_from_config(cfg, cfg_file)
+    _check_heads(spec, cfg_file)
+    want = expected_shapes(spec)
+    warnings: list[str] = list(notes or ()) + nanotron_config.warnings_for(cfg)
     bad_naming = False
     found: dict[str, list[Shard]] = {}
     for f in files:
@@ -138,6 +144,20 @@ def expected_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
         shapes[name] = (sum(p.sizes(spec)),) if name.endswith(".bias") else p.nt_shape(spec)
     shapes.setdefault(L.LM_HEAD_NT, decoder.LM_HEAD.nt_shape(spec))
     return shapes
+
+
+def _check_layer_count(cfg: dict, files: list[Path], model_dir: Path) -> None:
+    """num_hidden_layers against the layer folders that hold shard files: a config that claims
+    more layers than are stored (1000000000, say) is refused before a structure is built per
+    layer. (Fewer: the stored layer beyond them is named later, as not belonging to the model.)"""
+    stored = {int(parts[2]) for parts in (f.relative_to(model_dir).parts for f in files)
+              if len(parts) > 3 and parts[:2] == ("model", "decoder") and parts[2].isdigit() and parts[2].isascii()}
+    first_missing = next(i for i in itertools.count() if i not in stored)
+    n = cfg["num_hidden_layers"]
+    if first_missing < n:
+        raise NanokernError(
+            f"missing parameters of layer {first_missing}: model_config.json says num_hidden_layers {n}, "
+            f"shard files are stored for {len(stored)} layer(s)", model_dir / "model" / "decoder" / str(first_missing))
 
 
 def _check_heads(spec: ModelSpec, cfg_file: Path) -> None:

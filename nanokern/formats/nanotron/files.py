@@ -1,4 +1,4 @@
-"""Finding a Nanotron checkpoint's step folder and reading its configs (model_config.json,
+"""A Nanotron checkpoint's step folder (when the path alone says which) and reading its configs (model_config.json,
 config.yaml, checkpoint_metadata.json)."""
 
 from __future__ import annotations
@@ -10,18 +10,19 @@ from pathlib import Path
 
 from nanokern.arch import nanotron_config
 from nanokern.errors import NanokernError
+from nanokern.io.regular import read_text
 
-def find_step_dir(path: str | os.PathLike, notes: list[str] | None = None) -> Path:
-    """A checkpoints_path with latest.txt, a step folder holding model/ and model_config.json, or
-    a checkpoints_path without latest.txt: then its newest complete step, with a line saying so
-    appended to `notes` (none complete: an error naming every step and why)."""
+def step_dir_of(path: str | os.PathLike) -> Path | None:
+    """A checkpoints_path with latest.txt: the step it names; a step folder (model/ or
+    model_config.json): itself; a folder of steps without latest.txt: None (which step is meant
+    depends on which are complete: resolve.find_step_dir)."""
     p = Path(path)
     if not p.exists():
         raise NanokernError("does not exist", p)
     if not p.is_dir():
         raise NanokernError("is not a directory", p)
     latest = p / "latest.txt"
-    if latest.is_file():
+    if latest.exists():
         step = _read_text(latest).strip()
         if not step:
             raise NanokernError("latest.txt is empty", latest)
@@ -33,41 +34,18 @@ def find_step_dir(path: str | os.PathLike, notes: list[str] | None = None) -> Pa
         return sd
     if (p / "model").is_dir() or (p / "model_config.json").exists():
         return p
-    from nanokern.formats.nanotron.steps import newest_complete  # (it reads checkpoints: imported here)
-
-    found = newest_complete(p)
-    if found is not None:
-        if notes is not None:
-            notes.append(found[1])
-        return found[0]
-    raise NanokernError("not a Nanotron checkpoint (no latest.txt, no model/ folder)", p)
+    return None
 
 
 _STEP = re.compile(r"^[A-Za-z0-9_.-]+$")  # a folder name beside latest.txt, never a path
 
 
-def _read_text(f: Path) -> str:
-    try:
-        return f.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise NanokernError("not a UTF-8 text file", f) from None
-    except OSError as e:
-        raise NanokernError(f"cannot read: {e.strerror or e}", f) from None
-
-
-def is_nanotron(path: str | os.PathLike) -> bool:
-    """A step folder, or a checkpoints_path (with latest.txt, or step folders: integer names)."""
-    p = Path(path)
-    if (p / "latest.txt").is_file() or (p / "model").is_dir():
-        return True
-    from nanokern.formats.nanotron.steps import step_names
-
-    return p.is_dir() and any((p / n / "model").is_dir() or (p / n / "model_config.json").exists() for n in step_names(p))
+_read_text = read_text  # (a FIFO or a device is refused from its stat, never opened)
 
 
 def read_model_config(step_dir: Path) -> dict:
     f = step_dir / "model_config.json"
-    if not f.is_file():
+    if not f.exists() and not f.is_symlink():
         raise NanokernError("missing model_config.json", f)
     try:
         cfg = json.loads(_read_text(f))
@@ -81,7 +59,7 @@ def read_model_config(step_dir: Path) -> dict:
 
 def _uses_mup(step_dir: Path) -> bool:
     f = step_dir / "config.yaml"
-    if not f.is_file():
+    if not f.exists():
         return False
     import yaml
 
@@ -106,9 +84,9 @@ def source_extras(step_dir: Path) -> dict:
     for key, name, load, errors in (("checkpoint_metadata", "checkpoint_metadata.json", json.loads, json.JSONDecodeError),
                                     ("config_yaml", "config.yaml", yaml.safe_load, yaml.YAMLError)):
         f = step_dir / name
-        if f.is_file():
+        if f.exists():
             try:
-                out[key] = load(f.read_text())
+                out[key] = load(_read_text(f))
             except (errors, UnicodeDecodeError, OSError) as e:
                 raise NanokernError(f"unreadable {name} ({e})", f) from None
     return out

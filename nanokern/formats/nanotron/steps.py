@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nanokern.errors import NanokernError
+from nanokern.io.regular import read_text
+from nanokern.io.units import human_bytes
 
 
 @dataclass
@@ -119,7 +121,7 @@ def observe(st: Step) -> Step:
 
 def verdict(step_dir: str | os.PathLike) -> Verdict:
     """Is this step folder complete? Reads configs and safetensors headers only."""
-    from nanokern.formats.nanotron.checkpoint import read_checkpoint
+    from nanokern.formats.nanotron.checkpoint import read_step
     from nanokern.formats.nanotron.files import read_model_config
 
     step_dir = Path(step_dir)
@@ -134,10 +136,10 @@ def verdict(step_dir: str | os.PathLike) -> Verdict:
             f = step_dir / name
             if f.exists():  # config.yaml is Nanotron's first file; other writers may not make it
                 try:
-                    load(f.read_text(encoding="utf-8"))
+                    load(read_text(f))  # (a FIFO or a device: refused from its stat, never opened)
                 except (ValueError, OSError) as e:  # JSON and YAML errors are ValueErrors here
                     raise NanokernError(f"unreadable ({str(e).splitlines()[0] if str(e) else type(e).__name__})", f) from None
-        read_checkpoint(step_dir)
+        read_step(step_dir)
     except NanokernError as e:
         return Verdict(False, str(e), e.path, looks_complete=True)
     except OSError as e:  # a file removed while we read
@@ -180,12 +182,6 @@ def describe(steps: list[Step], verdicts: dict[str, Verdict], chosen: str | None
         v = verdicts[s.name]
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.mtime))
         mark = "  <- this one" if s.name == chosen else ""
-        lines.append(f"    {s.name:>{width}}  {size_text(s.bytes):>9}  {s.files:5d} files  {when}  {v.line()}{mark}")
+        lines.append(f"    {s.name:>{width}}  {human_bytes(s.bytes):>9}  {s.files:5d} files  {when}  {v.line()}{mark}")
     return lines
 
-
-def size_text(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
