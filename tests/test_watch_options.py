@@ -122,7 +122,7 @@ def test_a_lock_left_by_a_kill_after_the_rename_is_removed_one_still_held_is_not
     ck, out = tmp_path / "ck", tmp_path / "hf"
     steps(ck, ["10", "20"])
     assert run_cli("watch", ck, out, "--once", "-q").returncode == 0
-    (out / "10.lock").write_text("pid 1 on a node that was killed\n")  # nobody holds it
+    (out / "10.lock").write_text("pid 1 on killed-node since 2026-12-01 10:00:00\n")  # nobody holds it
     held = os.open(out / "20.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (a convert of step 20 running by hand)
