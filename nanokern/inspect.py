@@ -31,23 +31,60 @@ def _steps_section(path, inspected: str) -> tuple[list[str], list[dict]]:
     root = Path(path)
     if (root / "model").is_dir() or not root.is_dir():
         return [], []
-    found = S.list_steps(root)
-    if not found:
+    found, links = S.list_steps(root), []
+    S.step_names(root, links)
+    if not found and not links:
         return [], []
     verdicts = {s.name: S.verdict(s.path) for s in found}
     chosen = Path(inspected).name if Path(inspected).parent.resolve() == root.resolve() else None
     latest = root / "latest.txt"
     head = f"latest.txt: {latest.read_text(errors='replace').strip()!r}" if latest.is_file() else "no latest.txt"
+    if _stale(root):
+        head += ", stale: no such step"
     lines = [f"  steps: {len(found)} in this folder ({head}; {sum(v.complete for v in verdicts.values())} complete)"]
     lines += S.describe(found, verdicts, chosen)
+    if links:
+        lines.append(f"  skipped: {', '.join(links)} (symlink{'s' if len(links) > 1 else ''}: a step folder is never "
+                     "read through a link)")
     facts = [{"step": s.number, "path": str(s.path), "complete": verdicts[s.name].complete,
               "reason": verdicts[s.name].reason, "bytes": s.bytes, "files": s.files, "mtime": s.mtime} for s in found]
     return lines, facts
 
 
-def inspect_checkpoint(path, rope_interleaved: str = "auto") -> tuple[str, dict]:
+def _stale(root) -> str | None:
+    """The step a checkpoints folder's latest.txt names when that step folder is not there."""
+    latest = root / "latest.txt"
+    if not latest.is_file() or (root / "model").is_dir():
+        return None
+    name = latest.read_text(errors="replace").strip()
+    return name if name.isascii() and name.isdigit() and not (root / name).exists() else None
+
+
+def _instead_of_stale(path) -> tuple[str, str] | None:
+    """A checkpoints folder whose latest.txt names a step that is gone: (its newest complete
+    step, the line saying so), so that the steps are shown rather than an error."""
+    from pathlib import Path
+
+    from nanokern.formats.nanotron import steps as S
+
+    root = Path(path)
+    name = _stale(root) if root.is_dir() else None
+    if name is None:
+        return None
     try:
-        model = load_source(path, parse_tristate(rope_interleaved))
+        found = S.newest_complete(root)
+    except NanokernError:
+        return None
+    if found is None:
+        return None
+    return str(found[0]), (f"{root / 'latest.txt'} is stale: it names step {name}, which is not there; "
+                           f"showing step {found[0].name}, the newest complete")
+
+
+def inspect_checkpoint(path, rope_interleaved: str = "auto") -> tuple[str, dict]:
+    stale = _instead_of_stale(path)
+    try:
+        model = load_source(stale[0] if stale else path, parse_tristate(rope_interleaved))
     except NanokernError as e:  # a checkpoints folder whose step cannot be read: which steps are there
         _, steps = _steps_section(path, "")
         if not steps or "no complete step" in e.message:
@@ -69,6 +106,9 @@ def inspect_checkpoint(path, rope_interleaved: str = "auto") -> tuple[str, dict]
         "warnings": model.warnings,
     }
     lines = [f"{model.origin} checkpoint {model.path}"]
+    if stale:
+        lines.append(f"  note: {stale[1]}")
+        facts["latest_stale"] = stale[1]
     if model.origin == "nanotron":
         step_lines, facts["steps"] = _steps_section(path, model.path)
         lines += step_lines

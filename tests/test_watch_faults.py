@@ -36,8 +36,10 @@ def leftovers(out, step):
 
 @pytest.mark.parametrize("when", ["before-reading", "after-reading"])
 def test_step_deleted_while_exported(tmp_path, monkeypatch, when):
-    """Nanotron's s3 mover removes step folders with rm -rf after its upload: the export of that
-    step ends cleanly (nothing at OUT_ROOT/<step>, a failed record), the next step is exported."""
+    """Nanotron's s3 mover removes step folders with rm -rf after its upload. Removed before its
+    files were read: the export of that step ends cleanly (nothing at OUT_ROOT/<step>, a failed
+    record). Removed after every file was read: the export is whole, now the only copy of those
+    weights: kept and recorded (`source_gone`). The next step is exported either way."""
     import nanokern.execute.run as run_mod
     import nanokern.execute.write as write_mod
 
@@ -59,11 +61,18 @@ def test_step_deleted_while_exported(tmp_path, monkeypatch, when):
 
     monkeypatch.setattr(write_mod, "write_file", write_file)
     monkeypatch.setattr(run_mod, "replace", replace)
-    assert run_once(ck, out) == 1
-    assert leftovers(out, "10") == []
-    (failed,) = of(out, "failed", "10")
-    assert "deleted" in failed["error"], failed
-    assert not of(out, "exported", "10") and len(of(out, "exported", "20")) == 1
+    if when == "before-reading":
+        assert run_once(ck, out) == 1
+        assert leftovers(out, "10") == []
+        (failed,) = of(out, "failed", "10")
+        assert "deleted" in failed["error"], failed
+        assert not of(out, "exported", "10")
+    else:
+        assert run_once(ck, out) == 0
+        (rec,) = of(out, "exported", "10")
+        assert rec["source_gone"] is True and not of(out, "failed", "10"), rec
+        same_export(out / "10", reference(src, tmp_path / "ref10"))
+    assert len(of(out, "exported", "20")) == 1
     same_export(out / "20", reference(src, tmp_path / "ref"))
     assert os.readlink(out / "latest") == "20"
 

@@ -22,9 +22,10 @@ def test_check_and_exec_after_each_export(tmp_path):
     ck, out = tmp_path / "ck", tmp_path / "hf"
     copy_step(fixture("nanotron", "tp1_pp1_fp32") / "0", ck, "10")
     marker = tmp_path / "marker"
-    cmd = f'echo "$NANOKERN_STEP $NANOKERN_OUT {{step}} {{out}} $NANOKERN_CHECK" > {marker}; exit 3'
+    cmd = f'echo "$NANOKERN_STEP" "$NANOKERN_OUT" {{step}} {{out}} "$NANOKERN_CHECK" > {marker}; exit 3'
     r = run_cli("watch", ck, out, "--once", "--dtype", "float32", "--check", "parity", "--exec", cmd, "-q")
-    assert r.returncode == 0, r.stderr  # the command's own exit code is logged, not a failure of the watch
+    assert r.returncode == 1, r.stderr  # the command's exit code is logged, and fails a --once run
+    assert "warning" not in r.stderr, r.stderr
     (chk,) = of(out, "checked", "10")
     assert chk["passed"] is True and chk["suspect"] is False and chk["dtype"] == "fp32", chk
     report = json.loads((out / "10" / hooks.PARITY_FILE).read_text())

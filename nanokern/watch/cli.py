@@ -23,7 +23,7 @@ from nanokern.ops.backends import BACKENDS
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="--status: where to write the plot [default: OUT_ROOT/nanokern-watch.png].")
 @click.option("--once", is_flag=True, help="Export the steps complete now and exit: 0 if all succeeded, 1 if any "
-                                           "failed or a --check marked one suspect.")
+                                           "failed, a --check marked one suspect or an --exec command exited non-zero.")
 @click.option("--every", type=click.IntRange(1), default=None, metavar="N", help="Only steps divisible by N.")
 @click.option("--keep-last", type=click.IntRange(1), default=None, metavar="K",
               help="Keep the K newest exports this watch made and remove its older ones (never a source, never a "
@@ -41,8 +41,10 @@ from nanokern.ops.backends import BACKENDS
                    "OUT_ROOT/<step>/nanokern-parity.json; a failure marks the step suspect and keeps the export.")
 @click.option("--exec", "exec_cmd", default=None, metavar="CMD",
               help="Shell command run after each export (and check), e.g. an sbatch of an evaluation or an upload: "
-                   "{step} and {out} are replaced (shell-quoted); NANOKERN_STEP, NANOKERN_OUT, NANOKERN_SOURCE and "
-                   "NANOKERN_CHECK (passed, suspect, or empty) are in its environment. Its exit code is logged.")
+                   "{step} and {out} are replaced, already shell-quoted: write {out} bare, never inside quotes "
+                   "(\"at {out}\" would run a $(...) in a folder name), or use \"$NANOKERN_OUT\". NANOKERN_STEP, "
+                   "NANOKERN_OUT, NANOKERN_SOURCE and NANOKERN_CHECK (passed, suspect, or empty) are in its "
+                   "environment. Its exit code is logged; with --once a non-zero one fails the run (exit 1).")
 @click.option("--dtype", type=click.Choice(dtypes.choices(keep=True)), default=None, help="As convert: output dtype [default: bf16].")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None, help="As convert: copy this tokenizer into each export.")
 @click.option("--vocab-size", type=int, default=None, help="As convert: true vocabulary size (trims padded rows).")
@@ -66,7 +68,9 @@ def watch(checkpoints_path, out_root, status_root, plot_path, once, every, keep_
     config.yaml parse; every shard the slice metadata implies is there, as long as its header
     says) and unchanged for one poll; never while being written. Each export is convert's:
     atomic, resumable, locked. OUT_ROOT/nanokern-watch.jsonl logs every event (started,
-    exported, failed, checked, exec, removed); OUT_ROOT/latest links to the newest export.
+    exported, failed, superseded, checked, exec, removed); OUT_ROOT/latest links to the newest
+    export. A step saved again after its export (other weights under the same name) is exported
+    again; the old export is kept beside it as <step>.superseded-<N>.
     Stopped or killed at any moment, the same command goes on where it was. A second watch on
     the same OUT_ROOT refuses, naming the holder. Under torchrun rank 0 picks the step and every
     rank takes part in its export.
@@ -120,7 +124,18 @@ def watch(checkpoints_path, out_root, status_root, plot_path, once, every, keep_
 def _status(root: Path, plot_path) -> None:
     from nanokern.watch import status
 
-    click.echo(status.table(root))
+    _echo(status.table(root))
     where = status.plot(root, Path(plot_path) if plot_path else root / "nanokern-watch.png")
     if where:
-        click.echo(f"plot: {where}")
+        _echo(f"plot: {where}")
+
+
+def _echo(text: str) -> None:
+    """A line on stdout; once its reader has gone (`| head -1`), the rest quietly to /dev/null."""
+    try:
+        click.echo(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())  # Python's own flush at exit finds no pipe to fail on
+        os.close(null)

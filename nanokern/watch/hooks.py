@@ -39,6 +39,24 @@ def check_parity(step_dir: Path, out: Path, exported_dtype: str, device: str) ->
             "report": str(out / PARITY_FILE)}
 
 
+def quotes_out(command: str) -> bool:
+    """Does the command write {out} inside quotes? substitute() quotes it itself, so inside "..."
+    (or '...') the value ends up unquoted, and a folder name holding $(...) or a backquote would
+    run. ({step} is digits: harmless anywhere.)"""
+    quote, i = None, 0
+    while i < len(command):
+        c = command[i]
+        if c == "\\" and quote != "'":
+            i += 2
+            continue
+        if quote is None and c in "'\"" or c == quote:
+            quote = None if quote else c
+        elif quote and command.startswith("{out}", i):
+            return True
+        i += 1
+    return False
+
+
 def substitute(command: str, step: str, out: Path) -> str:
     """{step} and {out} in the command, shell-quoted."""
     return command.replace("{step}", shlex.quote(step)).replace("{out}", shlex.quote(str(out)))

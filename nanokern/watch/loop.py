@@ -26,6 +26,14 @@ def run(o: WatchOptions, say) -> int:
     dist = distributed.init(o.export.device) if ws > 1 else None
     lead = rank == 0
     w = Watcher(o, say) if lead else None
+    try:
+        return _run(o, say, dist, lead, ws, w)
+    finally:
+        if w is not None:
+            w.close()  # the watch's lock: released on every way out, a refused start included
+
+
+def _run(o: WatchOptions, say, dist, lead: bool, ws: int, w: Watcher | None) -> int:
     error = None
     if lead:
         try:

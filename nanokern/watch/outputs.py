@@ -1,5 +1,6 @@
-"""OUT_ROOT's own files: the watch's lock (one watch per OUT_ROOT), the `latest` link, and
-removing old exports (--keep-last) — only folders this watch made, never anything else.
+"""OUT_ROOT's own files: the watch's lock (one watch per OUT_ROOT), the `latest` link, moving
+aside an export whose step was rewritten, and removing old exports (--keep-last) — only
+folders this watch made, never anything else.
 
 OUT_ROOT holds `<step>/` (each an export, put in place atomically by convert's execute),
 `latest` (a relative symlink to the newest export, swapped with one rename), `nanokern-watch.jsonl`
@@ -22,6 +23,7 @@ from nanokern.execute.replace import made_by_nanokern
 LOCK = "nanokern-watch.lock"
 LATEST = "latest"
 _REMOVING = ".nanokern-removing-"
+SUPERSEDED = ".superseded-"
 
 
 def hold_lock(out_root: Path) -> int:
@@ -41,15 +43,25 @@ def hold_lock(out_root: Path) -> int:
     return fd
 
 
-def check_latest(out_root: Path) -> None:
+def check_latest(out_root: Path, made: set[str]) -> None:
+    """OUT_ROOT/latest is absent or the watch's own: a symlink to the bare name of an export its
+    log records (`made`). Anything else is the user's: refused, never removed or replaced."""
     p = out_root / LATEST
-    if (p.exists() or p.is_symlink()) and not p.is_symlink():
-        raise NanokernError("exists and is not a symlink: the watch keeps a `latest` link here", p)
+    if not p.is_symlink():
+        if p.exists():
+            raise NanokernError("exists and is not a symlink: the watch keeps a `latest` link here; move it away", p)
+        return
+    target = os.readlink(p)
+    if target not in made:
+        raise NanokernError(f"a symlink the watch did not make (to {target!r}; the watch's log records no export of "
+                            "that name): move it away, the watch keeps a `latest` link here", p)
 
 
-def point_latest(out_root: Path, step: str | None) -> None:
-    """OUT_ROOT/latest -> step (relative), swapped in one rename; None removes it."""
+def point_latest(out_root: Path, step: str | None, made: set[str]) -> None:
+    """OUT_ROOT/latest -> step (relative), swapped in one rename; None removes it. Only a
+    `latest` the watch made is replaced or removed (check_latest)."""
     link = out_root / LATEST
+    check_latest(out_root, made)
     if step is None:
         if link.is_symlink():
             link.unlink()
@@ -86,6 +98,20 @@ def remove_export(out_root: Path, checkpoints: Path, step: str) -> bool:
     os.replace(p, aside)
     shutil.rmtree(aside)
     return True
+
+
+def supersede(out_root: Path, checkpoints: Path, step: str) -> Path | None:
+    """Rename the export OUT_ROOT/step aside, to `<step>.superseded-<N>` (kept: the step was
+    rewritten since, so it may hold the only copy of the old weights); None if there is no
+    export of the watch's there (nothing is moved)."""
+    p = is_own_export(out_root, checkpoints, step)
+    if p is None:
+        return None
+    taken = [q.name[len(step) + len(SUPERSEDED):] for q in out_root.glob(f"{step}{SUPERSEDED}*")]
+    n = 1 + max((int(t) for t in taken if t.isascii() and t.isdigit()), default=0)
+    aside = out_root / f"{step}{SUPERSEDED}{n}"
+    os.rename(p, aside)  # (a name above every one taken: nothing there is replaced)
+    return aside
 
 
 def finish_removals(out_root: Path) -> None:

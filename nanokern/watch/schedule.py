@@ -27,6 +27,7 @@ class Decision:
     ready: list[S.Step] = field(default_factory=list)  # oldest first
     give_up: list[tuple[S.Step, S.Verdict]] = field(default_factory=list)
     waiting: list[tuple[S.Step, S.Verdict | None]] = field(default_factory=list)  # still being written
+    links: list[str] = field(default_factory=list)  # symlinks named like steps: never exported
 
 
 class Scheduler:
@@ -35,8 +36,8 @@ class Scheduler:
         self.seen: dict[str, Seen] = {}
         self.done: set[str] = set()  # exported, failed or skipped: not looked at again by this watch
 
-    def candidates(self) -> list[str]:
-        names = [n for n in S.step_names(self.root) if n not in self.done]
+    def candidates(self, links: list[str] | None = None) -> list[str]:
+        names = [n for n in S.step_names(self.root, links) if n not in self.done]
         return [n for n in names if not self.every or int(n) % self.every == 0]
 
     def look(self, once: bool = False) -> Decision:
@@ -44,7 +45,7 @@ class Scheduler:
         a step that looks complete (its last file written) but is not is given up at once."""
         d = Decision()
         now = time.monotonic()
-        for name in self.candidates():
+        for name in self.candidates(d.links):
             st = S.Step(name, int(name), self.root / name)
             try:
                 S.observe(st)
@@ -81,6 +82,11 @@ class Scheduler:
 
     def forget(self, name: str) -> None:
         """Look at this step afresh (an export of it failed for a reason that may pass)."""
+        self.seen.pop(name, None)
+
+    def reopen(self, name: str) -> None:
+        """Look at this step again (it was exported, and has been saved again since)."""
+        self.done.discard(name)
         self.seen.pop(name, None)
 
     def close(self, name: str) -> None:

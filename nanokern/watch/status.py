@@ -8,14 +8,14 @@ from pathlib import Path
 
 from nanokern.errors import NanokernError
 from nanokern.io.units import human_bytes
-from nanokern.watch.events import LOG, read_events
+from nanokern.watch.events import LOG, name_of, read_events
 
 
 def rows(root: Path) -> list[dict]:
     """One row per step, from the last record of each kind."""
-    by: dict[int, dict] = {}
+    by: dict[str, dict] = {}
     for r in read_events(root):
-        row = by.setdefault(r["step"], {"step": r["step"], "state": "", "seconds": None, "bytes": None, "gbps": None,
+        row = by.setdefault(name_of(r), {"step": name_of(r), "state": "", "seconds": None, "bytes": None, "gbps": None,
                                         "parity": None, "passed": None, "exec": None, "error": None})
         ev = r["event"]
         if ev == "started":
@@ -27,13 +27,16 @@ def rows(root: Path) -> list[dict]:
                 row.update(state="failed", error=r.get("error"))
         elif ev == "removed":
             row["state"] = "removed" if row["state"] == "exported" else row["state"]
+        elif ev == "superseded":  # exported again from the new bytes: a fresh row, the old export noted
+            row.update(state="", seconds=None, bytes=None, gbps=None, parity=None, passed=None, exec=None,
+                       error=f"superseded: old export kept as {r.get('moved_to')}" if r.get("moved_to") else None)
         elif ev == "checked":
             row.update(parity=r.get("logits_max_abs"), passed=r.get("passed"))
             if not r.get("passed"):
                 row["error"] = r.get("error") or f"parity: first failing row {r.get('first_failure')}"
         elif ev == "exec":
             row["exec"] = r.get("returncode")
-    return [by[k] for k in sorted(by)]
+    return [by[k] for k in sorted(by, key=lambda n: (int(n), n))]
 
 
 def table(root: Path) -> str:
@@ -69,11 +72,11 @@ def plot(root: Path, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, (a, b) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    pts = [(r["step"], r["seconds"]) for r in rs if r["seconds"] is not None]
+    pts = [(int(r["step"]), r["seconds"]) for r in rs if r["seconds"] is not None]
     a.plot([p[0] for p in pts], [p[1] for p in pts], "o-")
     a.set_ylabel("export seconds")
     a.set_title(f"nanokern watch: {root}")
-    par = [(r["step"], r["parity"], r["passed"]) for r in rs if r["parity"] is not None]
+    par = [(int(r["step"]), r["parity"], r["passed"]) for r in rs if r["parity"] is not None]
     if par:
         b.semilogy([p[0] for p in par], [max(p[1], 1e-12) for p in par], "o-", label="logits max|diff|")
         bad = [p for p in par if not p[2]]

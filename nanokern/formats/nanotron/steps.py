@@ -35,6 +35,7 @@ class Step:
     mtime: float = 0.0  # the newest file's (the step folder's own when empty)
     signature: str = ""  # changes when any file is added, removed, grows or is rewritten
     source: str = ""  # the same over what an export reads only: model/, model_config.json, config.yaml
+    reads: dict | None = None  # what `source` covers: relative path -> (size, mtime_ns)
 
 
 @dataclass
@@ -67,15 +68,26 @@ def list_steps(root: str | os.PathLike) -> list[Step]:
     return steps
 
 
-def step_names(root: Path) -> list[str]:
-    """The integer-named sub-folders of root, oldest step first (one scandir: cheap when idle)."""
+def step_names(root: Path, links: list[str] | None = None) -> list[str]:
+    """The integer-named sub-folders of root, oldest step first (one scandir: cheap when idle).
+    A symlink is never a step (nothing behind it is read): its name goes to `links` if given."""
+    names = []
     try:
         with os.scandir(root) as it:
-            names = [e.name for e in it if step_number(e.name) is not None and e.is_dir(follow_symlinks=False)]
+            for e in it:
+                if step_number(e.name) is None:
+                    continue
+                if e.is_symlink():
+                    if links is not None and e.is_dir():
+                        links.append(e.name)
+                elif e.is_dir(follow_symlinks=False):
+                    names.append(e.name)
     except FileNotFoundError:
         return []
     except NotADirectoryError:
         raise NanokernError("is not a directory", root) from None
+    if links is not None:
+        links.sort(key=int)
     return sorted(names, key=int)
 
 
@@ -109,14 +121,22 @@ def observe(st: Step) -> Step:
             if d == st.path:
                 raise
     read = hashlib.sha256()
+    reads = {}
     for rel, size, mt in sorted(entries):
         line = f"{rel}\0{size}\0{mt}\n".encode()
         h.update(line)
         if rel in EXPORT_READS or rel.startswith("model" + os.sep):
             read.update(line)
+            reads[rel] = (size, mt)
     st.bytes, st.files, st.mtime, st.signature = total, count, newest, h.hexdigest()[:16]
-    st.source = read.hexdigest()[:16]
+    st.source, st.reads = read.hexdigest()[:16], reads
     return st
+
+
+def only_removed(before: dict, after: dict) -> bool:
+    """`after` (a step's reads now) is `before` less some files, none added or rewritten: the
+    step is being deleted (rm -rf), not rewritten."""
+    return len(after) < len(before) and all(before.get(rel) == v for rel, v in after.items())
 
 
 def verdict(step_dir: str | os.PathLike) -> Verdict:

@@ -1,0 +1,300 @@
+"""What `nanokern watch` must never do to the user's data, and the small promises around it:
+an export that may be the only copy of its weights is kept, a step saved again under the same
+name is exported again (the old export kept aside), every started export ends with a record,
+a `latest` or a symlinked step of the user's is left alone, --once fails on a failed command,
+step folder names are kept as they are."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+
+from fixtures_path import fixture
+from helpers import NANOKERN, run_cli, tree_bytes
+from test_watch_trainer import copy_step, of, reference, same_export, start_watch, wait_for
+
+from nanokern.watch.export import ExportOptions
+from nanokern.watch.watcher import Watcher, WatchOptions
+
+SRC, OTHER = "tp2_pp2", "tp2_pp1_tied"  # OTHER: other weights (tp1_pp1 is SRC's model resharded)
+
+
+def src(name=SRC):
+    return fixture("nanotron", name) / "0"
+
+
+def run_once(ck, out, **kw) -> tuple[int, list[str]]:
+    """The watch's loop in this process (--once): (exit code, the lines it said)."""
+    from nanokern.watch.loop import run
+
+    lines = []
+    rc = run(WatchOptions(ck, out, ExportOptions(progress=False), once=True, **kw), lambda m, err=False: lines.append(m))
+    return rc, lines
+
+
+def drop(out, event, step):
+    """Remove the log's `event` records of `step`: what a kill just before them leaves."""
+    log = out / "nanokern-watch.jsonl"
+    keep = [line for line in log.read_text().splitlines()
+            if not (json.loads(line)["event"] == event and json.loads(line)["step"] == int(step))]
+    log.write_text("".join(f"{line}\n" for line in keep))
+
+
+# -- A: the only copy of a step is never deleted ---------------------------------------------------------
+
+def test_a_finished_export_of_a_deleted_step_is_kept_and_recorded(tmp_path):
+    """Killed between the export's rename and its record, the step then removed (s3
+    remove_after_upload): the restart keeps the export, now the only copy, and records it."""
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    for step in ("100", "200"):
+        copy_step(src(), ck, step)
+    assert run_once(ck, out)[0] == 0
+    drop(out, "exported", "200")
+    shutil.move(ck / "200", tmp_path / "moved-away")
+    before = tree_bytes(out / "200")
+    rc, lines = run_once(ck, out)
+    assert rc == 0, lines
+    assert tree_bytes(out / "200") == before and not of(out, "failed")
+    (rec,) = of(out, "exported", "200")
+    assert rec["recovered"] is True and rec["source_gone"] is True, rec
+    assert any("step 200: found its finished export" in line and "only copy" in line for line in lines), lines
+
+
+def test_a_export_read_whole_then_its_step_deleted_is_kept_a_rewritten_one_is_not(tmp_path, monkeypatch):
+    """execute returned (every file read): a step deleted meanwhile, even half-way through its
+    rm -rf, leaves a valid export (kept, `source_gone`); a step one of whose files was
+    rewritten meanwhile leaves a suspect one (removed, exported again from the new bytes)."""
+    import nanokern.execute.run as run_mod
+
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    for step in ("100", "200"):
+        copy_step(src(), ck, step)
+    shard = next((ck / "200" / "model").rglob("*.safetensors")).relative_to(ck / "200")
+    real = run_mod.replace
+
+    def replace(work, dst):  # after every byte was read, before the rename
+        if dst.name == "100":
+            os.unlink(next((ck / "100" / "model").rglob("*.safetensors")))  # rm -rf under way
+        if dst.name == "200" and not of(out, "failed", "200"):
+            os.utime(ck / "200" / shard, ns=(1, 1))  # rewritten (same size, another time)
+        return real(work, dst)
+
+    monkeypatch.setattr(run_mod, "replace", replace)
+    rc, lines = run_once(ck, out)
+    assert rc == 1, lines  # step 200's first export failed
+    (rec,) = of(out, "exported", "100")
+    assert rec.get("source_gone") is True and not of(out, "failed", "100"), rec
+    same_export(out / "100", reference(src(), tmp_path / "ref"))
+    (failed,) = of(out, "failed", "200")
+    assert "changed while it was exported" in failed["error"], failed
+    assert len(of(out, "exported", "200")) == 1 and "source_gone" not in of(out, "exported", "200")[0]
+
+
+# -- B: a step saved again after its export is exported again --------------------------------------------
+
+def test_b_rewritten_step_is_exported_again_the_old_export_kept_aside(tmp_path):
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    copy_step(src(), ck, "100")
+    assert run_once(ck, out)[0] == 0
+    old = tree_bytes(out / "100")
+    (rec,) = of(out, "exported", "100")
+    assert rec["checkpoints"] == str(ck.resolve()) and rec["signature"] == of(out, "started", "100")[0]["signature"]
+    shutil.rmtree(ck / "100")
+    copy_step(src(OTHER), ck, "100")  # a rollback and a new save: other weights, same step
+    rc, lines = run_once(ck, out)
+    assert rc == 0, lines
+    (sup,) = of(out, "superseded", "100")
+    assert sup["moved_to"] == str(out / "100.superseded-1") and "rewritten" in sup["reason"], sup
+    assert tree_bytes(out / "100.superseded-1") == old
+    same_export(out / "100", reference(src(OTHER), tmp_path / "ref"))
+    assert len(of(out, "exported", "100")) == 2 and os.readlink(out / "latest") == "100"
+    assert any("step 100: the step was rewritten" in line and "100.superseded-1" in line for line in lines), lines
+    assert run_once(ck, out) == (0, ["watching " + f"{ck} -> {out} (--once)"])  # nothing more to do
+
+
+def test_b_another_checkpoints_path_is_a_new_run(tmp_path):
+    """A new run writing the same OUT_ROOT from another CHECKPOINTS_PATH: its steps are exported
+    again, whatever their bytes (copytree keeps times: the same signature)."""
+    ck, ck2, out = tmp_path / "ck", tmp_path / "ck2", tmp_path / "hf"
+    copy_step(src(), ck, "100")
+    assert run_once(ck, out)[0] == 0
+    shutil.copytree(ck, ck2)
+    rc, lines = run_once(ck2, out)
+    assert rc == 0, lines
+    (sup,) = of(out, "superseded", "100")
+    assert f"CHECKPOINTS_PATH is {ck2}" in sup["reason"] and str(ck) in sup["reason"], sup
+    assert (out / "100.superseded-1").is_dir() and of(out, "exported", "100")[-1]["checkpoints"] == str(ck2)
+
+
+def test_b_a_running_watch_sees_a_step_saved_again(tmp_path):
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    copy_step(src(), ck, "100")
+    w = start_watch(ck, out, "--poll", "0.1", "-q")
+    try:
+        wait_for(lambda: of(out, "exported", "100"), 60, "step 100 exported", w)
+        shutil.rmtree(ck / "100")
+        copy_step(src(OTHER), ck, "100")
+        wait_for(lambda: len(of(out, "exported", "100")) == 2, 60, "step 100 exported again", w)
+    finally:
+        w.send_signal(signal.SIGTERM)
+        assert w.wait(timeout=30) == 143
+    assert len(of(out, "superseded", "100")) == 1 and (out / "100.superseded-1").is_dir()
+    same_export(out / "100", reference(src(OTHER), tmp_path / "ref"))
+
+
+# -- C: the smaller promises -----------------------------------------------------------------------------
+
+def test_c_once_fails_when_the_command_fails(tmp_path):
+    ck = tmp_path / "ck"
+    copy_step(src(), ck, "100")
+    for i, (cmd, code) in enumerate([("exit 3", 3), ("no-such-command-nanokern", 127), ("true", 0)]):
+        out = tmp_path / f"hf{i}"
+        rc, lines = run_once(ck, out, exec_cmd=cmd)
+        assert (rc, of(out, "exec", "100")[0]["returncode"]) == (1 if code else 0, code), lines
+
+
+def _watcher(ck, out, **kw) -> tuple[Watcher, list[str]]:
+    lines = []
+    w = Watcher(WatchOptions(ck, out, ExportOptions(progress=False), poll=0.05, **kw), lambda m, err=False: lines.append(m))
+    w.setup()
+    return w, lines
+
+
+def _next_export(w: Watcher) -> str:
+    for _ in range(50):
+        d = w.decide()
+        if d["do"] == "export":
+            return d["step"]
+    raise AssertionError("no export decided")
+
+
+def test_c_a_step_deleted_while_its_rm_still_runs_ends_with_a_failed_record(tmp_path):
+    """The export fails while the step folder is still there (rm -rf under way): "trying
+    again"; once the folder is gone, a failed record ends the export (not `exporting` forever).
+    A restart finding an unfinished export of a step that is gone records it failed too."""
+    from nanokern.watch import status
+
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    copy_step(src(), ck, "100")
+    w, lines = _watcher(ck, out)
+    assert _next_export(w) == "100"
+    w.export_failed("100", FileNotFoundError(2, "No such file or directory", str(ck / "100" / "model")))
+    assert any("trying again" in line for line in lines), lines
+    shutil.rmtree(ck / "100")
+    w.decide()
+    w.close()
+    (failed,) = of(out, "failed", "100")
+    assert "deleted while it was exported" in failed["error"], failed
+    assert [r["state"] for r in status.rows(out)] == ["failed"]
+
+    copy_step(src(), ck, "200")
+    w, _ = _watcher(ck, out)
+    assert _next_export(w) == "200"  # ... and killed here
+    w.close()
+    shutil.rmtree(ck / "200")
+    rc, lines = run_once(ck, out)
+    assert rc == 1 and "deleted before its export finished" in of(out, "failed", "200")[0]["error"], lines
+    assert [r["state"] for r in status.rows(out)] == ["failed", "failed"]
+
+
+def test_c_symlinked_step_is_skipped_in_one_line_and_never_touched(tmp_path):
+    ck, out, elsewhere = tmp_path / "ck", tmp_path / "hf", tmp_path / "elsewhere"
+    copy_step(src(), ck, "100")
+    copy_step(src(), elsewhere, "200")
+    (ck / "200").symlink_to(elsewhere / "200")
+    before = tree_bytes(elsewhere)
+    w, lines = _watcher(ck, out)
+    assert _next_export(w) == "100"
+    for _ in range(3):
+        w.sched.look()
+        w.decide()
+    w.close()
+    said = [line for line in lines if "200" in line]
+    assert len(said) == 1 and "skipped" in said[0] and "symlink" in said[0], lines
+    rc, lines = run_once(ck, out)
+    assert rc == 0 and sum("step 200: skipped" in line for line in lines) == 1, lines
+    assert not of(out, "started", "200") and not (out / "200").exists() and tree_bytes(elsewhere) == before
+    r = run_cli("inspect", ck)
+    assert r.returncode == 0 and "skipped: 200 (symlink" in r.stdout, r.stdout + r.stderr
+
+
+def test_c_inspect_with_a_stale_latest_txt_shows_the_steps(tmp_path):
+    ck = tmp_path / "ck"
+    for step in ("100", "200"):
+        copy_step(src(), ck, step)
+    (ck / "latest.txt").write_text("300")  # step 300 was removed after its upload
+    r = run_cli("inspect", ck)
+    assert r.returncode == 0, r.stderr
+    assert "latest.txt is stale: it names step 300" in r.stdout and "stale: no such step" in r.stdout, r.stdout
+    rows = {line.split()[0]: line for line in r.stdout.splitlines() if line.startswith("    ") and line.split()[0].isdigit()}
+    assert set(rows) == {"100", "200"} and rows["200"].endswith("<- this one"), r.stdout
+
+
+def test_c_a_latest_of_the_users_is_never_removed_nor_replaced(tmp_path):
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    copy_step(src(), ck, "100")
+    out.mkdir()
+    (out / "mine").mkdir()
+    (out / "latest").symlink_to("mine")
+    r = run_cli("watch", ck, out, "--once", "-q")
+    assert r.returncode == 1 and os.readlink(out / "latest") == "mine", r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {out / 'latest'}: a symlink the watch did not make"), err
+    assert not (out / "100").exists()
+
+
+def test_c_status_into_a_closed_pipe_exits_quietly(tmp_path):
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    copy_step(src(), ck, "100")
+    assert run_once(ck, out)[0] == 0
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first line (as `| head -1` once it has its line)
+    try:
+        p = subprocess.run([*NANOKERN, "watch", "--status", str(out)], stdout=w, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(w)
+    assert (p.returncode, p.stderr) == (0, "")
+
+
+def test_c_once_says_one_line_per_incomplete_step(tmp_path):
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    copy_step(src(), ck, "100")
+    (ck / "100" / "model_config.json").unlink()  # still being written
+    rc, lines = run_once(ck, out)
+    assert rc == 0 and [line for line in lines if "100" in line] == [
+        "step 100: not complete now (" + lines[-1].split("(", 1)[1]], lines
+    assert "left for a later run" in lines[-1]
+
+
+def test_c_a_zero_padded_step_keeps_its_name(tmp_path):
+    """Folder `00050` is exported to OUT_ROOT/00050 and logged by that name (and as step 50);
+    --keep-last, --status, `latest` and a restart go by the name."""
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    for step in ("00050", "00100", "00150"):
+        copy_step(src(), ck, step)
+    rc, lines = run_once(ck, out, keep_last=1)
+    assert rc == 0, lines
+    assert [(r["step"], r["name"]) for r in of(out, "exported")] == [(50, "00050"), (100, "00100"), (150, "00150")]
+    assert [r["name"] for r in of(out, "removed")] == ["00050", "00100"]
+    assert sorted(p.name for p in out.iterdir() if p.name[0].isdigit()) == ["00150"]
+    assert os.readlink(out / "latest") == "00150"
+    assert run_once(ck, out, keep_last=1)[0] == 0 and len(of(out, "exported")) == 3  # nothing exported again
+    s = run_cli("watch", "--status", out)
+    rows = {w[0]: w[1] for w in map(str.split, s.stdout.splitlines()[1:-2])}
+    assert rows == {"00050": "removed", "00100": "removed", "00150": "exported"}, s.stdout
+
+
+def test_c_exec_quoting_out_is_warned_about(tmp_path):
+    ck = tmp_path / "ck"
+    copy_step(src(), ck, "100")
+    warned = []
+    for i, cmd in enumerate(['echo "at {out}"', "echo '{out}'", "echo {out} \"$NANOKERN_OUT\""]):
+        rc, lines = run_once(ck, tmp_path / f"hf{i}", exec_cmd=cmd)
+        assert rc == 0, lines
+        warned.append(sum(line.startswith("warning: --exec writes {out} inside quotes") for line in lines))
+    assert warned == [1, 1, 0]
+    h = run_cli("watch", "--help")
+    assert "write {out} bare" in h.stdout and "$NANOKERN_OUT" in h.stdout
