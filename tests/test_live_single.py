@@ -71,3 +71,49 @@ def test_cuda_matches_convert(sources, backend, tmp_path):
         pytest.skip(f"backend {backend} is not available on cuda here")
     for ck, refs in sources.values():
         _check(ck, refs, "cuda", backend, tmp_path)
+
+
+def _bytes(t):
+    return t.reshape(-1).view(torch.uint8)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "keep"])
+def test_kept_tensors_stay_valid(sources, dtype):
+    """A consumer that keeps what hf_weights yields (a list, a slice of each, a numpy view of
+    each) keeps the convert export's bytes; a consumer that drops each tensor costs at most two
+    output buffers (its loop variable's and the one being filled) plus the units, and buffers of
+    a size seen before are filled again once dropped."""
+    ck, refs = sources["tp1_pp1_fp32"]
+    want = load_dir(refs[dtype])
+    shards = live.load_rank(ck, 0, 0)
+    kept = list(live.hf_weights(shards, dtype=dtype))
+    assert [n for n, _ in kept] == [n for n, *_ in live.hf_metadata(shards, dtype=dtype)]
+    assert all(torch.equal(_bytes(t), _bytes(want[n])) for n, t in kept)
+    heads, arrays = {}, {}
+    for n, t in live.hf_weights(shards, dtype=dtype):
+        heads[n] = t.reshape(-1)[-3:]  # a view of the last elements only: the buffer stays held
+        arrays[n] = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+    for n, w in want.items():
+        assert torch.equal(_bytes(heads[n]), _bytes(w.reshape(-1)[-3:]))
+    for n, w in want.items():
+        assert arrays[n].tobytes() == _bytes(w).numpy().tobytes(), n
+    stats: dict = {}
+    count = sum(torch.equal(_bytes(t), _bytes(want[n])) for n, t in live.hf_weights(shards, dtype=dtype, stats=stats))
+    assert count == len(want)
+    assert stats["peak_bytes"] <= 2 * stats["largest_tensor_bytes"] + stats["largest_unit_bytes"] == stats["bound_bytes"]
+    assert stats["allocations"] < len(want)  # recycled: several tensors share a size
+
+
+def test_reuse_buffer_is_the_documented_view(sources):
+    """reuse_buffer=True: every tensor is a view of one buffer, valid until the next step."""
+    ck, refs = sources["tp1_pp1_fp32"]
+    want = load_dir(refs["bf16"])
+    shards = live.load_rank(ck, 0, 0)
+    stats: dict = {}
+    ptrs, ok = set(), 0
+    for n, t in live.hf_weights(shards, reuse_buffer=True, stats=stats):
+        ptrs.add(t.untyped_storage().data_ptr())
+        ok += torch.equal(_bytes(t), _bytes(want[n]))
+    assert ok == len(want) and len(ptrs) == 1 and stats["allocations"] == 1
+    kept = list(live.hf_weights(shards, reuse_buffer=True))
+    assert sum(torch.equal(_bytes(t), _bytes(want[n])) for n, t in kept) < len(want)

@@ -8,6 +8,7 @@ from nanokern.errors import NanokernError
 from nanokern.live.comm import Grid, grid
 from nanokern.live.gather import Budget
 from nanokern.live.layout import LivePlan, live_plan
+from nanokern.live.pool import Recycler
 from nanokern.live.source import RankShards, as_shards
 from nanokern.live.stream import produce
 
@@ -66,7 +67,7 @@ def fill_stats(stats: dict | None, budget: Budget, order, wanted, nbuf: int, gat
 
 def hf_weights(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parallel_context=None, ranks="all",
                vocab_size: int | None = None, backend: str = "auto", rope_interleaved: bool | None = None,
-               hf_arch: str | None = None, stats: dict | None = None):
+               hf_arch: str | None = None, reuse_buffer: bool = False, stats: dict | None = None):
     """Yield (HF name, tensor) for every tensor `nanokern convert --to hf` would write from the
     saved checkpoint, in the HF class's state_dict order, with the same bytes. Collective: every
     rank of the TP x PP grid iterates it to the end, in the same order.
@@ -75,20 +76,34 @@ def hf_weights(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parall
     tp_group / pp_group (or parallel_context= with tp_pg and pp_pg): the job's groups.
     ranks: "all" (every rank yields every tensor) or one global rank (only it yields; the others
     take part in the collectives and yield nothing; each unit travels to that rank only). Tensors
-    are gathered and cast on the shards'
-    device. A yielded tensor is a VIEW OF A REUSED BUFFER, valid until the next step of the
-    iterator: clone it to keep it. Memory per rank: one buffer of the largest HF tensor plus the
-    gathered units (stats=, a dict, receives the peak and the bound).
+    are gathered and cast on the shards' device.
+
+    A yielded tensor is the consumer's: it stays valid for as long as anything references it (a
+    list, a dict, a packer, a queue). Its buffer is filled again, for a later tensor of the same
+    size, only once nothing references it. Memory per rank for a consumer that drops each tensor
+    before asking for the next but one (a plain for loop): at most two output buffers (2 x the
+    largest HF tensor in the output dtype) plus the gathered units; what the consumer keeps adds
+    its own size. reuse_buffer=True: no allocation after the first, but each tensor is a VIEW OF
+    ONE REUSED BUFFER, valid only until the next step of the iterator (clone it to keep it).
+    stats= (a dict) receives peak_bytes (every output buffer alive at once, the ones the consumer
+    still held included, plus the units), bound_bytes, and allocations (output buffers made).
     """
     s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch, backend)
     order = state_dict_order(s.lp)
     wanted, dest = _wanted(ranks, s.g)
     budget = Budget()
+    pool = None if reuse_buffer else Recycler(budget, s.device)
+    place = None if pool is None else (lambda t: pool.take(t.nbytes))
     try:
-        for t, out in produce(s.lp, s.sh, s.g, order, wanted, s.backend, s.device, budget, nbuf=1, dest=dest):
+        for t, out in produce(s.lp, s.sh, s.g, order, wanted, s.backend, s.device, budget, nbuf=1, dest=dest, place=place):
             yield t.name, out.view(t.shape)
+            del out  # (the consumer's reference alone keeps the buffer from the pool: pool.py)
     finally:
+        if pool is not None:
+            pool.close()
         fill_stats(stats, budget, order, wanted, 1)
+        if stats is not None:
+            stats["allocations"] = 1 if pool is None else pool.allocations
 
 
 def hf_metadata(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parallel_context=None,

@@ -3,9 +3,10 @@ made from its units (gathered over TP, broadcast over PP: gather.py) by the plan
 cast by the same fused gather-cast kernel the file converter runs (execute/fill.py on the host,
 the torch op on a GPU: the "cuda" or "triton" backend).
 
-Memory per rank: the output buffer(s), sized for the largest HF tensor in the output dtype
-(one for `hf_weights`, two for `save_hf`), plus the units alive at once (a unit is freed after
-the last tensor that reads it; the schedule comes from the plan, the same on every rank).
+Memory per rank: the output buffer(s) (for `save_hf` one or two of the largest HF tensor in
+the output dtype; for `hf_weights` see pool.py; for `hf_buckets` its buckets), plus the units
+alive at once (a unit is freed after the last tensor that reads it; the schedule comes from the
+plan, the same on every rank).
 """
 
 from __future__ import annotations
@@ -61,25 +62,29 @@ def _fill_device(t, out, units: Units, backend: str) -> None:
         gather_cast(src, rows, dst, backend=backend)
 
 
-def produce(lp: LivePlan, sh, g, order, wanted, backend: str, device, budget: Budget, nbuf: int = 1, before=None, dest=None):
+def produce(lp: LivePlan, sh, g, order, wanted, backend: str, device, budget: Budget, nbuf: int = 1, before=None, dest=None,
+            place=None):
     """For each tensor of `order` (plan OutTensors, the same list on every rank): gather its
     units (every rank, collectively), then, where wanted(t) (and before(), called first, says
-    go on), fill an output buffer and yield (t, view). A view stays valid until the generator
-    is resumed `nbuf` times. dest(t): the grid index of the one rank that wants t (its units go
-    to that rank only), or None: every rank gets every unit."""
+    go on), fill an output buffer and yield (t, view). The buffer: place(t) (a uint8 buffer of
+    at least t.nbytes, the caller's), or one of `nbuf` reused buffers of the largest wanted
+    tensor, whose view stays valid until the generator is resumed `nbuf` times. dest(t): the
+    grid index of the one rank that wants t (its units go to that rank only), or None: every
+    rank gets every unit."""
     units = Units(lp, sh, g, order, device, budget, dest)
     budget.bound_unit = units.largest
-    size = max((t.nbytes for t in order if wanted(t)), default=0)
+    size = max((t.nbytes for t in order if wanted(t)), default=0) if place is None else 0
     bufs = [budget.alloc(size, device) for _ in range(nbuf if size else 0)]
     k = 0
     try:
         for i, t in enumerate(order):
             units.step(i)
             if wanted(t) and (before is None or before()):
-                out = out_view(bufs[k % nbuf], t)
+                out = out_view(place(t) if place is not None else bufs[k % nbuf], t)
                 k += 1
                 fill(t, out, units, backend)
                 yield t, out
+                del out  # (no reference of ours outlives the step: see pool.py)
             units.release(i)
     finally:
         units.close()
