@@ -10,7 +10,8 @@ transformers 4.x reads the top-level `rope_theta` / `rope_scaling` / `torch_dtyp
 The second interpreter is .venv's python with a folder of the packages 4.57.1 needs at other
 versions than .venv's first on PYTHONPATH (torch, numpy, safetensors... are .venv's own). The
 folder is made once, from PyPI, into .hf-compat/ at the repo root (ignored by git), under a file
-lock so parallel runs make it once."""
+lock so parallel runs make it once. The second interpreter is the slow part (marked slow); the
+fast loop checks the two spellings on one export."""
 
 from __future__ import annotations
 
@@ -121,35 +122,42 @@ def theta_of(case: str) -> float:
     return SOURCES[name][3] if name in SOURCES else NT_FIXTURES[name][0]
 
 
-@pytest.fixture(scope="module")
-def compared(tmp_path_factory):
-    """{case: (transformers 5 logits, transformers 4.57 logits, layers, 4.57's warnings and config)}.
-    Reference for --dtype keep: transformers 5 on the source; for bf16: transformers 5 on the
-    same bf16 export (both in float32)."""
-    env = hf457_env()
-    root = tmp_path_factory.mktemp("hf_compat")
+FAST_CASE = "qwen2_swa-bf16"  # the fast loop's one export: non-default base, a window, the bf16 spelling
+
+
+def _export(root: Path, names) -> dict:
+    """{case: (folder, reference folder, ids, layers)} for the case names: transformers 5's
+    models imported to TP2 PP2 and exported; the real fixtures exported. Reference for --dtype
+    keep: the source; for bf16: the same bf16 export (both run in float32)."""
     g = torch.Generator().manual_seed(0)
-    folders, refs, ids, layers = {}, {}, {}, {}
+    made = {}
     for seed, family in enumerate(SOURCES):
+        wanted = [d for d in ("keep", "bf16") if f"{family}-{d}" in names]
+        if not wanted:
+            continue
         src = build(family, root / family / "src", seed)
         nt = root / family / "nt"
         convert(src, nt, to="nanotron", tp=2, pp=2, dtype="keep", progress=False)
-        for dtype in ("keep", "bf16"):
-            name = f"{family}-{dtype}"
-            folders[name] = root / family / dtype
-            convert(nt, folders[name], to="hf", dtype=dtype, progress=False)
-            ids[name] = torch.randint(3, COMMON["vocab_size"], (2, SEQ), generator=g)
-            layers[name] = COMMON["num_hidden_layers"]
-            refs[name] = src if dtype == "keep" else folders[name]
+        for dtype in wanted:
+            folder = root / family / dtype
+            convert(nt, folder, to="hf", dtype=dtype, progress=False)
+            ids = torch.randint(3, COMMON["vocab_size"], (2, SEQ), generator=torch.Generator().manual_seed(seed))
+            made[f"{family}-{dtype}"] = (folder, src if dtype == "keep" else folder, ids, COMMON["num_hidden_layers"])
     for fx, (_, dtypes) in NT_FIXTURES.items():  # reference: transformers 5 on the same export
         for dtype in dtypes if (FIXTURES / "nanotron" / fx).is_dir() else ():
-            name = f"{fx}-{dtype}"
-            folders[name] = refs[name] = root / fx / dtype
-            convert(FIXTURES / "nanotron" / fx, folders[name], to="hf", dtype=dtype, progress=False)
-            ids[name] = torch.randint(3, 260, (2, SEQ), generator=g)
-            layers[name] = 4
-    save_file(ids, root / "ids.safetensors")
-    job = {"cases": {k: str(v) for k, v in folders.items()}, "ids": str(root / "ids.safetensors"), "out": str(root / "out")}
+            if f"{fx}-{dtype}" not in names:
+                continue
+            folder = root / fx / dtype
+            convert(FIXTURES / "nanotron" / fx, folder, to="hf", dtype=dtype, progress=False)
+            made[f"{fx}-{dtype}"] = (folder, folder, torch.randint(3, 260, (2, SEQ), generator=g), 4)
+    return made
+
+
+def _compare(root: Path, made: dict) -> dict:
+    """{case: (transformers 5 logits, transformers 4.57 logits, layers, 4.57's warnings and config, folder)}."""
+    env = hf457_env()
+    save_file({k: v[2] for k, v in made.items()}, root / "ids.safetensors")
+    job = {"cases": {k: str(v[0]) for k, v in made.items()}, "ids": str(root / "ids.safetensors"), "out": str(root / "out")}
     (root / "job.json").write_text(json.dumps(job))
     child = Path(__file__).with_name("hf_compat_child.py")
     pythonpath = os.pathsep.join([str(env), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -160,24 +168,49 @@ def compared(tmp_path_factory):
     assert info["version"] == "4.57.1", info["version"]
     old = load_file(root / "out.safetensors")
     out = {}
-    for name in folders:
-        new, warned, _ = logits_and_warnings(refs[name], ids[name])
+    for name, (folder, ref, ids, layers) in made.items():
+        new, warned, _ = logits_and_warnings(ref, ids)
         assert not warned, (name, "transformers 5 warned", warned)
-        out[name] = (new, old[name], layers[name], info["cases"][name], folders[name])
+        out[name] = (new, old[name], layers, info["cases"][name], folder)
     return out
 
 
-def test_both_spellings_agree(compared):
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    return _export(tmp_path_factory.mktemp("hf_compat"), set(case_names()))
+
+
+@pytest.fixture(scope="module")
+def compared(exported, tmp_path_factory):
+    """Every case, transformers 4.57.1 against 5 (one child interpreter for all)."""
+    return _compare(tmp_path_factory.mktemp("hf_compat_run"), exported)
+
+
+@pytest.mark.slow
+def test_both_spellings_agree(exported):
     """Every export spells the RoPE settings and the dtype both ways, and the two agree: what
     4.45-4.56 read (rope_theta, rope_scaling, torch_dtype) is what 5.x reads (rope_parameters, dtype)."""
-    for case, (*_, folder) in compared.items():
-        cfg = json.loads((folder / "config.json").read_text())
-        rp = dict(cfg["rope_parameters"])
-        assert cfg["rope_theta"] == rp.pop("rope_theta") == theta_of(case), case
-        assert cfg["rope_scaling"] == (None if rp["rope_type"] == "default" else rp), case
-        assert cfg["torch_dtype"] == cfg["dtype"] == ("bfloat16" if case.endswith("bf16") else "float32"), case
+    for case, (folder, *_) in exported.items():
+        _both_spellings(case, folder)
 
 
+def test_both_spellings_agree_on_one_export(tmp_path):
+    """The fast loop's case of the above (and of the slow transformers 4.57 comparison, which
+    starts a second interpreter): one model, exported, its config read both ways."""
+    (folder, *_), = _export(tmp_path, {FAST_CASE}).values()
+    _both_spellings(FAST_CASE, folder)
+
+
+def _both_spellings(case: str, folder: Path) -> None:
+    """RoPE base, scaling and dtype spelled both ways (4.x and 5.x), agreeing."""
+    cfg = json.loads((folder / "config.json").read_text())
+    rp = dict(cfg["rope_parameters"])
+    assert cfg["rope_theta"] == rp.pop("rope_theta") == theta_of(case), case
+    assert cfg["rope_scaling"] == (None if rp["rope_type"] == "default" else rp), case
+    assert cfg["torch_dtype"] == cfg["dtype"] == ("bfloat16" if case.endswith("bf16") else "float32"), case
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("case", case_names())
 def test_transformers_457_reads_the_same_model(case, compared):
     if case.rsplit("-", 1)[0] in NT_FIXTURES:
