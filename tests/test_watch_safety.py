@@ -2,7 +2,8 @@
 an export that may be the only copy of its weights is kept, a step saved again under the same
 name is exported again (the old export kept aside), every started export ends with a record,
 a `latest` or a symlinked step of the user's is left alone, --once fails on a failed command,
-step folder names are kept as they are."""
+step folder names are kept as they are; --keep-last and the watch's lock touch only what
+nanokern provably wrote."""
 
 from __future__ import annotations
 
@@ -243,7 +244,7 @@ def test_c_a_latest_of_the_users_is_never_removed_nor_replaced(tmp_path):
     assert r.returncode == 1 and os.readlink(out / "latest") == "mine", r.stderr
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {out / 'latest'}: a symlink the watch did not make"), err
-    assert not (out / "100").exists()
+    assert not (out / "100").exists() and not (out / "nanokern-watch.lock").exists()  # (a refused start: released)
 
 
 def test_c_status_into_a_closed_pipe_exits_quietly(tmp_path):
@@ -298,3 +299,66 @@ def test_c_exec_quoting_out_is_warned_about(tmp_path):
     assert warned == [1, 1, 0]
     h = run_cli("watch", "--help")
     assert "write {out} bare" in h.stdout and "$NANOKERN_OUT" in h.stdout
+
+
+# -- D: --keep-last and the watch's lock touch only what nanokern wrote ------------------------------------
+
+def test_d_keep_last_leaves_the_users_files_in_an_old_export(tmp_path):
+    """An old export holding a file of the user's (an eval result): nanokern's files are removed
+    (manifest first), the user's stay in the folder, and the log says which. One holding only
+    nanokern's files (the parity report counts as the watch's) goes whole."""
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    for step in ("10", "20"):
+        copy_step(src(), ck, step)
+    assert run_once(ck, out)[0] == 0
+    (out / "10" / "eval").mkdir()
+    (out / "10" / "eval" / "results.json").write_text("{}")
+    (out / "20" / "nanokern-parity.json").write_text("{}")
+    copy_step(src(), ck, "30")
+    rc, lines = run_once(ck, out, keep_last=1)
+    assert rc == 0, lines
+    assert tree_bytes(out / "10") == {"eval/results.json": b"{}"}
+    assert not (out / "20").exists() and not list(out.glob(".nanokern-removing-*"))
+    assert [(r["name"], r.get("kept")) for r in of(out, "removed")] == [("10", ["eval/"]), ("20", None)]
+    assert any("step 10: removed its export" in line and "eval/" in line for line in lines), lines
+
+
+def test_d_a_removal_cut_short_is_finished_only_where_the_manifest_proves_it(tmp_path):
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    copy_step(src(), ck, "10")
+    reference(src(), out / ".nanokern-removing-7")  # a kill while removing an export: its manifest is there
+    (out / ".nanokern-removing-7" / "notes.txt").write_text("mine")
+    (out / ".nanokern-removing-8").mkdir()  # no manifest: nothing proves what is nanokern's
+    (out / ".nanokern-removing-8" / "model.safetensors").write_text("mine too")
+    assert run_once(ck, out)[0] == 0
+    assert tree_bytes(out / ".nanokern-removing-7") == {"notes.txt": b"mine"}
+    assert tree_bytes(out / ".nanokern-removing-8") == {"model.safetensors": b"mine too"}
+
+
+def test_d_the_watch_lock_never_takes_a_users_file_and_goes_with_the_watch(tmp_path):
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    copy_step(src(), ck, "10")
+    out.mkdir()
+    (out / "nanokern-watch.lock").write_text("my notes\n")
+    (out / "99.lock").write_text("my other notes\n")
+    r = run_cli("watch", ck, out, "--once", "-q")
+    assert r.returncode == 1 and (out / "nanokern-watch.lock").read_text() == "my notes\n", r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "nanokern-watch.lock" in err[0], err
+    (out / "nanokern-watch.lock").unlink()
+    r = run_cli("watch", ck, out, "--once", "-q")
+    assert r.returncode == 0, r.stderr
+    assert (out / "99.lock").read_text() == "my other notes\n"  # not a lock nanokern wrote: left alone
+    assert not (out / "nanokern-watch.lock").exists() and len(of(out, "exported", "10")) == 1
+
+
+def test_d_out_of_space_is_known_by_its_type_not_by_its_text():
+    import errno
+
+    from nanokern.errors import NanokernError, OutOfSpace
+    from nanokern.watch.export import out_of_space
+
+    assert out_of_space(OutOfSpace("not enough free space: needs 1 GB, 1 MB free on /", "/out"))
+    assert out_of_space(OSError(errno.ENOSPC, "No space left on device", "/out/x"))
+    assert not out_of_space(NanokernError("truncated", "/runs/not enough free space/10/model/x.safetensors"))
+    assert not out_of_space(NanokernError("rank 1 failed: /data/no space left on the device/x: unreadable"))

@@ -4,6 +4,7 @@ rank calls this for the same step; a plan that fails on any rank fails on all of
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,11 +64,10 @@ def export_step(step_dir: Path, out: Path, o: ExportOptions, dist=None, say=None
 
 
 def out_of_space(e: BaseException) -> bool:
-    """The disk of OUT_ROOT is full (here or on another rank): the watch stops."""
-    if isinstance(e, OutOfSpace):
-        return True
-    msg = str(e)
-    return "no space left on the device" in msg or "not enough free space" in msg
+    """The disk of OUT_ROOT is full: the watch stops. execute raises OutOfSpace for it, on every
+    rank when it happened on one (the kind travels with the message), so the type says it; never
+    the text, which may quote a path."""
+    return isinstance(e, OutOfSpace) or (isinstance(e, OSError) and e.errno == errno.ENOSPC)
 
 
 def export_dtype(plan) -> str:

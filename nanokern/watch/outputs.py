@@ -10,15 +10,14 @@ OUT_ROOT holds `<step>/` (each an export, put in place atomically by convert's e
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
-import shutil
 from pathlib import Path
 
 from nanokern.errors import NanokernError
 from nanokern.execute import lock as outlock
+from nanokern.execute.owned import foreign, remove_owned, written
 from nanokern.execute.replace import made_by_nanokern
+from nanokern.watch.hooks import PARITY_FILE
 
 LOCK = "nanokern-watch.lock"
 LATEST = "latest"
@@ -26,21 +25,11 @@ _REMOVING = ".nanokern-removing-"
 SUPERSEDED = ".superseded-"
 
 
-def hold_lock(out_root: Path) -> int:
-    """One watch per OUT_ROOT: an flock held for the life of the process (released by the kernel
-    however it ends); a second watch refuses naming the holder."""
-    path = out_root / LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        who = outlock.holder(fd)
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise NanokernError(f"another nanokern watch exports here: {who} ({path})", out_root) from None
-        raise
-    outlock.write_holder(fd)
-    return fd
+def hold_lock(out_root: Path):
+    """One watch per OUT_ROOT: `nanokern-watch.lock`, held for the life of the watch (a context
+    manager; its file is removed on release). A second watch refuses naming the holder; a file
+    of the user's at that name is refused, naming it, and left alone."""
+    return outlock.hold_file(out_root / LOCK, "another nanokern watch exports here: {who} ({path})", name=out_root)
 
 
 def check_latest(out_root: Path, made: set[str]) -> None:
@@ -88,16 +77,23 @@ def is_own_export(out_root: Path, checkpoints: Path, step: str) -> Path | None:
     return p
 
 
-def remove_export(out_root: Path, checkpoints: Path, step: str) -> bool:
-    """Remove an export this watch made (the caller knows it from the log): renamed aside first,
-    so a kill never leaves half a folder at OUT_ROOT/step. False if it is not one (left alone)."""
+OURS = (PARITY_FILE,)  # what the watch adds to an export (beside what its manifest lists)
+
+
+def remove_export(out_root: Path, checkpoints: Path, step: str) -> list[str] | None:
+    """Remove what nanokern wrote of an export this watch made (the caller knows it from the
+    log): the folder renamed aside first when it holds nothing else, so a kill never leaves half a
+    folder at OUT_ROOT/step; otherwise its own files removed in place, manifest first (from then
+    on it is no complete export), and the user's files left there. Returns what is left (the
+    user's relative paths); None if it is no export of the watch's (nothing touched)."""
     p = is_own_export(out_root, checkpoints, step)
     if p is None:
-        return False
+        return None
     aside = out_root / f"{_REMOVING}{step}"
-    os.replace(p, aside)
-    shutil.rmtree(aside)
-    return True
+    if foreign(p, extra=OURS) or os.path.lexists(aside):
+        return remove_owned(p, extra=OURS)
+    os.rename(p, aside)
+    return remove_owned(aside, extra=OURS)
 
 
 def supersede(out_root: Path, checkpoints: Path, step: str) -> Path | None:
@@ -115,19 +111,23 @@ def supersede(out_root: Path, checkpoints: Path, step: str) -> Path | None:
 
 
 def finish_removals(out_root: Path) -> None:
-    """A kill during remove_export leaves `.nanokern-removing-<step>`: finish removing it."""
+    """A kill during remove_export leaves `.nanokern-removing-<step>`: when it still holds its
+    manifest (the proof of what nanokern wrote there), what that lists is removed, and the folder
+    once empty; anything else is left alone."""
     for p in out_root.glob(f"{_REMOVING}*"):
-        if p.name[len(_REMOVING):].isdigit() and p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
+        tail = p.name[len(_REMOVING):]
+        if tail.isascii() and tail.isdigit() and p.is_dir() and not p.is_symlink() and written(p) is not None:
+            remove_owned(p, extra=OURS)
 
 
 def clear_stale_locks(out_root: Path) -> None:
     """A kill between an export's rename and the release of its lock leaves `<step>.lock` (its
     holder removes it on release): each one no process holds is taken and released, which removes
-    it; one still held (a convert the user runs by hand, say) is left alone."""
+    it; one still held (a convert the user runs by hand, say), or a file of the user's at that
+    name (lock.hold refuses it), is left alone."""
     for p in out_root.glob("*.lock"):
         step = p.name[: -len(".lock")]
-        if step.isdigit() and p.is_file() and not p.is_symlink():
+        if step.isascii() and step.isdigit() and p.is_file() and not p.is_symlink():
             try:
                 with outlock.hold(out_root / step):
                     pass

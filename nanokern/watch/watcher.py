@@ -48,6 +48,7 @@ class Watcher:
         self.retrying: dict[str, str] = {}  # a failed export to be tried again: its error
         self.stamps = rewrites.Stamps(o.checkpoints)
         self.said_links: set[str] = set()
+        self.held = contextlib.ExitStack()  # the watch's lock, for the life of the watch
         self.failures = 0  # this run's failed records and suspect checks (--once's exit code)
         self.stop_rc: int | None = None
         self.hooks_due: list[str] = []
@@ -66,7 +67,7 @@ class Watcher:
             raise NanokernError("is a step folder: watch its parent, the checkpoints_path that holds the steps",
                                 o.checkpoints)
         o.out_root.mkdir(parents=True, exist_ok=True)
-        self.lock_fd = outputs.hold_lock(o.out_root)
+        self.held.enter_context(outputs.hold_lock(o.out_root))
         self.history = History.of(read_events(o.out_root))
         outputs.check_latest(o.out_root, self.history.made)
         if o.exec_cmd and hooks.quotes_out(o.exec_cmd):
@@ -93,10 +94,8 @@ class Watcher:
         self._point_latest()
 
     def close(self) -> None:
-        """Release the watch's lock (the process ends, or its loop returns)."""
-        fd, self.lock_fd = getattr(self, "lock_fd", None), None
-        if fd is not None:
-            os.close(fd)
+        """Release the watch's lock (its file removed): the loop returned, however."""
+        self.held.close()
 
     def _signature(self, name: str) -> str | None:
         try:
@@ -307,11 +306,15 @@ class Watcher:
             return
         mine = sorted(self.history.exported, key=int)
         for name in mine[:-k]:
-            with signals.deferred(str(self.o.out_root / name)):
-                if outputs.remove_export(self.o.out_root, self.o.checkpoints, name):
-                    self.history.add(self.log.append("removed", name, self.o.out_root / name))
-                    self.say(f"step {name}: removed its export (--keep-last {k})")
-                elif not (self.o.out_root / name).exists():
+            out = self.o.out_root / name
+            with signals.deferred(str(out)):
+                left = outputs.remove_export(self.o.out_root, self.o.checkpoints, name)
+                if left is not None:
+                    self.history.add(self.log.append("removed", name, out, **({"kept": left} if left else {})))
+                    self.say(f"step {name}: removed its export (--keep-last {k})" + (
+                        f"; left in {out} what nanokern did not write: {', '.join(left[:3])}"
+                        + (f" and {len(left) - 3} more" if len(left) > 3 else "") if left else ""))
+                elif not out.exists():
                     self.history.add(self.log.append("removed", name, self.o.out_root / name, error="already gone"))
 
     def _point_latest(self) -> None:
