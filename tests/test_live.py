@@ -2,7 +2,8 @@
 each, every rank's shards from live.load_rank. Every rank's hf_weights yields the names, dtypes
 and bytes of the `nanokern convert` export, in hf_metadata's order; save_hf's folder equals
 convert's (tensors, config, index, tokenizer, manifest); bf16 and keep; one destination rank;
-a second call after the shards changed yields the change; peak bytes within the bound.
+a second call after the shards changed yields the change; peak bytes within the bound; what a
+consumer keeps (a list, not cloned) stays valid; hf_buckets unpacked gives the same tensors.
 The checks themselves run in tests/test_live_worker.py."""
 
 from __future__ import annotations
@@ -67,13 +68,25 @@ def cases(tmp: Path) -> list[dict]:
     return out
 
 
-@pytest.mark.slow
-def test_live_matches_convert_on_every_fixture(tmp_path):
+def _launch(tmp_path: Path, cases_: list[dict]) -> None:
     spec = tmp_path / "cases.json"
-    spec.write_text(json.dumps({"out": str(tmp_path / "live"), "cases": cases(tmp_path)}))
+    spec.write_text(json.dumps({"out": str(tmp_path / "live"), "cases": cases_}))
     (tmp_path / "live").mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4", str(WORKER), str(spec)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     fails = [line for line in r.stdout.splitlines() if line.startswith("FAIL")]
     assert r.returncode == 0 and not fails, "\n".join(fails[:20]) + "\n" + r.stderr[-4000:]
     assert "live checks: 0 failure(s)" in r.stdout
+
+
+@pytest.mark.slow
+def test_live_matches_convert_on_every_fixture(tmp_path):
+    _launch(tmp_path, cases(tmp_path))
+
+
+def test_live_kept_tensors_and_buckets_on_tp2_pp2(tmp_path):
+    """The fast case: TP2 x PP2, bf16 and keep, every rank and one rank: hf_weights kept in a
+    list and hf_buckets unpacked equal the convert export."""
+    fx = fixture("nanotron", "tp2_pp2")
+    refs = {d: _export(fx, tmp_path / "ref" / d, d) for d in ("bf16", "keep")}
+    _launch(tmp_path, [{"fixture": str(fx), "tp": 2, "pp": 2, "dtypes": refs, "dst": 2}])

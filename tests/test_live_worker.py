@@ -117,6 +117,31 @@ def fake_model(sh, lm_head_tied: bool):
     return root
 
 
+def check_buckets(hf_buckets, src, tpg, ppg, dtype, opts, meta, want, what: str, ranks) -> None:
+    """hf_buckets with buckets of half the largest tensor (so it travels alone, the others packed),
+    two buffers: each bucket unpacked at once (its buffer is refilled two buckets later) equals
+    the export; names and order are hf_metadata's, indexes count up, only the last is last."""
+    sizes = {n: int(torch.Size(shape).numel()) * dt.itemsize for n, shape, dt in meta}
+    cap = max(sizes.values()) // 2
+    stats: dict = {}
+    names, index, lasts = [], [], []
+    for b in hf_buckets(src, tpg, ppg, dtype, ranks=ranks, bucket_bytes=cap, num_buffers=2, stats=stats, **opts):
+        index.append(b.index)
+        lasts.append(b.last)
+        check(b.packed_tensor.dtype == torch.uint8 and b.packed_tensor.dim() == 1 and b.packed_tensor.numel() == b.ends[-1],
+              f"{what}: bucket {b.index}'s packed_tensor is not its bytes")
+        check(b.tensor_sizes == [sizes[n] for n in b.names], f"{what}: bucket {b.index}'s tensor_sizes are not the tensors' bytes")
+        check(len(b.names) == 1 or b.ends[-1] <= cap, f"{what}: bucket {b.index} holds {b.ends[-1]} bytes, over {cap}")
+        check(b.starts == [0, *b.ends[:-1]], f"{what}: bucket {b.index} is not packed back to back")
+        for n, t in live.unpack(b):
+            names.append(n)
+            check(same(t, want[n]), f"{what}: {n} unpacked from bucket {b.index} differs from the convert export")
+    mine = ranks == "all" or ranks == dist.get_rank()
+    check(names == ([n for n, *_ in meta] if mine else []), f"{what}: ranks={ranks}: buckets hold {len(names)} tensors")
+    check(index == list(range(len(index))) and lasts == [False] * (len(lasts) - 1) + [True] * mine, f"{what}: index/last {index} {lasts}")
+    check((stats["peak_bytes"] > 0 or not mine) and stats["peak_bytes"] <= stats["bound_bytes"], f"{what}: buckets' peak {stats}")
+
+
 def run_case(case: dict, tpg, ppg, out: Path) -> None:
     """Every check of one case; `out` is the case's own folder."""
     fx, dtypes_ = case["fixture"], case.get("dtypes", {})
@@ -138,15 +163,19 @@ def run_case(case: dict, tpg, ppg, out: Path) -> None:
         want = reference(ref_dir)
         meta = live.hf_metadata(src, tpg, ppg, dtype, **opts)
         check(sorted(n for n, *_ in meta) == sorted(want), f"{fx} {dtype}: hf_metadata names differ from the export's")
-        stats: dict = {}
-        got = [(n, t.clone()) for n, t in live.hf_weights(src, tpg, ppg, dtype, stats=stats, **opts)]
+        got = list(live.hf_weights(src, tpg, ppg, dtype, **opts))  # kept, not cloned: each stays valid
         check([n for n, _ in got] == [n for n, *_ in meta], f"{fx} {dtype}: hf_weights order is not hf_metadata's")
         if "order" in case:
             check([n for n, *_ in meta] == case["order"], f"{fx} {dtype}: not transformers' state_dict order")
         for (n, t), (_, shape, dt) in zip(got, meta):
             check(tuple(t.shape) == shape and t.dtype == dt, f"{fx} {dtype}: {n} is {t.dtype} {tuple(t.shape)}, metadata says {dt} {shape}")
-            check(n in want and same(t, want[n]), f"{fx} {dtype}: {n} differs from the convert export")
+            check(n in want and same(t, want[n]), f"{fx} {dtype}: {n} kept in a list differs from the convert export")
+        del got
+        stats: dict = {}
+        bad = [n for n, t in live.hf_weights(src, tpg, ppg, dtype, stats=stats, **opts) if not same(t, want[n])]
+        check(not bad, f"{fx} {dtype}: {bad[:3]} differ when dropped at once")
         check(0 < stats["peak_bytes"] <= stats["bound_bytes"], f"{fx} {dtype}: peak {stats} over the bound")
+        check_buckets(live.hf_buckets, src, tpg, ppg, dtype, opts, meta, want, f"{fx} {dtype}", "all")
         if case.get("save"):
             dst = out / f"{Path(fx).name}-{dtype}"
             live.save_hf(src, dst, tpg, ppg, dtype, tokenizer=case.get("tokenizer"), max_shard_size=case.get("max_shard_size", "5GB"), **opts)
@@ -162,9 +191,11 @@ def run_case(case: dict, tpg, ppg, out: Path) -> None:
     if case.get("dst") is not None:  # one destination: only it yields, the others take part
         dtype, ref_dir = next(iter(dtypes_.items()))
         want = reference(ref_dir)
-        got = [(n, same(t, want[n])) for n, t in live.hf_weights(src, tpg, ppg, dtype, ranks=case["dst"], **opts)]
+        got = list(live.hf_weights(src, tpg, ppg, dtype, ranks=case["dst"], **opts))
         check(len(got) == (len(want) if rank == case["dst"] else 0), f"{fx}: ranks={case['dst']} yielded {len(got)} tensors on rank {rank}")
-        check(all(ok for _, ok in got), f"{fx}: ranks={case['dst']}: {[n for n, ok in got if not ok][:3]} differ")
+        check(all(same(t, want[n]) for n, t in got), f"{fx}: ranks={case['dst']}: {[n for n, t in got if not same(t, want[n])][:3]} differ")
+        meta = live.hf_metadata(src, tpg, ppg, dtype, **opts)
+        check_buckets(live.hf_buckets, src, tpg, ppg, dtype, opts, meta, want, f"{fx} {dtype}", case["dst"])
     if case.get("change"):  # the shards move: the next call yields the new weights (x2 is exact in every dtype)
         dtype, ref_dir = next(iter(dtypes_.items()))
         want = reference(ref_dir)

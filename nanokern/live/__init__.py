@@ -3,18 +3,22 @@ over the job's ranks (every rank calls, in the same order), with no checkpoint i
 
     shards = live.load_rank(step_dir, tp_rank=t, pp_rank=p)   # or the Nanotron model itself
     for name, tensor in live.hf_weights(shards, tp_group=tpg, pp_group=ppg, dtype="bf16"): ...
+    for bucket in live.hf_buckets(shards, tp_group=tpg, pp_group=ppg, bucket_bytes=1 << 30): ...
     live.save_hf(shards, out_dir, tp_group=tpg, pp_group=ppg, dtype="bf16")
     live.hf_metadata(shards, tp_group=tpg, pp_group=ppg)      # [(name, shape, dtype)]
 
 The conversion is the file converter's: the same architecture table, logical model and HF plan
-(layout.py), the same pieces run by the same gather-cast kernel (stream.py), the same writer,
-manifest and atomic rename (save.py); only the source bytes come from the ranks' memory, gathered
-over TP and broadcast over PP (gather.py, comm.py) one unit at a time.
+(layout.py), the same pieces run by the same gather-cast kernel (stream.py; straight into packed
+buckets: buckets.py), the same writer, manifest and atomic rename (save.py); only the source
+bytes come from the ranks' memory, gathered over TP and broadcast over PP (gather.py, comm.py)
+one unit at a time.
 """
 
 from nanokern.errors import NanokernError
+from nanokern.live.buckets import Bucket, hf_buckets, unpack
 from nanokern.live.export import hf_metadata, hf_weights
 from nanokern.live.save import save_hf
 from nanokern.live.source import LocalParam, RankShards, from_module, load_rank
 
-__all__ = ["LocalParam", "NanokernError", "RankShards", "from_module", "hf_metadata", "hf_weights", "load_rank", "save_hf"]
+__all__ = ["Bucket", "LocalParam", "NanokernError", "RankShards", "from_module", "hf_buckets", "hf_metadata", "hf_weights",
+           "load_rank", "save_hf", "unpack"]
