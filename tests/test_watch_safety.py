@@ -105,6 +105,8 @@ def test_b_rewritten_step_is_exported_again_the_old_export_kept_aside(tmp_path):
     assert rec["checkpoints"] == str(ck.resolve()) and rec["signature"] == of(out, "started", "100")[0]["signature"]
     shutil.rmtree(ck / "100")
     copy_step(src(OTHER), ck, "100")  # a rollback and a new save: other weights, same step
+    assert run_once(ck, out, every=7)[0] == 0  # a step these options do not export: left as it is
+    assert not of(out, "superseded") and tree_bytes(out / "100") == old
     rc, lines = run_once(ck, out)
     assert rc == 0, lines
     (sup,) = of(out, "superseded", "100")

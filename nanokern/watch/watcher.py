@@ -79,7 +79,7 @@ class Watcher:
             self._recover(name, rec)
         h = self.history
         for name, rec in list(h.exported.items()):
-            why = rewrites.changed(o.checkpoints, name, rec)
+            why = rewrites.changed(o.checkpoints, name, rec) if self._wanted(name) else None
             if why:
                 self._supersede(name, why)
         for name in h.exported:
@@ -113,7 +113,7 @@ class Watcher:
             if not (self.o.checkpoints / name).is_dir():
                 self._fail(name, "the step was deleted before its export finished")
             return  # not finished: the next export of it resumes from convert's partial folder
-        why = rewrites.changed(self.o.checkpoints, name, rec)
+        why = rewrites.changed(self.o.checkpoints, name, rec) if self._wanted(name) else None
         if why:
             self._supersede(name, f"{why} (the watch was stopped before recording the export)")
             return
@@ -141,9 +141,13 @@ class Watcher:
             self._point_latest()
         self.say(f"step {name}: {why}: " + (f"its old export is kept as {aside}; " if aside else "") + "exporting it again")
 
+    def _wanted(self, name: str) -> bool:
+        """A step these options export (--every)."""
+        return not self.o.every or int(name) % self.o.every == 0
+
     def _recheck(self) -> None:
         """A poll: exported steps saved again since (model_config.json changed) and now different."""
-        for name in self.stamps.moved(list(self.history.exported)):
+        for name in self.stamps.moved([n for n in self.history.exported if self._wanted(n)]):
             why = rewrites.changed(self.o.checkpoints, name, self.history.exported[name])
             if why:
                 self._supersede(name, why)
