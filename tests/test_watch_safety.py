@@ -364,3 +364,21 @@ def test_d_out_of_space_is_known_by_its_type_not_by_its_text():
     assert out_of_space(OSError(errno.ENOSPC, "No space left on device", "/out/x"))
     assert not out_of_space(NanokernError("truncated", "/runs/not enough free space/10/model/x.safetensors"))
     assert not out_of_space(NanokernError("rank 1 failed: /data/no space left on the device/x: unreadable"))
+
+
+def test_c_an_export_cut_short_then_skipped_by_the_options_ends_with_a_record(tmp_path):
+    """Started, killed before it finished, and the watch restarted with options that skip the
+    step (--every, --latest-only with a newer step ready): a failed record ends it."""
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    for step in ("10", "15", "20"):
+        copy_step(src(), ck, step)
+    from nanokern.watch import status
+
+    for step, kw in (("15", {"every": 20}), ("10", {"latest_only": True})):
+        w, _ = _watcher(ck, out, every=int(step))
+        assert _next_export(w) == step  # ... and killed here
+        w.close()
+        rc, lines = run_once(ck, out, **kw)
+        (failed,) = of(out, "failed", step)
+        assert rc == 1 and ("--every 20 skips it" if step == "15" else "a newer step is ready") in failed["error"], lines
+    assert [(r["step"], r["state"]) for r in status.rows(out)] == [("10", "failed"), ("15", "failed"), ("20", "exported")]

@@ -112,6 +112,8 @@ class Watcher:
         if outputs.is_own_export(self.o.out_root, self.o.checkpoints, name) is None:
             if not (self.o.checkpoints / name).is_dir():
                 self._fail(name, "the step was deleted before its export finished")
+            elif not self._wanted(name):
+                self._fail(name, f"its export was cut short, and --every {self.o.every} skips it now")
             return  # not finished: the next export of it resumes from convert's partial folder
         why = rewrites.changed(self.o.checkpoints, name, rec) if self._wanted(name) else None
         if why:
@@ -183,8 +185,9 @@ class Watcher:
             if self.o.latest_only and ready:
                 newest = max(self.history.ever_exported, key=int, default=None)
                 for name in ready[:-1] + [n for n in ready[-1:] if newest is not None and int(n) < int(newest)]:
-                    if name in self.retrying:  # its failed export ends with a record
-                        self._fail(name, f"not tried again: a newer step is ready (--latest-only) ({self.retrying[name]})")
+                    if name in self.retrying or name in self.history.started:  # its export ends with a record
+                        self._fail(name, "not tried again: a newer step is ready (--latest-only)"
+                                   + (f" ({self.retrying[name]})" if name in self.retrying else ""))
                     else:
                         self.say(f"step {name}: skipped (--latest-only: a newer step is ready)")
                     self.sched.close(name)
