@@ -48,12 +48,6 @@ def holder(fd: int) -> str:
     return data or "another process"
 
 
-def write_holder(fd: int) -> None:
-    """Say who holds the lock on fd (kept for callers that lock a file they opened themselves)."""
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, _line(), 0)
-
-
 def _line() -> bytes:
     return f"pid {os.getpid()} on {os.uname().nodename} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode()
 
