@@ -21,6 +21,7 @@ from click.testing import CliRunner
 
 import nanokern.parity.check as check
 from fixtures_path import QWEN2_FIXTURES, REPO, fixture
+from marks import slow_except
 from nanokern.errors import NanokernError
 from nanokern.formats.nanotron import read_checkpoint
 from nanokern.parity import reproduce_logits, run_parity
@@ -34,10 +35,13 @@ HF_CLASS = {  # what nanokern's export picks (the first class that holds the mod
     "qwen2_bias_tp1_pp2": "Qwen2ForCausalLM", "smollm3_nope_tp1_pp1_tied": "SmolLM3ForCausalLM",
     "qwen2_swa_tp2_pp1": "Qwen2ForCausalLM", "qwen2_moe_tp1_pp2": "Qwen2MoeForCausalLM",
 }
+# the fast loop: the torch backend on one fixture per family, Triton on the TP=2 window fixture
+# (its kernels against the reference on every backend: test_parity_kernels.py); CI runs them all
+CASES = [(n, b) for n in NAMES for b in BACKENDS]
+FAST = [(n, "torch") for n in NAMES if n != "qwen2_dense_tp1_pp1_bf16"] + [("qwen2_swa_tp2_pp1", "triton")]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name,backend", slow_except(CASES, FAST))
 def test_parity_fp32_every_family(name, backend, exports):
     rep = run_parity(fixture("nanotron", name), exports(name), dtype="fp32", backend=backend)
     assert rep.passed, rep.table()
@@ -50,7 +54,7 @@ def test_parity_fp32_every_family(name, backend, exports):
     assert any(n.startswith("features: ") for n in rep.notes) or name.startswith("qwen2_dense")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", slow_except(BACKENDS, ["torch"]))
 def test_parity_bf16(backend, exports):
     name = "qwen2_dense_tp1_pp1_bf16"
     rep = run_parity(fixture("nanotron", name), exports(name), dtype="bf16", backend=backend)
@@ -60,7 +64,8 @@ def test_parity_bf16(backend, exports):
     assert lg.metrics["max_abs"] <= 2 * lg.floor["max_abs"] + 1e-6 * lg.metrics["scale"]
 
 
-@pytest.mark.parametrize("name", ["qwen2_bias_tp1_pp2", "smollm3_nope_tp1_pp1_tied", "qwen2_swa_tp2_pp1", "qwen2_moe_tp1_pp2"])
+@pytest.mark.parametrize("name", slow_except(["qwen2_bias_tp1_pp2", "smollm3_nope_tp1_pp1_tied", "qwen2_swa_tp2_pp1",
+                                               "qwen2_moe_tp1_pp2"], ["qwen2_moe_tp1_pp2"]))
 def test_parity_bf16_forward_of_fp32_checkpoints(name, exports):
     """The fp32 feature checkpoints computed in bf16 (bias added in bf16, float32 router kept):
     within the self-calibrated bf16 rule against transformers in fp32."""
@@ -69,8 +74,8 @@ def test_parity_bf16_forward_of_fp32_checkpoints(name, exports):
     assert rep.logits.floor["max_abs"] > 1e-3
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name,backend", slow_except(CASES, [("qwen2_dense_tp1_pp1_bf16" if n == "qwen2_dense_tp1_pp1" else n, b)
+                                                            for n, b in FAST]))
 def test_reproduces_nanotron_logits(name, backend):
     lr = reproduce_logits(fixture("nanotron", name), fixture("logits", f"{name}.safetensors"), backend=backend)
     assert lr.passed, lr.line()
@@ -137,8 +142,7 @@ def test_bf16_logits_bit_exact_with_avx2_gemms():
             assert all(c["calls"] >= 1 for c in checked[0].values()), (key, checked)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "qwen2_dense_tp1_pp1_bf16" else pytest.mark.slow)
-                                  for n in NAMES])
+@pytest.mark.parametrize("name", slow_except(NAMES, ["qwen2_dense_tp1_pp1_bf16"]))
 def test_triton_kernels_within_the_derived_bound_on_the_bf16_forward(name):
     """Every Triton kernel call of the bf16 forward (this CPU's own GEMMs) against the torch
     reference on the same inputs, within the bound of tests/fp_bounds.py; the fp32 feature
@@ -221,7 +225,7 @@ CONTROLS = [  # fault, fixture
 ]
 
 
-@pytest.mark.parametrize("fault,name", CONTROLS)
+@pytest.mark.parametrize("fault,name", slow_except(CONTROLS, [c for c in CONTROLS if c[0] != "window+1"]))
 def test_negative_controls_fail(fault, name, exports, monkeypatch):
     monkeypatch.setattr(check, "NativeModel", functools.partial(NativeModel, fault=fault))
     rep = run_parity(fixture("nanotron", name), exports(name), dtype="fp32", backend="torch")

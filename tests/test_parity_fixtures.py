@@ -30,16 +30,20 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from fixtures_path import NANOTRON_FIXTURES, fixture
+from marks import slow_except
 from nanokern.arch import rope as rope_perm
 from nanokern.parity import reproduce_logits, run_parity
 from nanokern.parity_cli import parity as parity_cmd
 
 BF16_FIXTURES = [n for n in NANOTRON_FIXTURES if not n.endswith("_fp32")]
 BACKENDS = ["torch", "triton"]
+# the fast loop: the torch backend on every layout, Triton on one (TP2 PP2, fp32 parity); the
+# kernels against the reference on every backend: test_parity_kernels.py. CI runs them all.
+TORCH_ONLY = [(n, "torch") for n in NANOTRON_FIXTURES]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", NANOTRON_FIXTURES)
+@pytest.mark.parametrize("name,backend", slow_except([(n, b) for n in NANOTRON_FIXTURES for b in BACKENDS],
+                                                    TORCH_ONLY + [("tp2_pp2", "triton")]))
 def test_parity_fp32(name, backend, exports):
     rep = run_parity(fixture("nanotron", name), exports(name), dtype="fp32", backend=backend)
     lg = rep.logits.metrics
@@ -50,8 +54,7 @@ def test_parity_fp32(name, backend, exports):
     assert all(r.metrics["rel_l2"] < 1e-6 for r in rep.rows)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", BF16_FIXTURES)
+@pytest.mark.parametrize("name,backend", slow_except([(n, b) for n in BF16_FIXTURES for b in BACKENDS], TORCH_ONLY))
 def test_parity_bf16(name, backend, exports):
     rep = run_parity(fixture("nanotron", name), exports(name), dtype="bf16", backend=backend)
     assert rep.passed, rep.table()
@@ -60,8 +63,7 @@ def test_parity_bf16(name, backend, exports):
     assert lg.metrics["max_abs"] <= 2 * lg.floor["max_abs"] + 1e-6 * lg.metrics["scale"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("name", NANOTRON_FIXTURES)
+@pytest.mark.parametrize("name,backend", slow_except([(n, b) for n in NANOTRON_FIXTURES for b in BACKENDS], TORCH_ONLY))
 def test_reproduces_nanotron_logits(name, backend):
     ck, logits = fixture("nanotron", name), fixture("logits", f"{name}.safetensors")
     lr = reproduce_logits(ck, logits, backend=backend)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from fp_bounds import assert_within, rms_norm_allowed, swiglu_allowed
+from marks import slow_except
 from nanokern.arch import rope as rope_perm
 from nanokern.ops import _triton
 from nanokern.ops import attention as A
@@ -271,7 +272,8 @@ def test_attention_is_causal_and_takes_strided_views(kernel_backend):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(2, 32, 6, 2, 16), (1, 45, 4, 2, 32)])
+@pytest.mark.parametrize("shape", slow_except([(2, 32, 6, 2, 16), (1, 45, 4, 2, 32)], [(2, 32, 6, 2, 16)],
+                                                 unpack=False))
 def test_attention_window_matches_the_reference(kernel_backend, dtype, shape):
     """Sliding window (Qwen2 sliding_window_size: w keys including the query's own)."""
     device, backend = kernel_backend
