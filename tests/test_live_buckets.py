@@ -29,10 +29,12 @@ def test_buckets_rules_and_buffer_turns(fp32):
     shards, want = fp32
     sizes = [t.numel() * t.element_size() for t in want.values()]
     cap = max(sizes) - 1  # the largest tensors get buckets of their own
-    seen, ptrs = [], []
+    seen, ptrs, own = [], [], []
     for b in live.hf_buckets(shards, dtype="keep", bucket_bytes=cap, num_buffers=3):
         assert b.ends[-1] <= cap or len(b.names) == 1
         ptrs.append((b.packed_tensor.untyped_storage().data_ptr(), b.ends[-1] > cap))
+        if b.ends[-1] > cap:
+            own.append(b.packed_tensor)  # (kept: its address is not handed out again meanwhile)
         seen += [(n, torch.equal(t, want[n])) for n, t in live.unpack(b)]
     assert len(seen) == len(want) and all(ok for _, ok in seen)
     shared = [p for p, alone in ptrs if not alone]

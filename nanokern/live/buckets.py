@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from nanokern.errors import NanokernError
 from nanokern.live.export import _wanted, fill_stats, setup, state_dict_order
 from nanokern.live.gather import Budget
+from nanokern.live.guard import watching
 from nanokern.live.stream import produce
 
 
@@ -56,7 +57,7 @@ def _crc(packed) -> int:
 def hf_buckets(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parallel_context=None, ranks="all",
                bucket_bytes: int = 1 << 30, num_buffers: int = 2, checksum: bool = True, vocab_size: int | None = None,
                backend: str = "auto", rope_interleaved: bool | None = None, hf_arch: str | None = None,
-               stats: dict | None = None):
+               timeout: float | None = 60.0, stats: dict | None = None):
     """Yield Buckets holding, in order, every tensor hf_weights yields (same names, order, bytes).
     Collective as hf_weights: every rank of the TP x PP grid iterates it to the end; ranks="all"
     (every rank gets every bucket) or one global rank R (only R gets buckets; the others take part).
@@ -69,10 +70,18 @@ def hf_buckets(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parall
     checksum: the CRC32 of each bucket's bytes (on a GPU, read through a host copy).
     Memory per rank: num_buffers x the largest bucket, plus the largest tensor of its own bucket
     while it is the current one, plus the gathered units (stats=: peak_bytes, bound_bytes).
+    timeout: as hf_weights' (the start handshake; the wait for the other ranks between steps).
     """
     if bucket_bytes < 1 or num_buffers < 1:
         raise NanokernError(f"bucket_bytes and num_buffers must be positive, not {bucket_bytes} and {num_buffers}")
-    s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch, backend)
+    s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch, backend,
+              call=("hf_buckets", (("ranks", ranks), ("bucket_bytes", bucket_bytes))), timeout=timeout or 60.0,
+              step_timeout=timeout)
+    with watching(s.g.guard):
+        yield from _buckets(s, ranks, bucket_bytes, num_buffers, checksum, stats)
+
+
+def _buckets(s, ranks, bucket_bytes: int, num_buffers: int, checksum: bool, stats):
     order = state_dict_order(s.lp)
     wanted, dest = _wanted(ranks, s.g)
     groups = layout([t for t in order if wanted(t)], bucket_bytes)

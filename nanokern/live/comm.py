@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nanokern.live import guard as _guard
+
 
 @dataclass
 class Grid:
@@ -19,6 +21,12 @@ class Grid:
     tp_size: int
     pp_size: int
     rank: int  # global rank (0 without torch.distributed)
+    guard: object = None  # the current call's side channel (guard.py); None: a grid of one, or no store
+
+    def sync(self) -> None:
+        """Before a collective: wait for every rank of the grid (raise if one stopped or failed)."""
+        if self.guard is not None:
+            self.guard.sync()
 
     @property
     def index(self) -> int:
@@ -29,6 +37,7 @@ class Grid:
         """[object of grid index 0, 1, ...] on every rank of the grid."""
         import torch.distributed as dist
 
+        self.sync()
         row = [obj]
         if self.tp_size > 1:
             row = [None] * self.tp_size
@@ -100,6 +109,25 @@ def grid(tp_group=None, pp_group=None, parallel_context=None) -> Grid:
 
     (tp, tps), (pp, pps) = place(tp_group), place(pp_group)
     return Grid(tp_group, pp_group, tp, pp, tps, pps, dist.get_rank() if on else 0)
+
+
+def start_call(g: Grid, fn: str, args: tuple, timeout: float, step_timeout: float | None) -> None:
+    """The start handshake of a call of nanokern.live.<fn> (guard.py): every rank of the grid
+    within `timeout` seconds, with the same args, or one NanokernError; then g.guard is the
+    call's barrier and abort flag (each wait between steps bounded by step_timeout; None: the
+    store's own timeout, the process group's)."""
+    if g.tp_size * g.pp_size == 1:
+        return
+    import torch.distributed as dist
+
+    try:
+        store = dist.distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):
+        return  # no store to talk through: the collectives' own timeout is all there is
+    members = lambda grp: dist.get_process_group_ranks(grp) if grp is not None else [g.rank]  # noqa: E731
+    if step_timeout is None:
+        step_timeout = store.timeout.total_seconds()
+    g.guard = _guard.start(store, members(g.tp_group), members(g.pp_group), g.rank, fn, args, timeout, step_timeout)
 
 
 def as_bytes(t):

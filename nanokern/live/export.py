@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nanokern.errors import NanokernError
-from nanokern.live.comm import Grid, grid
+from nanokern.live.comm import Grid, grid, start_call
 from nanokern.live.gather import Budget
+from nanokern.live.guard import watching
 from nanokern.live.layout import LivePlan, live_plan
 from nanokern.live.pool import Recycler
 from nanokern.live.source import RankShards, as_shards
@@ -23,20 +24,28 @@ class Setup:
 
 
 def setup(src, tp_group=None, pp_group=None, parallel_context=None, dtype="bf16", vocab_size=None, max_shard_size="5GB",
-          tokenizer=None, rope_interleaved=None, hf_arch=None, backend="auto") -> Setup:
-    """Collective: every rank's metadata, then the plan (identical on every rank)."""
+          tokenizer=None, rope_interleaved=None, hf_arch=None, backend="auto", *, call=("hf_metadata", ()),
+          timeout: float = 60.0, step_timeout: float | None = 60.0) -> Setup:
+    """Collective: the start handshake (call: (function name, its collective-shaping arguments);
+    comm.start_call), every rank's metadata, then the plan (identical on every rank)."""
     import torch
 
     from nanokern.ops import resolve_backend
 
-    sh = as_shards(src)
+    if not (isinstance(timeout, (int, float)) and timeout > 0) or not (step_timeout is None or step_timeout > 0):
+        raise NanokernError(f"timeout must be a positive number of seconds, not {timeout!r}")
     g = grid(tp_group, pp_group, parallel_context)
-    devices = {p.tensor.device for p in sh.params.values()}
-    if len(devices) > 1:
-        raise NanokernError(f"the shards are on several devices ({', '.join(map(str, sorted(devices, key=str)))})")
-    device = devices.pop() if devices else torch.device("cpu")
-    lp = live_plan(sh, g, dtype, vocab_size, max_shard_size, tokenizer, rope_interleaved, hf_arch)
-    return Setup(sh, g, lp, device, resolve_backend(backend, device))
+    fn, extra = call
+    start_call(g, fn, (("dtype", dtype), ("vocab_size", vocab_size), ("max_shard_size", max_shard_size),
+                       ("rope_interleaved", rope_interleaved), ("hf_arch", hf_arch), *extra), timeout, step_timeout)
+    with watching(g.guard):
+        sh = as_shards(src)
+        devices = {p.tensor.device for p in sh.params.values()}
+        if len(devices) > 1:
+            raise NanokernError(f"the shards are on several devices ({', '.join(map(str, sorted(devices, key=str)))})")
+        device = devices.pop() if devices else torch.device("cpu")
+        lp = live_plan(sh, g, dtype, vocab_size, max_shard_size, tokenizer, rope_interleaved, hf_arch)
+        return Setup(sh, g, lp, device, resolve_backend(backend, device))
 
 
 def state_dict_order(lp: LivePlan) -> list:
@@ -67,7 +76,7 @@ def fill_stats(stats: dict | None, budget: Budget, order, wanted, nbuf: int, gat
 
 def hf_weights(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parallel_context=None, ranks="all",
                vocab_size: int | None = None, backend: str = "auto", rope_interleaved: bool | None = None,
-               hf_arch: str | None = None, reuse_buffer: bool = False, stats: dict | None = None):
+               hf_arch: str | None = None, reuse_buffer: bool = False, timeout: float | None = 60.0, stats: dict | None = None):
     """Yield (HF name, tensor) for every tensor `nanokern convert --to hf` would write from the
     saved checkpoint, in the HF class's state_dict order, with the same bytes. Collective: every
     rank of the TP x PP grid iterates it to the end, in the same order.
@@ -87,8 +96,23 @@ def hf_weights(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parall
     ONE REUSED BUFFER, valid only until the next step of the iterator (clone it to keep it).
     stats= (a dict) receives peak_bytes (every output buffer alive at once, the ones the consumer
     still held included, plus the units), bound_bytes, and allocations (output buffers made).
+
+    No rank hangs: the ranks shake hands at the start (every rank of the grid within `timeout`
+    seconds, the same function and arguments, else NanokernError), and meet before each
+    collective step. A rank whose loop stops early (a break, or its consumer raised: the
+    generator is closed) or that fails makes every other rank raise NanokernError naming it,
+    within milliseconds; the process groups stay usable (no collective is left half done).
+    A rank that waits longer than `timeout` for the others between steps (one rank's consumer
+    is that slow, or holds its iterator without closing it) raises, and so do the others.
+    timeout=None: no limit between steps but the process group's (60 s still bounds the start).
     """
-    s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch, backend)
+    s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch, backend,
+              call=("hf_weights", (("ranks", ranks),)), timeout=timeout or 60.0, step_timeout=timeout)
+    with watching(s.g.guard):
+        yield from _weights(s, ranks, reuse_buffer, stats)
+
+
+def _weights(s: Setup, ranks, reuse_buffer: bool, stats):
     order = state_dict_order(s.lp)
     wanted, dest = _wanted(ranks, s.g)
     budget = Budget()
@@ -107,8 +131,11 @@ def hf_weights(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parall
 
 
 def hf_metadata(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parallel_context=None,
-                vocab_size: int | None = None, rope_interleaved: bool | None = None, hf_arch: str | None = None) -> list:
+                vocab_size: int | None = None, rope_interleaved: bool | None = None, hf_arch: str | None = None,
+                timeout: float = 60.0) -> list:
     """[(HF name, shape, torch dtype)]: exactly what hf_weights yields (on a rank that yields), in
-    its order. Collective (metadata objects only: no tensor is communicated)."""
-    s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch)
+    its order. Collective (metadata objects only: no tensor is communicated); every rank within
+    `timeout` seconds, else NanokernError."""
+    s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch,
+              call=("hf_metadata", ()), timeout=timeout, step_timeout=timeout)
     return [(t.name, tuple(t.shape), t.dtype.torch) for t in state_dict_order(s.lp)]

@@ -66,6 +66,8 @@ class Units:
 
     def step(self, i: int) -> None:
         self.cur = self.dests[i]
+        if any(k not in self.live for k in self.keys[i]):
+            self.g.sync()  # every rank is here, none stopped: the collectives can start
         for k in self.keys[i]:
             if k not in self.live:
                 self.live[k] = self._gather(*k[:3]) if k[3] is None else self._deliver(*k)

@@ -27,6 +27,7 @@ from nanokern.execute.run import _complete
 from nanokern.execute.write import write_file
 from nanokern.live.export import fill_stats, setup
 from nanokern.live.gather import Budget
+from nanokern.live.guard import watching
 from nanokern.live.stream import out_view, produce, storage
 from nanokern.ops import host
 from nanokern.plan import OutFile, OutTensor, Piece
@@ -110,13 +111,21 @@ def _prepare(s, dst: Path, work: Path, force: bool, held: contextlib.ExitStack, 
 def save_hf(src, out_dir, tp_group=None, pp_group=None, dtype: str = "bf16", tokenizer=None, max_shard_size="5GB", *,
             parallel_context=None, vocab_size: int | None = None, force: bool = False, wait: bool = False,
             backend: str = "auto", rope_interleaved: bool | None = None, hf_arch: str | None = None,
-            progress: bool = False, stats: dict | None = None) -> Path:
+            progress: bool = False, timeout: float = 60.0, stats: dict | None = None) -> Path:
     """Write the HF folder `nanokern convert --to hf` writes from the saved checkpoint (same
     tensors, config, index, tokenizer files, manifest). Collective over the TP x PP grid; out_dir
     must be on a filesystem every rank sees. An existing out_dir is replaced only with force.
-    Nothing is at out_dir until the whole folder is durable; on an error on any rank, nothing."""
+    Nothing is at out_dir until the whole folder is durable; on an error on any rank, nothing.
+    timeout: every rank within that many seconds at the start (else NanokernError, no hang);
+    a rank that fails later stops the others at once (their waits for one another are bounded
+    by the process group's timeout only: writing may take long)."""
     s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, max_shard_size, tokenizer, rope_interleaved,
-              hf_arch, backend)
+              hf_arch, backend, call=("save_hf", ()), timeout=timeout, step_timeout=None)
+    with watching(s.g.guard):
+        return _save(s, out_dir, force, wait, progress, stats)
+
+
+def _save(s, out_dir, force: bool, wait: bool, progress: bool, stats) -> Path:
     plan, g = s.lp.plan, s.g
     dst = Path(out_dir).absolute()
     dsts = g.all_gather_object(str(dst))

@@ -1,0 +1,138 @@
+"""The torchrun side of tests/test_live_faults.py (4 ranks, gloo, the TP2 x PP2 fixture): one
+rank of a live call stops or fails, or calls alone, or calls something else; every case checks
+what each rank sees and how long it took, then that the process groups still work. Prints
+"FAIL ..." lines, "DELAY <case> <seconds>" (the slowest rank, failure to its NanokernError) and
+"ALIVE <case> <rank>"; exit 1 on any failure. No test functions here."""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+
+import torch
+import torch.distributed as dist
+from test_live_worker import groups, reference, same
+
+from nanokern import live
+
+FAILS: list[str] = []
+
+
+def check(ok: bool, what: str) -> None:
+    if not ok:
+        FAILS.append(f"FAIL rank {dist.get_rank()}: {what}")
+
+
+class Stop(Exception):
+    pass
+
+
+def consume(it, rank: int, bad: int, after: int, how: str):
+    """Iterate `it`; rank `bad` stops after `after` items (how: "break" or "raise"). Returns
+    (error or None, the time this rank stopped or raised)."""
+    try:
+        for k, _ in enumerate(it):
+            if rank == bad and k + 1 == after:
+                t = time.time()
+                if how == "raise":
+                    raise Stop("the consumer failed")
+                break
+        return None, time.time()
+    except Stop:
+        return None, t
+    except live.NanokernError as e:
+        return e, time.time()
+
+
+def one_stops(name: str, make, bad: int, after: int, how: str) -> None:
+    """Every rank iterates make(); rank `bad` stops. The others raise a NanokernError naming it."""
+    rank = dist.get_rank()
+    err, t = consume(make(), rank, bad, after, how)
+    times = [None] * dist.get_world_size()
+    dist.all_gather_object(times, (t, None if err is None else str(err)))  # (the groups still work)
+    t_fail = times[bad][0]
+    if rank == bad:
+        check(err is None, f"{name}: the stopping rank raised {err}")
+        print(f"ALIVE {name} {rank}", flush=True)
+        delays = [tr - t_fail for r, (tr, _) in enumerate(times) if r != bad]
+        print(f"DELAY {name} {max(delays):.4f}", flush=True)
+        return
+    check(err is not None and f"rank {bad} stopped iterating" in str(err) and "\n" not in str(err),
+          f"{name}: rank {bad} stopped, this rank saw {err!r}")
+    check(t - t_fail < 30, f"{name}: raised {t - t_fail:.1f} s after rank {bad} stopped")
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    fx, ref_dir = sys.argv[1], sys.argv[2]
+    rank = dist.get_rank()
+    tpg, ppg = groups(2, 2)
+    sh = live.load_rank(fx, dist.get_rank(tpg), dist.get_rank(ppg))
+    kw = dict(tp_group=tpg, pp_group=ppg, dtype="bf16")
+    cases = [
+        ("break_all", lambda: live.hf_weights(sh, **kw), 3, 5, "break"),
+        ("raise_buckets", lambda: live.hf_buckets(sh, bucket_bytes=1 << 15, **kw), 1, 2, "raise"),
+        ("break_first_dest", lambda: live.hf_weights(sh, ranks=2, **kw), 2, 1, "break"),
+    ]
+    for case in cases:
+        try:
+            one_stops(*case)
+        except Exception:  # noqa: BLE001
+            FAILS.append(f"FAIL rank {rank}: {case[0]}: {traceback.format_exc()}")
+        dist.barrier()
+    # one rank calls alone (the others are elsewhere: here, a barrier after it)
+    if rank == 0:
+        t0 = time.time()
+        try:
+            live.hf_metadata(sh, timeout=3, **kw)
+            check(False, "a call alone returned")
+        except live.NanokernError as e:
+            waited = time.time() - t0
+            check("rank(s) 1 did not call" in str(e) and "\n" not in str(e), f"alone: {e}")
+            check(3 <= waited < 30, f"alone: raised after {waited:.1f} s (timeout 3)")
+            print(f"ALONE {waited:.2f} {e}", flush=True)
+    dist.barrier()
+    # ranks calling different functions: one line on every rank, at once
+    t0 = time.time()
+    try:
+        if rank == 3:
+            next(iter(live.hf_buckets(sh, **kw)))
+        else:
+            live.hf_metadata(sh, **kw)
+        check(False, "different functions: no error")
+    except live.NanokernError as e:
+        check("called different things" in str(e) and "hf_buckets" in str(e) and time.time() - t0 < 30, f"mismatch: {e}")
+        if rank == 0:
+            print(f"MISMATCH {time.time() - t0:.2f} {e}", flush=True)
+    dist.barrier()
+    # a rank holds its iterator without closing it: the others raise after `timeout` between steps
+    it = live.hf_weights(sh, timeout=2, **kw)
+    t0 = time.time()
+    try:
+        for k, _ in enumerate(it):
+            if rank == 3 and k == 2:
+                time.sleep(8)  # (its next step would find the call aborted)
+                break
+        check(rank == 3, "a held iterator: no error")
+    except live.NanokernError as e:
+        check(rank != 3 or "did not reach" in str(e), f"held: {e}")
+        check(rank == 3 or ("did not reach" in str(e) and time.time() - t0 < 30), f"held: {e}")
+    del it
+    dist.barrier()
+    # after all that, a whole call on every rank still works and is exact
+    want = reference(ref_dir)
+    got = list(live.hf_weights(sh, **kw))
+    check(len(got) == len(want) and all(same(t, want[n]) for n, t in got), "the call after the faults differs")
+    ok = torch.tensor([len(FAILS)])
+    for line in FAILS:
+        print(line, flush=True)
+    dist.all_reduce(ok)
+    dist.destroy_process_group()
+    if rank == 0:
+        print(f"fault checks: {int(ok)} failure(s)", flush=True)
+    sys.exit(1 if int(ok) else 0)
+
+
+if __name__ == "__main__":
+    main()
