@@ -1,8 +1,8 @@
 """nanokern.live in one process (a TP=1 PP=1 grid, no torch.distributed): the device path, i.e.
 what runs on a GPU (the plan's pieces through the torch op: cuda, triton or torch backend), checked
 here on the CPU against the file converter, and on CUDA where a device is present (-m gpu):
-hf_weights and save_hf equal `nanokern convert` of the same checkpoint, bf16 and keep, dense and
-MoE (experts transposed one at a time)."""
+hf_weights, hf_buckets (unpacked) and save_hf equal `nanokern convert` of the same checkpoint, bf16
+and keep, dense and MoE (experts transposed one at a time); what a consumer keeps stays valid."""
 
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ def _check(ck: Path, refs: dict, device: str, backend: str, tmp: Path) -> None:
         bad = [n for n in got if got[n].dtype != want[n].dtype or not torch.equal(got[n].view(-1).view(torch.uint8),
                                                                                    want[n].view(-1).view(torch.uint8))]
         assert not bad, (dtype, bad[:5])
+        packed = [(n, t.to("cpu", copy=True)) for b in live.hf_buckets(shards, dtype=dtype, backend=backend, bucket_bytes=1 << 16)
+                  for n, t in live.unpack(b)]
+        assert [n for n, _ in packed] == list(got)
+        assert all(torch.equal(t.view(-1).view(torch.uint8), want[n].view(-1).view(torch.uint8)) for n, t in packed), dtype
         out = tmp / f"{ck.name}-{dtype}-{device}-{backend}"
         live.save_hf(shards, out, dtype=dtype, backend=backend)
         assert tree_bytes(out) == tree_bytes(ref)
