@@ -84,9 +84,9 @@ def _bytes(t):
 @pytest.mark.parametrize("dtype", ["bf16", "keep"])
 def test_kept_tensors_stay_valid(sources, dtype):
     """A consumer that keeps what hf_weights yields (a list, a slice of each, a numpy view of
-    each) keeps the convert export's bytes; a consumer that drops each tensor costs at most two
-    output buffers (its loop variable's and the one being filled) plus the units, and buffers of
-    a size seen before are filled again once dropped."""
+    each) keeps the convert export's bytes; a consumer that drops each tensor costs at most three
+    of the largest tensor (its loop variable's, the one being filled, spares kept for sizes still
+    to come) plus the units, and buffers of a size seen before are filled again once dropped."""
     ck, refs = sources["tp1_pp1_fp32"]
     want = load_dir(refs[dtype])
     shards = live.load_rank(ck, 0, 0)
@@ -104,7 +104,7 @@ def test_kept_tensors_stay_valid(sources, dtype):
     stats: dict = {}
     count = sum(torch.equal(_bytes(t), _bytes(want[n])) for n, t in live.hf_weights(shards, dtype=dtype, stats=stats))
     assert count == len(want)
-    assert stats["peak_bytes"] <= 2 * stats["largest_tensor_bytes"] + stats["largest_unit_bytes"] == stats["bound_bytes"]
+    assert stats["peak_bytes"] <= 3 * stats["largest_tensor_bytes"] + stats["largest_unit_bytes"] == stats["bound_bytes"]
     assert stats["allocations"] < len(want)  # recycled: several tensors share a size
 
 

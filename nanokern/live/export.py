@@ -90,9 +90,10 @@ def hf_weights(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parall
     A yielded tensor is the consumer's: it stays valid for as long as anything references it (a
     list, a dict, a packer, a queue). Its buffer is filled again, for a later tensor of the same
     size, only once nothing references it. Memory per rank for a consumer that drops each tensor
-    before asking for the next but one (a plain for loop): at most two output buffers (2 x the
-    largest HF tensor in the output dtype) plus the gathered units; what the consumer keeps adds
-    its own size. reuse_buffer=True: no allocation after the first, but each tensor is a VIEW OF
+    before asking for the next but one (a plain for loop): at most 3 x the largest HF tensor in
+    the output dtype (the tensor the loop variable still names, the one being filled, and
+    dropped buffers kept for tensors of their size still to come: pool.py) plus the gathered
+    units; what the consumer keeps adds its own size. reuse_buffer=True: no allocation after the first, but each tensor is a VIEW OF
     ONE REUSED BUFFER, valid only until the next step of the iterator (clone it to keep it).
     stats= (a dict) receives peak_bytes (every output buffer alive at once, the ones the consumer
     still held included, plus the units), bound_bytes, and allocations (output buffers made).
@@ -116,7 +117,7 @@ def _weights(s: Setup, ranks, reuse_buffer: bool, stats):
     order = state_dict_order(s.lp)
     wanted, dest = _wanted(ranks, s.g)
     budget = Budget()
-    pool = None if reuse_buffer else Recycler(budget, s.device)
+    pool = None if reuse_buffer else Recycler(budget, s.device, [t.nbytes for t in order if wanted(t)])
     place = None if pool is None else (lambda t: pool.take(t.nbytes))
     try:
         for t, out in produce(s.lp, s.sh, s.g, order, wanted, s.backend, s.device, budget, nbuf=1, dest=dest, place=place):
@@ -128,6 +129,8 @@ def _weights(s: Setup, ranks, reuse_buffer: bool, stats):
         fill_stats(stats, budget, order, wanted, 1)
         if stats is not None:
             stats["allocations"] = 1 if pool is None else pool.allocations
+            if pool is not None:  # two in flight (the consumer's loop variable, the one filled), spares
+                stats["bound_bytes"] = 3 * stats["largest_tensor_bytes"] + stats["largest_unit_bytes"]
 
 
 def hf_metadata(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parallel_context=None,

@@ -5,15 +5,16 @@
    under its PP group (so the whole grid is known without a world group), and waits at most
    `timeout` seconds for the others. A rank calling alone, or ranks calling different
    functions or with different arguments, get one NanokernError, not a hang in a collective.
-2. A barrier before each collective step: a counter every rank increments, polled. No rank
-   enters a collective before every rank has reached it, so a rank that stops between two
-   steps (its consumer raised, or broke out of the loop) leaves nobody inside a collective.
-3. An abort flag: a rank that stops or fails sets it (first message wins) and knocks the
-   counter negative; every rank polling a barrier sees it at once and raises its message.
+2. A barrier before each collective step (Guard.sync). No rank enters a collective before every
+   rank has reached it, so a rank that stops between two steps (its consumer raised, or broke
+   out of the loop) leaves nobody inside a collective.
+3. An abort: a rank that stops or fails sets its message (first message wins) and releases the
+   barrier the others wait at with "abort": they wake at once and raise its message.
 
 Keys: nanokern/live/g/<group>/<n>/<rank> for the handshake (a rank deletes its key of call n-1
-once call n is complete: by then every member has read it), nanokern/live/c/<nonce>/ for one
-call's counter and flag (deleted by grid rank 0 at its next call's start).
+once call n is complete: by then every member has read it); nanokern/live/c/<nonce>/ for one
+call's barriers (grid rank 0 deletes barrier m-1's keys once past barrier m, and the last
+ones at its next call's start) and message.
 """
 
 from __future__ import annotations
@@ -23,13 +24,13 @@ import hashlib
 import pickle
 import secrets
 import time
+from datetime import timedelta
 
 from nanokern.errors import NanokernError
 
 ROOT = "nanokern/live/"
-KNOCK = 1 << 50  # what an abort takes off the counter: every waiter reads a negative count
 _SEQ: dict[str, int] = {}  # per group: this process's completed handshakes
-_LAST: dict[str, str] = {}  # per grid: the call key to delete at the next call (grid rank 0)
+_LAST: dict[str, object] = {}  # per grid: the call whose keys go at the next call (grid rank 0)
 
 
 class Aborted(NanokernError):
@@ -70,32 +71,32 @@ def gather(store, members: list[int], me: int, payload, fn: str, timeout: float)
 
 
 class Guard:
-    """One call's barrier and abort flag, shared by the `world` ranks of its grid."""
+    """One call's barriers and abort flag, shared by the `world` ranks of its grid. Barrier m:
+    each rank adds 1 to <call>/n<m>; the last to arrive sets <call>/go<m> to "go"; the others
+    wait on that key (the store wakes them). A rank that stops sets go<m> to "abort" (first
+    value wins) for the barrier the others can be at, so they wake and raise its message."""
 
-    def __init__(self, store, key: str, world: int, rank: int, fn: str, step_timeout: float | None):
+    def __init__(self, store, key: str, world: int, rank: int, fn: str, step_timeout: float | None, leader: bool):
         self.store, self.key, self.world, self.rank, self.fn = store, key, world, rank, fn
-        self.step_timeout = step_timeout
-        self.n = 0  # barriers passed
+        self.step_timeout, self.leader = step_timeout, leader
+        self.n = 0  # barriers reached
 
     def sync(self) -> None:
         """Wait until every rank of the grid is here (raise Aborted if one stopped or failed)."""
         self.n += 1
-        target = self.n * self.world
-        count = [self.store.add(self.key + "count", 1)]
-
-        def ready() -> bool:
-            if count[0] < 0 or count[0] >= target:
-                return True
-            count[0] = self.store.add(self.key + "count", 0)
-            return count[0] < 0 or count[0] >= target
-
-        deadline = None if self.step_timeout is None else time.monotonic() + self.step_timeout
-        if not _poll(ready, deadline):
-            late = target - count[0]
-            self.abort(f"nanokern.live.{self.fn}: {late} of {self.world} rank(s) did not reach step {self.n} within "
-                       f"{self.step_timeout:g} s (rank {self.rank} waited; a rank stalled, or holds its iterator without closing it)")
-        if count[0] < 0:
+        go = f"{self.key}go{self.n}"
+        if self.store.add(f"{self.key}n{self.n}", 1) == self.world:
+            self.store.compare_set(go, "", "go")
+        with contextlib.suppress(Exception):  # (a timeout: the key is still missing)
+            self.store.wait([go], timedelta(seconds=self.step_timeout))
+        if not self.store.check([go]):
+            self.abort(f"nanokern.live.{self.fn}: a rank did not reach step {self.n} within {self.step_timeout:g} s (rank "
+                       f"{self.rank} waited; a rank stalled, or holds its iterator without closing it)")
+        if self.store.get(go) != b"go":
             raise Aborted(self.message())
+        if self.leader and self.n > 1:  # every rank has left barrier n - 1
+            self.store.delete_key(f"{self.key}n{self.n - 1}")
+            self.store.delete_key(f"{self.key}go{self.n - 1}")
 
     def message(self) -> str:
         _poll(lambda: self.store.check([self.key + "why"]), time.monotonic() + 5)
@@ -106,8 +107,13 @@ class Guard:
     def abort(self, why: str) -> None:
         """Stop every rank of the call: the first message set is the one they all raise."""
         self.store.compare_set(self.key + "why", "", why)
-        self.store.add(self.key + "count", -KNOCK)
+        for m in (self.n, self.n + 1):  # the barrier this rank is at or passed, and the next one
+            self.store.compare_set(f"{self.key}go{m}", "", "abort")
         raise Aborted(self.message())
+
+    def keys(self) -> list[str]:
+        """What this call leaves in the store once every rank is done with it."""
+        return [self.key + "why"] + [f"{self.key}{k}{m}" for m in (self.n - 1, self.n, self.n + 1) for k in ("n", "go")]
 
 
 def start(store, tp_members: list[int], pp_members: list[int], me: int, fn: str, args, timeout: float,
@@ -122,14 +128,14 @@ def start(store, tp_members: list[int], pp_members: list[int], me: int, fn: str,
                             f"{_show(odd[1])} "
                             f"(every rank of the grid calls the same function with the same arguments, in the same order)")
     name = "-".join(str(x[0]) for x in grid)
-    key = f"{ROOT}c/{grid[0][2]}/"
-    if me == grid[0][0]:  # the previous call of this grid is over on every rank: its keys go
+    leader = me == grid[0][0]
+    guard = Guard(store, f"{ROOT}c/{grid[0][2]}/", len(grid), me, fn, step_timeout, leader)
+    if leader:  # the previous call of this grid is over on every rank: its keys go
         old = _LAST.pop(name, None)
-        if old is not None:
-            for k in ("count", "why"):
-                store.delete_key(old + k)
-        _LAST[name] = key
-    return Guard(store, key, len(grid), me, fn, step_timeout)
+        for k in old.keys() if old is not None else ():
+            store.delete_key(k)
+        _LAST[name] = guard
+    return guard
 
 
 def _show(call) -> str:
