@@ -77,6 +77,7 @@ def test_step_deleted_while_exported(tmp_path, monkeypatch, when):
     assert os.readlink(out / "latest") == "20"
 
 
+@pytest.mark.slow
 def test_truncated_shard_is_recorded_and_skipped_a_short_one_waited_for(tmp_path):
     """Step 10 has a shard short for a while (then written out): exported once complete. Step 20
     has one that stays truncated: a failed record naming it after --give-up, never exported."""
