@@ -81,6 +81,7 @@ def test_export_matches_nanotron_script_reference(tmp_path):
     assert ours == theirs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NANOTRON_FIXTURES)
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
 def test_backends_give_identical_bytes(name, dtype, tmp_path):

@@ -216,6 +216,7 @@ convert(sys.argv[1], sys.argv[2], force=True, progress=False, dtype="keep")
 """
 
 
+@pytest.mark.slow
 def test_force_killed_after_the_swap_removes_only_the_old_output(ck, tmp_path):
     """The old output, now at the partial folder's name, is removed by the next run: what its
     manifest lists, and a file the user dropped into it meanwhile stays."""
