@@ -1,8 +1,8 @@
 """nanokern.live never leaves a rank hanging (4 ranks under torchrun, gloo, the TP2 x PP2
 fixture; the checks run in tests/test_live_faults_worker.py): one rank breaks out of hf_weights
-or its consumer raises inside hf_buckets (every rank, or the one destination rank) -> every
-other rank raises a NanokernError naming it, well within 30 s, the stopping rank lives on and
-the process groups still work; one rank calling alone -> a clear error after its timeout;
+or its consumer raises inside hf_buckets (every rank, or the one destination rank), or its kernel
+fails inside save_hf -> every other rank raises a NanokernError naming it, well within 30 s, the
+stopping rank lives on and the process groups still work; one rank calling alone -> a clear error after its timeout;
 ranks calling different functions -> one clear error on every rank; a rank holding its iterator
 past the timeout -> the others raise; and a whole call afterwards is still exact."""
 
@@ -24,7 +24,7 @@ def test_one_rank_stopping_stops_every_rank(tmp_path):
     fx = fixture("nanotron", "tp2_pp2")
     convert(fx, tmp_path / "ref", to="hf", dtype="bf16", progress=False)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4", str(WORKER), str(fx),
-           str(tmp_path / "ref")]
+           str(tmp_path / "ref"), str(tmp_path)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     fails = [line for line in r.stdout.splitlines() if line.startswith("FAIL")]
     assert r.returncode == 0 and not fails, "\n".join(fails[:20]) + "\n" + r.stderr[-4000:]
@@ -35,5 +35,6 @@ def test_one_rank_stopping_stops_every_rank(tmp_path):
     alive = re.findall(r"^ALIVE (\S+) (\d)$", r.stdout, re.M)
     assert sorted(alive) == [("break_all", "3"), ("break_first_dest", "2"), ("raise_buckets", "1")]
     assert re.search(r"^ALONE \S+ nanokern.live.hf_metadata: rank\(s\) 1 did not call", r.stdout, re.M), r.stdout
+    assert float(re.search(r"^SAVE (\S+)$", r.stdout, re.M)[1]) < 30, r.stdout
     assert re.search(r"^MISMATCH \S+ nanokern.live: ranks called different things", r.stdout, re.M), r.stdout
-    print("\n".join(line for line in r.stdout.splitlines() if line.startswith(("DELAY", "ALONE", "MISMATCH"))))
+    print("\n".join(line for line in r.stdout.splitlines() if line.startswith(("DELAY", "SAVE", "ALONE", "MISMATCH"))))

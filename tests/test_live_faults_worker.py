@@ -9,12 +9,14 @@ from __future__ import annotations
 import sys
 import time
 import traceback
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from test_live_worker import groups, reference, same
 
 from nanokern import live
+from nanokern.live import stream
 
 FAILS: list[str] = []
 
@@ -63,6 +65,35 @@ def one_stops(name: str, make, bad: int, after: int, how: str) -> None:
     check(t - t_fail < 30, f"{name}: raised {t - t_fail:.1f} s after rank {bad} stopped")
 
 
+def save_fails(sh, kw: dict, out: Path) -> None:
+    rank, bad = dist.get_rank(), 1
+    fill, n = stream.fill, [0]
+
+    def failing(*a):
+        n[0] += 1
+        if n[0] == 3:
+            raise RuntimeError("injected kernel fault")
+        fill(*a)
+
+    if rank == bad:
+        stream.fill = failing
+    t0 = time.time()
+    try:
+        live.save_hf(sh, out / "save", max_shard_size="40KB", **kw)
+        check(False, "save_hf went on after a rank failed")
+    except RuntimeError as e:
+        check(rank == bad and "injected" in str(e), f"save_hf: {e!r}")
+    except live.NanokernError as e:
+        check(rank != bad and f"rank {bad} failed: injected kernel fault" in str(e) and "\n" not in str(e), f"save_hf: {e}")
+    finally:
+        stream.fill = fill
+    waited = [None] * dist.get_world_size()
+    dist.all_gather_object(waited, time.time() - t0)
+    check(not (out / "save").exists(), "save_hf left a folder after a rank failed")
+    if rank == bad:
+        print(f"SAVE {max(waited):.2f}", flush=True)
+
+
 def main() -> None:
     dist.init_process_group("gloo")
     fx, ref_dir = sys.argv[1], sys.argv[2]
@@ -81,6 +112,9 @@ def main() -> None:
         except Exception:  # noqa: BLE001
             FAILS.append(f"FAIL rank {rank}: {case[0]}: {traceback.format_exc()}")
         dist.barrier()
+    # save_hf: one rank's kernel fails half way; the others stop at once, naming it
+    save_fails(sh, kw, Path(sys.argv[3]))
+    dist.barrier()
     # one rank calls alone (the others are elsewhere: here, a barrier after it)
     if rank == 0:
         t0 = time.time()

@@ -121,3 +121,25 @@ def test_reuse_buffer_is_the_documented_view(sources):
     assert ok == len(want) and len(ptrs) == 1 and stats["allocations"] == 1
     kept = list(live.hf_weights(shards, reuse_buffer=True))
     assert sum(torch.equal(_bytes(t), _bytes(want[n])) for n, t in kept) < len(want)
+
+
+def test_a_packer_that_concatenates_later_gets_the_export(sources):
+    """What vLLM's trainer-side packer does with an iterator of (name, tensor): keep each tensor's
+    bytes in a list until the buffer size is passed, then concatenate; the receiver splits by
+    size. Every tensor must come out as the export's (with one reused buffer, almost none did)."""
+    ck, refs = sources["tp1_pp1_fp32"]
+    want = load_dir(refs["bf16"])
+    shards = live.load_rank(ck, 0, 0)
+    metas, packed, chunk, size = [], [], [], 0
+    for name, t in live.hf_weights(shards):
+        chunk.append(t.view(torch.uint8).view(-1))
+        metas.append((name, t.shape, t.dtype, t.numel() * t.element_size()))
+        size += chunk[-1].numel()
+        if size > 1 << 16:
+            packed.append(torch.cat(chunk))
+            chunk, size = [], 0
+    packed.append(torch.cat(chunk))
+    flat = torch.cat(packed)
+    parts = flat.split([m[3] for m in metas])
+    bad = [n for (n, shape, dt, _), p in zip(metas, parts) if not torch.equal(p.view(dt).view(shape), want[n])]
+    assert len(metas) == len(want) and not bad, bad[:5]
