@@ -6,6 +6,7 @@ what each rank sees and how long it took, then that the process groups still wor
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import traceback
@@ -30,19 +31,34 @@ class Stop(Exception):
     pass
 
 
-def consume(it, rank: int, bad: int, after: int, how: str):
-    """Iterate `it`; rank `bad` stops after `after` items (how: "break" or "raise"). Returns
-    (error or None, the time this rank stopped or raised)."""
+KEPT: list = []  # exceptions kept, tracebacks and all (their frames keep what they held)
+
+
+def packer(it, rank: int, bad: int, after: int, how: str) -> None:
+    """A consumer that takes the iterator itself (as a packer does): its frame holds it."""
+    for k, _ in enumerate(it):
+        if rank == bad and k + 1 == after:
+            packer.t = time.time()
+            if how in ("raise", "packer"):
+                raise Stop("the consumer failed")
+            break
+
+
+def consume(make, rank: int, bad: int, after: int, how: str):
+    """Iterate make(); rank `bad` stops after `after` items (how: "break", "raise", or "packer":
+    raise inside a function given the iterator, the exception kept, the iterator closed by
+    contextlib.closing). Returns (error or None, the time this rank stopped or raised)."""
     try:
-        for k, _ in enumerate(it):
-            if rank == bad and k + 1 == after:
-                t = time.time()
-                if how == "raise":
-                    raise Stop("the consumer failed")
-                break
-        return None, time.time()
-    except Stop:
-        return None, t
+        if how == "packer":
+            with contextlib.closing(make()) as it:
+                packer(it, rank, bad, after, how)
+        else:
+            packer(make(), rank, bad, after, how)
+        return None, getattr(packer, "t", None) if rank == bad else time.time()
+    except Stop as e:
+        if how == "packer":
+            KEPT.append(e)
+        return None, packer.t
     except live.NanokernError as e:
         return e, time.time()
 
@@ -50,7 +66,7 @@ def consume(it, rank: int, bad: int, after: int, how: str):
 def one_stops(name: str, make, bad: int, after: int, how: str) -> None:
     """Every rank iterates make(); rank `bad` stops. The others raise a NanokernError naming it."""
     rank = dist.get_rank()
-    err, t = consume(make(), rank, bad, after, how)
+    err, t = consume(make, rank, bad, after, how)
     times = [None] * dist.get_world_size()
     dist.all_gather_object(times, (t, None if err is None else str(err)))  # (the groups still work)
     t_fail = times[bad][0]
@@ -105,6 +121,7 @@ def main() -> None:
         ("break_all", lambda: live.hf_weights(sh, **kw), 3, 5, "break"),
         ("raise_buckets", lambda: live.hf_buckets(sh, bucket_bytes=1 << 15, **kw), 1, 2, "raise"),
         ("break_first_dest", lambda: live.hf_weights(sh, ranks=2, **kw), 2, 1, "break"),
+        ("packer_closing", lambda: live.hf_weights(sh, **kw), 0, 7, "packer"),
     ]
     for case in cases:
         try:
