@@ -49,6 +49,7 @@ def model_settings(folder) -> dict:
     return {k: getattr(cfg, k, "<absent>") for k in keys}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tp,pp", LAYOUTS)
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_hf_nanotron_hf_bit_exact(family, tp, pp, hf_source, tmp_path):
