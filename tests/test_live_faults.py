@@ -5,7 +5,8 @@ given the iterator raises (closed by contextlib.closing, its exception kept), or
 fails inside save_hf -> every other rank raises a NanokernError naming it, well within 30 s, the
 stopping rank lives on and the process groups still work; one rank calling alone -> a clear error after its timeout;
 ranks calling different functions -> one clear error on every rank; a rank holding its iterator
-past the timeout -> the others raise; and a whole call afterwards is still exact."""
+past the timeout -> the others raise; a whole call afterwards is still exact; and last, a rank
+failing inside a step, while the others are in its collectives -> they raise too."""
 
 from __future__ import annotations
 
@@ -37,5 +38,6 @@ def test_one_rank_stopping_stops_every_rank(tmp_path):
     assert sorted(alive) == [("break_all", "3"), ("break_first_dest", "2"), ("packer_closing", "0"), ("raise_buckets", "1")]
     assert re.search(r"^ALONE \S+ nanokern.live.hf_metadata: rank\(s\) 1 did not call", r.stdout, re.M), r.stdout
     assert float(re.search(r"^SAVE (\S+)$", r.stdout, re.M)[1]) < 30, r.stdout
+    assert float(re.search(r"^INSIDE (\S+)$", r.stdout, re.M)[1]) < 30, r.stdout
     assert re.search(r"^MISMATCH \S+ nanokern.live: ranks called different things", r.stdout, re.M), r.stdout
-    print("\n".join(line for line in r.stdout.splitlines() if line.startswith(("DELAY", "SAVE", "ALONE", "MISMATCH"))))
+    print("\n".join(line for line in r.stdout.splitlines() if line.startswith(("DELAY", "SAVE", "INSIDE", "ALONE", "MISMATCH"))))

@@ -7,6 +7,7 @@ what each rank sees and how long it took, then that the process groups still wor
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 import traceback
@@ -17,6 +18,7 @@ import torch.distributed as dist
 from test_live_worker import groups, reference, same
 
 from nanokern import live
+from nanokern.live import gather as gmod
 from nanokern.live import stream
 
 FAILS: list[str] = []
@@ -110,6 +112,35 @@ def save_fails(sh, kw: dict, out: Path) -> None:
         print(f"SAVE {max(waited):.2f}", flush=True)
 
 
+def fails_inside_step(sh, kw: dict) -> None:
+    rank, bad = dist.get_rank(), 1
+    gather, n = gmod.Units._gather, [0]
+
+    def failing(self, *a):
+        n[0] += 1
+        if n[0] == 4:
+            raise MemoryError("injected allocation failure")
+        return gather(self, *a)
+
+    if rank == bad:
+        gmod.Units._gather = failing
+    t = time.time()
+    try:
+        for _ in live.hf_weights(sh, **kw):
+            pass
+        check(False, "inside a step: no error")
+    except MemoryError:
+        check(rank == bad, "inside a step: MemoryError elsewhere")
+    except live.NanokernError as e:
+        check(rank != bad and f"rank {bad} failed: injected allocation failure" in str(e), f"inside a step: {e}")
+    t = time.time() - t
+    gmod.Units._gather = gather
+    times = torch.tensor([t], dtype=torch.float64)
+    dist.all_reduce(times, op=dist.ReduceOp.MAX)  # (the world group)
+    if rank == 0:
+        print(f"INSIDE {float(times):.2f}", flush=True)
+
+
 def main() -> None:
     dist.init_process_group("gloo")
     fx, ref_dir = sys.argv[1], sys.argv[2]
@@ -175,14 +206,17 @@ def main() -> None:
     want = reference(ref_dir)
     got = list(live.hf_weights(sh, **kw))
     check(len(got) == len(want) and all(same(t, want[n]) for n, t in got), "the call after the faults differs")
+    # last (it leaves the TP and PP groups with a collective pending): a rank fails inside a
+    # step, after the barrier, while the others are in its collectives
+    fails_inside_step(sh, kw)
     ok = torch.tensor([len(FAILS)])
     for line in FAILS:
         print(line, flush=True)
-    dist.all_reduce(ok)
-    dist.destroy_process_group()
+    dist.all_reduce(ok)  # (the world group: untouched)
     if rank == 0:
         print(f"fault checks: {int(ok)} failure(s)", flush=True)
-    sys.exit(1 if int(ok) else 0)
+    sys.stdout.flush()
+    os._exit(1 if int(ok) else 0)  # (no destroy_process_group: it would wait for the pending collective)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,15 @@ class Grid:
     def barrier(self) -> None:
         self.all_gather_object(None)
 
+    def _run(self, call, buf, *args, **kw) -> None:
+        """call(*args, **kw), a tensor collective. On the host with a guard it is started
+        asynchronously and waited for in slices, so a rank that fails while the others are inside
+        it (or a Ctrl-C) stops them too (guard.Guard.wait_work); on a GPU it is queued as usual."""
+        if self.guard is None or buf.device.type != "cpu":
+            call(*args, **kw)
+            return
+        self.guard.wait_work(call(*args, async_op=True, **kw))
+
     def gather_tp(self, local, out) -> None:
         """out [tp_size, n] (uint8) <- every TP rank's `local` (uint8, n bytes)."""
         import torch.distributed as dist
@@ -60,9 +69,9 @@ class Grid:
             return
         one = getattr(dist, "all_gather_single", None) or getattr(dist, "all_gather_into_tensor", None)
         if one is not None:  # (gloo too: no flattened copy of the list)
-            one(out.view(-1), local, group=self.tp_group)
+            self._run(one, local, out.view(-1), local, group=self.tp_group)
         else:
-            dist.all_gather(list(out.unbind(0)), local, group=self.tp_group)
+            self._run(dist.all_gather, local, list(out.unbind(0)), local, group=self.tp_group)
 
     def gather_tp_to(self, local, out, dst: int) -> None:
         """out [tp_size, n] on TP rank dst (None elsewhere) <- every TP rank's `local`."""
@@ -71,10 +80,12 @@ class Grid:
         if self.tp_size == 1:
             out[0].copy_(local)
             return
-        dist.gather(local, list(out.unbind(0)) if self.tp == dst else None, dst=dist.get_global_rank(self.tp_group, dst),
-                    group=self.tp_group)
+        self._run(dist.gather, local, local, list(out.unbind(0)) if self.tp == dst else None,
+                  dst=dist.get_global_rank(self.tp_group, dst), group=self.tp_group)
 
     def send_pp(self, buf, to: int) -> None:
+        """(send and recv block, between two ranks: gloo's p2p work says it is complete only
+        once waited for, so it cannot be waited for in slices as the collectives are)"""
         import torch.distributed as dist
 
         dist.send(buf, dst=dist.get_global_rank(self.pp_group, to), group=self.pp_group)
@@ -89,7 +100,7 @@ class Grid:
         import torch.distributed as dist
 
         if self.pp_size > 1:
-            dist.broadcast(buf, src=dist.get_global_rank(self.pp_group, owner), group=self.pp_group)
+            self._run(dist.broadcast, buf, buf, src=dist.get_global_rank(self.pp_group, owner), group=self.pp_group)
 
 
 def grid(tp_group=None, pp_group=None, parallel_context=None) -> Grid:

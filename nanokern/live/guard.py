@@ -98,6 +98,21 @@ class Guard:
             self.store.delete_key(f"{self.key}n{self.n - 1}")
             self.store.delete_key(f"{self.key}go{self.n - 1}")
 
+    def wait_work(self, work) -> None:
+        """Wait for a started collective in slices of 50 ms, looking for another rank's abort
+        between them (the collective is then left pending: the process group is not usable
+        after that abort). A slice that ends early is the work done (or failed: re-raised)."""
+        while True:
+            try:
+                work.wait(timedelta(seconds=0.05))
+                return
+            except Exception:  # noqa: BLE001 - a slice's "timed out", or the work's own error
+                if work.is_completed():
+                    work.wait()  # (its error)
+                    return
+            if self.store.check([self.key + "why"]):
+                raise Aborted(self.message())
+
     def message(self) -> str:
         _poll(lambda: self.store.check([self.key + "why"]), time.monotonic() + 5)
         if not self.store.check([self.key + "why"]):
