@@ -22,14 +22,15 @@ def extensions():
     exts = [
         CppExtension(
             "nanokern._C",
-            ["csrc/torch_bindings.cpp", "csrc/cpu/gather_cast.cpp", "csrc/cpu/gather_cast_kernel.cpp"],
+            ["csrc/torch_bindings.cpp", "csrc/cpu/gather_cast.cpp", "csrc/cpu/gather_cast_kernel.cpp",
+             "csrc/cpu/fp8_quant.cpp", "csrc/cpu/fp8_quant_kernel.cpp"],
             include_dirs=INCLUDE_DIRS,
             extra_compile_args={"cxx": CXX_FLAGS},
             extra_link_args=["-fopenmp"],
         ),
         Extension(
             "nanokern._cpu",
-            ["csrc/cpu/host_bindings.cpp", "csrc/cpu/gather_cast_kernel.cpp"],
+            ["csrc/cpu/host_bindings.cpp", "csrc/cpu/gather_cast_kernel.cpp", "csrc/cpu/fp8_quant_kernel.cpp"],
             include_dirs=[*INCLUDE_DIRS, pybind11.get_include()],
             extra_compile_args=["-O3", "-std=c++17", "-fvisibility=hidden", "-pthread"],  # std::thread, no OpenMP
             extra_link_args=["-pthread"],
@@ -40,7 +41,7 @@ def extensions():
         exts.append(
             CUDAExtension(
                 "nanokern._C_cuda",
-                ["csrc/cuda/torch_bindings_cuda.cpp", "csrc/cuda/gather_cast.cu"],
+                ["csrc/cuda/torch_bindings_cuda.cpp", "csrc/cuda/gather_cast.cu", "csrc/cuda/fp8_quant.cu"],
                 include_dirs=INCLUDE_DIRS,
                 extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3"]},
             )

@@ -12,4 +12,10 @@ namespace nanokern {
 void gather_cast_cpu(const at::Tensor& src, const std::optional<at::Tensor>& rows, at::Tensor& out);
 void gather_cast_cuda(const at::Tensor& src, const std::optional<at::Tensor>& rows, at::Tensor& out);
 
+// out = e4m3 of src[rows] per 128 x 128 block, scale_inv[i / 128, j / 128] = 1 / its scale (fp8_quant.h).
+void gather_quant_fp8_cpu(const at::Tensor& src, const std::optional<at::Tensor>& rows, at::Tensor& out,
+                          at::Tensor& scale_inv);
+void gather_quant_fp8_cuda(const at::Tensor& src, const std::optional<at::Tensor>& rows, at::Tensor& out,
+                           at::Tensor& scale_inv);
+
 }  // namespace nanokern

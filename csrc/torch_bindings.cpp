@@ -8,9 +8,14 @@
 TORCH_LIBRARY(nanokern, m) {
   // out[i, :] = cast_to(out.dtype, src[rows[i], :]); rows = None is the identity map.
   m.def("gather_cast(Tensor src, Tensor? rows, Tensor(a!) out) -> ()");
+  // out = float8_e4m3fn of src[rows] per 128 x 128 block, scale_inv = 1 / each block's scale.
+  m.def("gather_quant_fp8(Tensor src, Tensor? rows, Tensor(a!) out, Tensor(b!) scale_inv) -> ()");
 }
 
-TORCH_LIBRARY_IMPL(nanokern, CPU, m) { m.impl("gather_cast", &nanokern::gather_cast_cpu); }
+TORCH_LIBRARY_IMPL(nanokern, CPU, m) {
+  m.impl("gather_cast", &nanokern::gather_cast_cpu);
+  m.impl("gather_quant_fp8", &nanokern::gather_quant_fp8_cpu);
+}
 
 // Lets `import nanokern._C` load the library (and so run the registrations above).
 extern "C" PyObject* PyInit__C(void) {

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "fp8_quant_kernel.h"
 #include "gather_cast_kernel.h"
 
 namespace py = pybind11;
@@ -72,6 +73,27 @@ void transpose_cast(uintptr_t src, int64_t src_row_stride, int skind, int64_t ro
   });
 }
 
+void gather_quant_fp8(uintptr_t src, int64_t src_row_stride, int skind, uintptr_t rows, int64_t nrows, int64_t ncols,
+                      uintptr_t out, int64_t out_row_stride, uintptr_t scale_inv, int64_t scale_row_stride, int threads) {
+  if (nrows % nanokern::kFp8Block || ncols % nanokern::kFp8Block)
+    throw py::value_error("gather_quant_fp8: rows and columns must be multiples of 128");
+  nanokern::Fp8QuantArgs a;
+  a.src = ptr<char>(src);
+  a.src_row_stride = src_row_stride;
+  a.skind = kind(skind);
+  a.rows = rows ? ptr<int64_t>(rows) : nullptr;
+  a.nrows = nrows;
+  a.ncols = ncols;
+  a.out = reinterpret_cast<uint8_t*>(out);
+  a.out_row_stride = out_row_stride;
+  a.scale_inv = reinterpret_cast<float*>(scale_inv);
+  a.scale_row_stride = scale_row_stride;
+  py::gil_scoped_release nogil;
+  const int64_t blocks = a.blocks();
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, blocks / 4));  // 4 blocks: 256 KB of fp32
+  parallel_parts(parts, [&](int64_t t) { nanokern::run_gather_quant_fp8(a, blocks * t / parts, blocks * (t + 1) / parts); });
+}
+
 bool all_finite(uintptr_t data, int64_t n, int k) {
   const Kind kd = kind(k);
   py::gil_scoped_release nogil;
@@ -84,5 +106,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.doc() = "nanokern's CPU gather_cast kernel on raw buffers (no torch); see nanokern/ops/host.py";
   m.def("gather_cast", &gather_cast, "out[i, :] = cast(src[rows[i], :]) on raw addresses (strides in elements)");
   m.def("transpose_cast", &transpose_cast, "out[i, j] = cast(src[j, rows[i]]) on raw addresses");
+  m.def("gather_quant_fp8", &gather_quant_fp8,
+        "out = e4m3(src[rows] * scale) per 128 x 128 block, scale_inv = 1 / scale, on raw addresses");
   m.def("all_finite", &all_finite, "no NaN or inf among n values");
 }

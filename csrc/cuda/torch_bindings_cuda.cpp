@@ -4,7 +4,10 @@
 
 #include "ops.h"
 
-TORCH_LIBRARY_IMPL(nanokern, CUDA, m) { m.impl("gather_cast", &nanokern::gather_cast_cuda); }
+TORCH_LIBRARY_IMPL(nanokern, CUDA, m) {
+  m.impl("gather_cast", &nanokern::gather_cast_cuda);
+  m.impl("gather_quant_fp8", &nanokern::gather_quant_fp8_cuda);
+}
 
 // Lets `import nanokern._C_cuda` load the library (and so run the registration above).
 extern "C" PyObject* PyInit__C_cuda(void) {

@@ -3,6 +3,8 @@ its registered torch.library ops (nanokern/ops/triton/ holds the Triton kernels)
 
 - gather_cast_op.py: gather_cast, the one kernel of a conversion (backends torch, cpu, cuda, triton);
   host.py: the same C++ kernel on numpy buffers, without torch (what a CPU conversion runs)
+- fp8_quant.py: gather_quant_fp8, FP8 128 x 128-block quantization fused into the gather (same
+  four backends; host.gather_quant_fp8 without torch)
 - rms_norm.py, rope.py, swiglu.py, attention.py: the parity forward's fused ops (torch, triton)
 - decode_attention.py: attention of new queries over a KV cache (the decoder; torch, triton)
 - backends.py: the one backend resolver; _triton.py: the one Triton loader and tile switch

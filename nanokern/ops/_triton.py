@@ -21,7 +21,7 @@ import importlib.util
 import os
 import threading
 
-KERNELS = ("gather_cast", "rms_norm", "rope", "swiglu", "attention", "decode_attention")
+KERNELS = ("gather_cast", "fp8_quant", "rms_norm", "rope", "swiglu", "attention", "decode_attention")
 # Importing triton from two threads at once fails (a circular import inside triton), and the
 # interpreter patches triton.language globally while a kernel runs: both are serialised.
 LOCK = threading.RLock()

@@ -3,6 +3,7 @@
 Backends per op:
 - gather_cast: "torch" (the reference), "cpu" (the C++ kernel), "cuda" (the CUDA C++ kernel),
   "triton".
+- gather_quant_fp8 (FP8 block quantization fused into the gather): the same four, resolved as gather_cast.
 - rms_norm, rope, swiglu, attention, decode_attention (the parity forward's and the decoder's
   fused ops): "torch" (the reference) and "triton"; they have no C++ kernel.
 
@@ -22,7 +23,7 @@ from nanokern.ops import _triton
 
 GATHER_CAST = ("torch", "cpu", "cuda", "triton")
 KERNEL = ("torch", "triton")
-OPS = {"gather_cast": GATHER_CAST, "rms_norm": KERNEL, "rope": KERNEL, "swiglu": KERNEL, "attention": KERNEL,
+OPS = {"gather_cast": GATHER_CAST, "gather_quant_fp8": GATHER_CAST, "rms_norm": KERNEL, "rope": KERNEL, "swiglu": KERNEL, "attention": KERNEL,
        "decode_attention": KERNEL}
 BACKENDS = GATHER_CAST  # every backend name, for the command lines
 

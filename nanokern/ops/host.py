@@ -83,10 +83,32 @@ def transpose_cast(src: np.ndarray, row0: int, rows: np.ndarray | None, out: np.
                         out.ctypes.data, out.strides[0] // out.itemsize, dk, TRANSPOSE_TILE, THREADS)
 
 
+def gather_quant_fp8(src: np.ndarray, rows: np.ndarray | None, out: np.ndarray, scale_inv: np.ndarray) -> None:
+    """out (the uint8 bits of float8_e4m3fn) = src[rows] quantized per 128 x 128 block, scale_inv
+    (float32 [n/128, C/128]) = 1 / each block's scale: the kernel of ops/fp8_quant.py, same bits."""
+    sk = _kind(src, "src")
+    for name, a, dt in (("out", out, np.uint8), ("scale_inv", scale_inv, np.float32)):
+        if a.ndim != 2 or a.dtype != dt or (a.shape[1] > 1 and a.strides[1] != a.itemsize) or a.strides[0] % a.itemsize:
+            raise ValueError(f"gather_quant_fp8: {name} must be 2-D {np.dtype(dt)} with contiguous rows")
+        _writable(a)
+    n, cols = out.shape
+    if n % 128 or cols % 128 or scale_inv.shape != (n // 128, cols // 128):
+        raise ValueError(f"gather_quant_fp8: out {out.shape} (multiples of 128) and scale_inv {scale_inv.shape} disagree")
+    if src.shape[1] != cols or (rows is None and src.shape[0] != n):
+        raise ValueError(f"gather_quant_fp8: src {src.shape} does not fit out {out.shape}")
+    r = _rows(rows, n, src.shape[0])
+    if n == 0 or cols == 0:
+        return
+    _cpu.gather_quant_fp8(src.ctypes.data, src.strides[0] // src.itemsize, sk, r, n, cols, out.ctypes.data,
+                          out.strides[0], scale_inv.ctypes.data, scale_inv.strides[0] // 4, THREADS)
+
+
 def all_finite(a: np.ndarray) -> bool:
-    """No NaN or infinity in a float32/bfloat16/float16 array (storage-typed)."""
+    """No NaN or infinity in a float32/bfloat16/float16 (or float8_e4m3fn, as uint8) array (storage-typed)."""
     if a.size == 0:
         return True
+    if a.dtype == np.uint8:  # float8_e4m3fn bits: no infinity, NaN is 0x7F / 0xFF
+        return not ((a & 0x7F) == 0x7F).any()
     if _cpu is None:
         return not ((a & 0x7F80) == 0x7F80).any() if a.dtype == np.uint16 else bool(np.isfinite(a).all())
     return _cpu.all_finite(np.ascontiguousarray(a).ctypes.data, a.size, KINDS[a.dtype])
