@@ -61,3 +61,13 @@ def test_layout_aligns_each_start_to_its_element_size():
     assert [[s for _, s in g] for g in groups] == [[0, 8, 16], [0]]
     with pytest.raises(live.NanokernError, match="positive"):
         next(iter(live.hf_buckets(None, num_buffers=0)))
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "60", True, None])
+def test_a_bad_timeout_is_one_line(fp32, timeout):
+    shards, _ = fp32
+    if timeout is not None:  # (hf_weights: None is no limit between steps)
+        with pytest.raises(live.NanokernError, match=r"^timeout must be a positive number of seconds \(or None\), not "):
+            next(iter(live.hf_weights(shards, timeout=timeout)))
+    with pytest.raises(live.NanokernError, match="timeout must be"):
+        live.hf_metadata(shards, timeout=timeout)

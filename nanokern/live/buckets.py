@@ -75,8 +75,8 @@ def hf_buckets(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parall
     if bucket_bytes < 1 or num_buffers < 1:
         raise NanokernError(f"bucket_bytes and num_buffers must be positive, not {bucket_bytes} and {num_buffers}")
     s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch, backend,
-              call=("hf_buckets", (("ranks", ranks), ("bucket_bytes", bucket_bytes))), timeout=timeout or 60.0,
-              step_timeout=timeout)
+              call=("hf_buckets", (("ranks", ranks), ("bucket_bytes", bucket_bytes))),
+              timeout=60.0 if timeout is None else timeout, step_timeout=timeout)
     with watching(s.g.guard):
         yield from _buckets(s, ranks, bucket_bytes, num_buffers, checksum, stats)
 

@@ -32,8 +32,10 @@ def setup(src, tp_group=None, pp_group=None, parallel_context=None, dtype="bf16"
 
     from nanokern.ops import resolve_backend
 
-    if not (isinstance(timeout, (int, float)) and timeout > 0) or not (step_timeout is None or step_timeout > 0):
-        raise NanokernError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    positive = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0  # noqa: E731
+    for x in (timeout, step_timeout):
+        if not positive(x) and not (x is None and step_timeout is None and positive(timeout)):
+            raise NanokernError(f"timeout must be a positive number of seconds (or None), not {x!r}")
     g = grid(tp_group, pp_group, parallel_context)
     fn, extra = call
     start_call(g, fn, (("dtype", dtype), ("vocab_size", vocab_size), ("max_shard_size", max_shard_size),
@@ -108,7 +110,8 @@ def hf_weights(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parall
     timeout=None: no limit between steps but the process group's (60 s still bounds the start).
     """
     s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch, backend,
-              call=("hf_weights", (("ranks", ranks),)), timeout=timeout or 60.0, step_timeout=timeout)
+              call=("hf_weights", (("ranks", ranks),)), timeout=60.0 if timeout is None else timeout,
+              step_timeout=timeout)
     with watching(s.g.guard):
         yield from _weights(s, ranks, reuse_buffer, stats)
 
