@@ -18,6 +18,7 @@ import numpy as np
 from zlib_ng.zlib_ng import crc32
 
 from nanokern.execute.fill import Sources, fill_rows
+from nanokern.execute.quant import BLOCK, fill_quant
 from nanokern.execute.manifest import file_entry
 from nanokern.io.direct import FIRST_CHUNK, SequentialWriter, SmallFileWriter
 from nanokern.ops import host
@@ -50,7 +51,9 @@ def write_file(f: OutFile, path: Path, sources: Sources, backend: str, on_bytes=
     """Write one output file; return its manifest entry (size, header and tensor CRC32s, non-finite).
     phases (execute/phases.py, bench convert's breakdown): the seconds this thread spent in the
     kernel (gather + cast, reading the memory-mapped source) and waiting for the writer."""
-    max_row = max((t.shape2d[1] * t.dtype.itemsize for t in f.tensors), default=0)
+    # (an FP8 weight is filled 128 rows at a time at least: execute/quant.py)
+    max_row = max((t.shape2d[1] * t.dtype.itemsize * (BLOCK if t.quant == "fp8" else 1) for t in f.tensors), default=0)
+    scales: dict[str, np.ndarray] = {}  # FP8 weight -> its scale_inv, computed with it, written after it
     if f.size <= SMALL_FILE_BYTES:
         w = SmallFileWriter(path, f.size)
     else:
@@ -65,18 +68,28 @@ def write_file(f: OutFile, path: Path, sources: Sources, backend: str, on_bytes=
             rows, cols = t.shape2d
             row_bytes = cols * t.dtype.itemsize
             covered = sum(p.nrows * p.ncols for p in t.pieces) == rows * cols
+            if t.quant == "fp8":
+                scales[t.name] = np.zeros((rows // BLOCK, cols // BLOCK), np.float32)
             r0 = 0
             while row_bytes and r0 < rows:
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(str(path))
-                r1 = min(rows, r0 + max(1, w.room // row_bytes))
+                step = max(1, w.room // row_bytes)
+                if t.quant == "fp8":
+                    step = max(BLOCK, step // BLOCK * BLOCK)
+                r1 = min(rows, r0 + step)
                 t0 = clock()
                 raw = w.region((r1 - r0) * row_bytes)
                 t1 = clock()
                 out = raw.view(t.dtype.np).reshape(r1 - r0, cols)
                 if not covered:
                     out[...] = 0  # rows no piece covers (vocab padding) are zero
-                fill_rows(t, r0, r1, out, sources, backend, stager)
+                if t.quant == "fp8":
+                    fill_quant(t, r0, r1, out, scales[t.name], sources, backend, stager)
+                elif t.quant == "scale_inv":
+                    out[...] = scales.pop(t.scale_of)[r0:r1].view(out.dtype)
+                else:
+                    fill_rows(t, r0, r1, out, sources, backend, stager)
                 t2 = clock()
                 w.check(functools.partial(_digest, raw, out, sums[t.name]))
                 w.advance(raw.size)

@@ -25,7 +25,7 @@ from nanokern.io.regular import read_text
 from nanokern.io.units import parse_size
 from nanokern.io.safetensors import close_maps, map_array, read_header
 from nanokern.plan.model import Block, HfLayout, LogicalTensor, Model, expert_view, shape2d, whole_block
-from nanokern.plan import OutFile, OutTensor, Plan, Source, resolve
+from nanokern.plan import OutFile, OutTensor, Plan, Source, fp8, resolve
 
 EXPORT_MANIFEST = "nanokern-manifest.json"  # what execute/manifest.py writes (MANIFEST), read here a layer above
 
@@ -242,7 +242,8 @@ def plan_hf(
     tokenizer: str | None = None,
 ) -> Plan:
     spec = model.spec
-    out_dtype = dtypes.resolve(dtype, model.dtype)
+    fp8_out = dtypes.is_fp8(dtype)  # FP8 Linear weights, the rest bf16 (plan/fp8.py)
+    out_dtype = dtypes.resolve("bf16" if fp8_out else dtype, model.dtype)
     V = spec.vocab_size if vocab_size is None else vocab_size
     if not 0 < V <= spec.vocab_size:
         raise NanokernError(f"--vocab-size {V} must be in 1..{spec.vocab_size} (the rows stored)", model.path)
@@ -265,8 +266,8 @@ def plan_hf(
     aux["config.json"] = dump_json(model.family.hf_config(out_spec, out_dtype.name, V))
     aux["generation_config.json"] = dump_json(generation_config(out_spec))
 
-    tensors, zeros = [], []
-    for name, shape, param, *_ in model.family.hf_tensors(spec, V):
+    tensors, zeros, unquantized = [], [], []
+    for name, shape, param, _part, _layer, _expert, is_bias in model.family.hf_tensors(spec, V):
         t = model.tensors.get(name)
         if t is None:  # the HF class has it, the source has not (e.g. Qwen2's q/k/v bias): zeros
             zeros.append(name)
@@ -276,24 +277,41 @@ def plan_hf(
         # what Nanotron keeps in float32 whatever the model dtype (the MoE router) stays float32:
         # casting it would lose what training kept, and an import would not give it back
         kept = dtype == "keep" or (param.fp32 and t.dtype == dtypes.FLOAT32)
-        tensors.append(OutTensor(name, shape, t.dtype if kept else out_dtype,
-                                 [Source(name, np.arange(rows, dtype=np.int64), 0, cols)]))
+        sources = [Source(name, np.arange(rows, dtype=np.int64), 0, cols)]
+        if fp8_out and fp8.quantizable(param, shape, is_bias):
+            tensors.extend(fp8.quantized_pair(name, shape, sources))
+            continue
+        if fp8_out and not is_bias and name.endswith(".weight"):
+            unquantized.append(name)
+        tensors.append(OutTensor(name, shape, t.dtype if kept else out_dtype, sources))
     if zeros:
         warnings.append(f"{model.family.hf_class} has {len(zeros)} tensor(s) the source does not ({zeros[0]}, ...): written as zeros")
+
+    if fp8_out:
+        cfg = json.loads(aux["config.json"])
+        cfg["quantization_config"] = fp8.quantization_config(fp8.not_converted(unquantized))
+        aux["config.json"] = dump_json(cfg)
 
     limit = parse_size(max_shard_size)
     shards: list[list[OutTensor]] = []
     cur: list[OutTensor] = []
     cur_size = 0
-    for t in tensors:  # huggingface_hub's greedy split, in state_dict order
-        if t.nbytes > limit:
-            shards.append([t])
+    units: list[list[OutTensor]] = []  # an FP8 weight and its scales stay in one file, in this order
+    for t in tensors:
+        if t.quant == "scale_inv":
+            units[-1].append(t)
+        else:
+            units.append([t])
+    for unit in units:  # huggingface_hub's greedy split, in state_dict order
+        nbytes = sum(t.nbytes for t in unit)
+        if nbytes > limit:
+            shards.append(unit)
             continue
-        if cur and cur_size + t.nbytes > limit:
+        if cur and cur_size + nbytes > limit:
             shards.append(cur)
             cur, cur_size = [], 0
-        cur.append(t)
-        cur_size += t.nbytes
+        cur.extend(unit)
+        cur_size += nbytes
     if cur:
         shards.append(cur)
     n = len(shards)
@@ -308,6 +326,6 @@ def plan_hf(
             "weight_map": {t.name: f.path for f in files for t in f.tensors},
         }
         aux["model.safetensors.index.json"] = dump_json(index)
-    summary = {"dtype": out_dtype.name, "vocab_size": V, "shards": n, "tied": spec.tie_word_embeddings,
+    summary = {"dtype": dtypes.FLOAT8_E4M3.name if fp8_out else out_dtype.name, "vocab_size": V, "shards": n, "tied": spec.tie_word_embeddings,
                "hf_class": model.family.hf_class}
     return resolve(Plan(model, "hf", files, aux, warnings, summary))

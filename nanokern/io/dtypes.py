@@ -50,6 +50,9 @@ class DType:
 FLOAT32 = DType("float32", "F32", 4, "<f4", "fp32", 0)
 BFLOAT16 = DType("bfloat16", "BF16", 2, "<u2", "bf16", 1)
 FLOAT16 = DType("float16", "F16", 2, "<f2", "fp16", 2)
+# 128 x 128-block FP8 (--dtype fp8: ops/fp8_quant.py): an output dtype only, never a source (not in
+# TABLE: a reader refuses it as an unsupported dtype)
+FLOAT8_E4M3 = DType("float8_e4m3fn", "F8_E4M3", 1, "u1", "fp8")
 TABLE = (
     DType("float64", "F64", 8, "<f8", "fp64"), FLOAT32, FLOAT16, BFLOAT16,
     DType("int64", "I64", 8, "<i8"), DType("int32", "I32", 4, "<i4"), DType("int16", "I16", 2, "<i2"),
@@ -59,9 +62,19 @@ BY_CODE = {d.code: d for d in TABLE}
 FLOATS = (FLOAT32, BFLOAT16, FLOAT16)  # what conversions read and write
 
 
+FP8_SPELLINGS = (FLOAT8_E4M3.short, FLOAT8_E4M3.name)  # --dtype fp8 / float8_e4m3fn (HF exports)
+
+
 def choices(keep: bool) -> list[str]:
-    """The spellings a command line takes: fp32 bf16 fp16, ("keep",) and torch's float32 bfloat16 float16."""
-    return [*(d.short for d in FLOATS), *(["keep"] if keep else []), *(d.name for d in FLOATS)]
+    """The spellings a command line takes: fp32 bf16 fp16, ("keep", "fp8") and torch's float32 bfloat16
+    float16 (and float8_e4m3fn): keep=True is an output dtype, which may also be FP8."""
+    out = [*(d.short for d in FLOATS), *(["keep", FLOAT8_E4M3.short] if keep else []), *(d.name for d in FLOATS)]
+    return out + ([FLOAT8_E4M3.name] if keep else [])
+
+
+def is_fp8(name: str | None) -> bool:
+    """Whether an output dtype name asks for FP8 block quantization (fp8, float8_e4m3fn)."""
+    return name is not None and str(name).removeprefix("torch.") in FP8_SPELLINGS
 # What a user may type for a float dtype: the short names, torch's names, and torch's aliases.
 ALIASES = {**{d.short: d for d in FLOATS}, **{d.name: d for d in FLOATS}, "half": FLOAT16, "float": FLOAT32}
 
@@ -78,6 +91,8 @@ def resolve(name: str, source: DType) -> DType:
     """An output dtype by its name (bf16 or torch's bfloat16, ...); keep: the source's."""
     if name == "keep":
         return source
+    if is_fp8(name):
+        raise ValueError(f"dtype {name!r} is for HF exports (--to hf): a Nanotron checkpoint keeps bf16, fp16 or fp32")
     try:
         return parse(name)
     except ValueError:

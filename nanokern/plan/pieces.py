@@ -55,6 +55,10 @@ class OutTensor:
     sources: list[Source] = field(default_factory=list)
     pieces: list[Piece] = field(default_factory=list)
     offset: int = 0  # absolute byte offset in its file, set by OutFile.layout()
+    # FP8 (--dtype fp8): "fp8" for a block-quantized weight (dtype float8_e4m3fn), "scale_inv" for
+    # its float32 [rows/128, cols/128] scales, computed with the weight and written after it
+    quant: str | None = None
+    scale_of: str | None = None  # the weight a "scale_inv" tensor belongs to
 
     @property
     def nbytes(self) -> int:
