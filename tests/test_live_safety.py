@@ -27,15 +27,15 @@ WORKER = textwrap.dedent(r"""
     sh = live.load_rank(fx, r, 0)
     try:
         live.save_hf(sh, base / f"node-local-{r}", tpg, ppg, "bf16")
-        print(f"FAIL rank {r}: different out_dir accepted")
+        print(f"FAIL rank {r}: different out_dir accepted", flush=True)
     except NanokernError as e:
-        print(f"rank {r} refused: {e}")
+        print(f"rank {r} refused: {e}", flush=True)
     if r == 0:  # what a save_hf killed by SIGKILL leaves: its partial folder, half written
         make_work(base / "out.partial-live-00112233aabb")
         (base / "out.partial-live-00112233aabb" / "model.safetensors").write_bytes(b"x" * 1000)
     dist.barrier()
     live.save_hf(sh, base / "out", tpg, ppg, "bf16", force=True)
-    print(f"rank {r} saved")
+    print(f"rank {r} saved", flush=True)
     dist.destroy_process_group()
 """)
 
