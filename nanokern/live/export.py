@@ -95,8 +95,9 @@ def hf_weights(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parall
     before asking for the next but one (a plain for loop): at most 3 x the largest HF tensor in
     the output dtype (the tensor the loop variable still names, the one being filled, and
     dropped buffers kept for tensors of their size still to come: pool.py) plus the gathered
-    units; what the consumer keeps adds its own size. reuse_buffer=True: no allocation after the first, but each tensor is a VIEW OF
-    ONE REUSED BUFFER, valid only until the next step of the iterator (clone it to keep it).
+    units; what the consumer keeps adds its own size. reuse_buffer=True: no allocation after the
+    first, but each tensor is a VIEW OF ONE REUSED BUFFER, valid only until the next step of the
+    iterator (clone it to keep it).
     stats= (a dict) receives peak_bytes (every output buffer alive at once, the ones the consumer
     still held included, plus the units), bound_bytes, and allocations (output buffers made).
 
@@ -108,6 +109,8 @@ def hf_weights(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parall
     A rank that waits longer than `timeout` for the others between steps (one rank's consumer
     is that slow, or holds its iterator without closing it) raises, and so do the others.
     timeout=None: no limit between steps but the process group's (60 s still bounds the start).
+    A consumer that hands the iterator on (a packer) and fails stops the others when the
+    iterator is closed or collected: wrap it in contextlib.closing to make that immediate.
     """
     s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch, backend,
               call=("hf_weights", (("ranks", ranks),)), timeout=60.0 if timeout is None else timeout,
