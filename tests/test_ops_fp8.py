@@ -228,3 +228,28 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="rows values span"):
         gather_quant_fp8(src, torch.full((256,), 256), torch.empty(256, 256, dtype=torch.float8_e4m3fn),
                          torch.empty(2, 2), backend="cpu")
+
+
+def test_triton_after_triton_was_imported():
+    """The Triton kernel runs in the interpreter even when triton was imported before the
+    interpreter was switched on (as transformers does): a fresh process, triton imported first."""
+    import subprocess
+    import sys
+
+    from nanokern.ops import _triton
+
+    if not _triton.importable() or torch.cuda.is_available():
+        pytest.skip("needs triton and no CUDA device (the interpreter)")
+    code = """
+import triton, torch
+from nanokern.ops.fp8_quant import gather_quant_fp8, gather_quant_fp8_torch
+src = torch.randn(256, 384).bfloat16()
+out, s = torch.empty(256, 384, dtype=torch.float8_e4m3fn), torch.empty(2, 3)
+ref, rs = torch.empty_like(out), torch.empty_like(s)
+gather_quant_fp8(src, None, out, s, backend="triton")
+gather_quant_fp8_torch(src, None, ref, rs)
+assert torch.equal(out.view(torch.uint8), ref.view(torch.uint8)) and torch.equal(s.view(torch.int32), rs.view(torch.int32))
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]

@@ -44,7 +44,9 @@ def gather_quant_fp8_kernel(src_ptr, rows_ptr, out_ptr, scale_ptr, n_col_blocks,
     else:
         xb = x.to(tl.int32) & 0xFFFF
     u = _to_f32_bits(xb, SRC_KIND)
-    amax = tl.max(tl.max(u & 0x7FFFFFFF, axis=1), axis=0)
+    # = tl.max twice (tl.max is a @triton.jit function: it fails in the interpreter once triton was
+    # imported before the interpreter was switched on, tl.reduce does not; see attention.py)
+    amax = tl.reduce(tl.reduce(u & 0x7FFFFFFF, 1, tl.standard._elementwise_max), 0, tl.standard._elementwise_max)
     one = (amax == 0) | (amax > 0x7F800000)
     amax_f = tl.where(one, 0x3F800000, amax).to(tl.float32, bitcast=True)
     scale = tl.where(one, 1.0, tl.math.div_rn(tl.full([], 1.0, tl.float32), amax_f) * 448.0)
