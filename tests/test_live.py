@@ -86,7 +86,7 @@ def test_live_matches_convert_on_every_fixture(tmp_path):
 
 @pytest.mark.slow
 def test_live_kept_tensors_and_buckets_on_tp2_pp2(tmp_path):
-    """The fast case: TP2 x PP2, bf16 and keep, every rank and one rank: hf_weights kept in a
+    """TP2 x PP2 alone, bf16 and keep, every rank and one rank: hf_weights kept in a
     list and hf_buckets unpacked equal the convert export."""
     fx = fixture("nanotron", "tp2_pp2")
     refs = {d: _export(fx, tmp_path / "ref" / d, d) for d in ("bf16", "keep")}
