@@ -8,26 +8,48 @@
 namespace nanokern {
 namespace {
 
-template <Kind S>
-void quant_block(const Fp8QuantArgs& a, int64_t br, int64_t bc) {
-  using ST = typename Storage<S>::type;
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define NK_QUANT_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define NK_QUANT_CLONES
+#endif
+
+// One function per source kind and loop (not templates: target_clones wants plain functions),
+// cloned for AVX2 (its variable shifts and unsigned max let the compiler vectorise both loops).
+#define NK_DEFINE_QUANT_SPANS(SUFFIX, S)                                                          \
+  NK_QUANT_CLONES uint32_t amax_##SUFFIX(const void* s, int64_t n, uint32_t amax) {               \
+    const Storage<S>::type* __restrict__ sp = static_cast<const Storage<S>::type*>(s);            \
+    for (int64_t j = 0; j < n; ++j) {                                                             \
+      const uint32_t v = to_f32_bits<S>(sp[j]) & 0x7FFFFFFFu;                                     \
+      amax = v > amax ? v : amax;                                                                 \
+    }                                                                                             \
+    return amax;                                                                                  \
+  }                                                                                               \
+  NK_QUANT_CLONES void quant_##SUFFIX(const void* s, uint8_t* __restrict__ d, int64_t n, float scale) { \
+    const Storage<S>::type* __restrict__ sp = static_cast<const Storage<S>::type*>(s);            \
+    for (int64_t j = 0; j < n; ++j) d[j] = fp8_quantize(to_f32_bits<S>(sp[j]), scale);            \
+  }
+
+NK_DEFINE_QUANT_SPANS(f32, Kind::F32)
+NK_DEFINE_QUANT_SPANS(bf16, Kind::BF16)
+NK_DEFINE_QUANT_SPANS(f16, Kind::F16)
+#undef NK_DEFINE_QUANT_SPANS
+
+using AmaxFn = uint32_t (*)(const void*, int64_t, uint32_t);
+using QuantFn = void (*)(const void*, uint8_t*, int64_t, float);
+
+void quant_block(const Fp8QuantArgs& a, int64_t br, int64_t bc, AmaxFn amax_fn, QuantFn quant_fn, int64_t esz) {
   const int64_t c0 = bc * kFp8Block;
-  const ST* rows_ptr[kFp8Block];
+  const char* rows_ptr[kFp8Block];
   uint32_t amax = 0;
   for (int64_t k = 0; k < kFp8Block; ++k) {
     const int64_t r = source_row(a.rows, br * kFp8Block + k);
-    const ST* s = reinterpret_cast<const ST*>(a.src) + element_offset(r, a.src_row_stride, c0);
-    rows_ptr[k] = s;
-    for (int64_t j = 0; j < kFp8Block; ++j) {
-      const uint32_t v = to_f32_bits<S>(s[j]) & 0x7FFFFFFFu;
-      amax = v > amax ? v : amax;
-    }
+    rows_ptr[k] = a.src + element_offset(r, a.src_row_stride, c0) * esz;
+    amax = amax_fn(rows_ptr[k], kFp8Block, amax);
   }
   const float scale = fp8_scale(amax);
   for (int64_t k = 0; k < kFp8Block; ++k) {
-    const ST* s = rows_ptr[k];
-    uint8_t* d = a.out + element_offset(br * kFp8Block + k, a.out_row_stride, c0);
-    for (int64_t j = 0; j < kFp8Block; ++j) d[j] = fp8_quantize(to_f32_bits<S>(s[j]), scale);
+    quant_fn(rows_ptr[k], a.out + element_offset(br * kFp8Block + k, a.out_row_stride, c0), kFp8Block, scale);
   }
   a.scale_inv[br * a.scale_row_stride + bc] = fp8_scale_inv(scale);
 }
@@ -36,16 +58,10 @@ void quant_block(const Fp8QuantArgs& a, int64_t br, int64_t bc) {
 
 void run_gather_quant_fp8(const Fp8QuantArgs& a, int64_t begin, int64_t end) {
   const int64_t nbc = a.ncols / kFp8Block;
-  for (int64_t b = begin; b < end; ++b) {
-    const int64_t br = b / nbc, bc = b % nbc;
-    if (a.skind == Kind::F32) {
-      quant_block<Kind::F32>(a, br, bc);
-    } else if (a.skind == Kind::BF16) {
-      quant_block<Kind::BF16>(a, br, bc);
-    } else {
-      quant_block<Kind::F16>(a, br, bc);
-    }
-  }
+  const AmaxFn amax_fn = a.skind == Kind::F32 ? amax_f32 : a.skind == Kind::BF16 ? amax_bf16 : amax_f16;
+  const QuantFn quant_fn = a.skind == Kind::F32 ? quant_f32 : a.skind == Kind::BF16 ? quant_bf16 : quant_f16;
+  const int64_t esz = a.skind == Kind::F32 ? 4 : 2;
+  for (int64_t b = begin; b < end; ++b) quant_block(a, b / nbc, b % nbc, amax_fn, quant_fn, esz);
 }
 
 }  // namespace nanokern
