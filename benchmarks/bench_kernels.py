@@ -1,4 +1,6 @@
 """gather_cast throughput per backend against torch's own copy_ of the same bytes, same run.
+The fp8 rows time gather_quant_fp8 (128 x 128-block FP8 quantization fused into the gather, with
+its scales) against torch's plain copy_ cast to float8_e4m3fn of the same bytes.
 
 GB/s counts bytes read plus bytes written. The baseline `copy_` is torch's own cast-copy of the
 same bytes into the same output view: `out.copy_(src)` (same source view) when the row map is the
@@ -107,10 +109,11 @@ def build(torch, case: Case, sdt, ddt, device: str):
     return src, rows, out, baseline_src
 
 
-def first_rows(src, rows, out, max_bytes):
-    """The same problem cut to its first output rows (at most max_bytes read + written)."""
+def first_rows(src, rows, out, max_bytes, multiple=1):
+    """The same problem cut to its first output rows (at most max_bytes read + written; a
+    multiple of `multiple` rows)."""
     per_row = out.size(1) * (src.element_size() + out.element_size())
-    k = max(1, min(out.size(0), max_bytes // per_row))
+    k = max(multiple, min(out.size(0), max_bytes // per_row) // multiple * multiple)
     return (src[:k] if rows is None else src), (None if rows is None else rows[:k]), out[:k]
 
 
@@ -128,6 +131,7 @@ def main(argv=None) -> int:
 
     from nanokern.bench.common import append_csv_rows, commit, device_name, machine
     from nanokern.ops import available_backends, gather_cast
+    from nanokern.ops.fp8_quant import gather_quant_fp8
 
     torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -146,8 +150,16 @@ def main(argv=None) -> int:
     print(f"bench_kernels: device={dev_name!r} machine={mach!r} threads="
           f"{torch.get_num_threads()} commit={rev} backends={','.join(backends)} reps={reps}")
 
-    dtype_pairs = [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16)]
-    short = {torch.float32: "fp32", torch.bfloat16: "bf16"}
+    fp8 = torch.float8_e4m3fn
+    dtype_pairs = [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.bfloat16), (torch.bfloat16, fp8)]
+    short = {torch.float32: "fp32", torch.bfloat16: "bf16", fp8: "fp8"}
+
+    def kernel(src, rows, out, b):
+        if out.dtype != fp8:
+            return lambda: gather_cast(src, rows, out, backend=b)
+        scale = torch.empty(out.size(0) // 128, out.size(1) // 128, device=out.device)
+        return lambda: gather_quant_fp8(src, rows, out, scale, backend=b)
+
     header = f"{'case':40s} {'cast':10s} {'MB':>7s} {'copy_':>7s} " + " ".join(
         f"{b:>7s} {'x':>5s}" for b in backends)
     print(header)
@@ -161,13 +173,12 @@ def main(argv=None) -> int:
             nbytes = out.numel() * (src.element_size() + out.element_size())
             interp = "triton" if args.device == "cpu" and "triton" in backends else None
             fns = {"copy_": lambda: out.copy_(base_src)}
-            fns.update({b: (lambda b=b: gather_cast(src, rows, out, backend=b))
-                        for b in backends if b != interp})
+            fns.update({b: kernel(src, rows, out, b) for b in backends if b != interp})
             secs = timed(torch, fns, args.device, reps)
             if interp:  # slow by design: first rows only, fewer reps
-                i_src, i_rows, i_out = first_rows(src, rows, out, INTERPRETER_BYTES)
-                secs[interp] = timed(torch, {interp: lambda: gather_cast(
-                    i_src, i_rows, i_out, backend=interp)}, args.device, min(reps, 2))[interp]
+                i_src, i_rows, i_out = first_rows(src, rows, out, INTERPRETER_BYTES, 128 if ddt == fp8 else 1)
+                secs[interp] = timed(torch, {interp: kernel(i_src, i_rows, i_out, interp)}, args.device,
+                                     min(reps, 2))[interp]
             copy_gbps = nbytes / secs["copy_"] / 1e9
             cells = []
             for b in backends:
