@@ -141,7 +141,10 @@ def verify(path, against, json_path, debug):
     for p in rep.problems:
         click.echo(f"problem: {p}", err=True)
     what = f"equal to {against}" if against else "well-formed and finite"
-    click.echo(f"{path}: {rep.tensors} tensor(s) checked: " + (what if rep.ok else f"{len(rep.problems)} problem(s)"))
+    count = f"{rep.checksummed} file(s) checksummed" if rep.only_checksums else f"{rep.tensors} tensor(s) checked"
+    if rep.only_checksums:
+        what = "unchanged since written"
+    click.echo(f"{path}: {count}: " + (what if rep.ok else f"{len(rep.problems)} problem(s)"))
     write_json(json_path, {"ok": rep.ok, "path": path, "against": against, "tensors": rep.tensors,
                             "problems": rep.problems, "notes": rep.notes})
     sys.exit(0 if rep.ok else 1)

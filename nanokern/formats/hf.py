@@ -120,11 +120,25 @@ def _fused_experts(refs: dict, spec: ModelSpec) -> dict[str, LogicalTensor]:
     return out
 
 
+def is_quantized(cfg: dict) -> bool:
+    """A config.json of a quantized model (an FP8 export: `quantization_config`)."""
+    return isinstance(cfg.get("quantization_config"), dict)
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    """A HF folder's config.json, parsed (one error line naming it otherwise)."""
+    return _read_json(Path(path) / "config.json", "config.json")
+
+
 def read_hf(path: str | os.PathLike) -> Model:
     d = Path(path)
     cfg_file = d / "config.json"
     cfg = _read_json(cfg_file, "config.json")
     family_of(cfg, cfg_file)
+    if is_quantized(cfg):
+        raise NanokernError(f"a quantized model (quantization_config: {cfg['quantization_config'].get('quant_method')}): "
+                            f"nanokern does not read quantized folders yet (`nanokern verify` checks an FP8 export's "
+                            f"checksums)", cfg_file)
     index = d / "model.safetensors.index.json"
     if index.exists():
         idx = _read_json(index, "index")

@@ -50,13 +50,13 @@ class DType:
 FLOAT32 = DType("float32", "F32", 4, "<f4", "fp32", 0)
 BFLOAT16 = DType("bfloat16", "BF16", 2, "<u2", "bf16", 1)
 FLOAT16 = DType("float16", "F16", 2, "<f2", "fp16", 2)
-# 128 x 128-block FP8 (--dtype fp8: ops/fp8_quant.py): an output dtype only, never a source (not in
-# TABLE: a reader refuses it as an unsupported dtype)
+# 128 x 128-block FP8 (--dtype fp8: ops/fp8_quant.py): an output dtype; read back (verify, inspect)
+# but not converted from (not in FLOATS: an import refuses it, naming the tensor)
 FLOAT8_E4M3 = DType("float8_e4m3fn", "F8_E4M3", 1, "u1", "fp8")
 TABLE = (
     DType("float64", "F64", 8, "<f8", "fp64"), FLOAT32, FLOAT16, BFLOAT16,
     DType("int64", "I64", 8, "<i8"), DType("int32", "I32", 4, "<i4"), DType("int16", "I16", 2, "<i2"),
-    DType("int8", "I8", 1, "i1"), DType("uint8", "U8", 1, "u1"), DType("bool", "BOOL", 1, "?"),
+    DType("int8", "I8", 1, "i1"), DType("uint8", "U8", 1, "u1"), DType("bool", "BOOL", 1, "?"), FLOAT8_E4M3,
 )
 BY_CODE = {d.code: d for d in TABLE}
 FLOATS = (FLOAT32, BFLOAT16, FLOAT16)  # what conversions read and write
