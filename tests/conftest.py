@@ -58,8 +58,13 @@ def pytest_generate_tests(metafunc):
 # Slow tests of files that do not import pytest (a decorator there would need the import too),
 # marked here: each a long run whose behaviour the fast loop covers more cheaply elsewhere.
 SLOW_ELSEWHERE = {
-    # ~8 s; the parity-check hook stays in the loop: test_check_and_exec_after_each_export
+    # 7-13 s each, a watch exporting steps with a parity check; the hooks' logic stays in the
+    # loop (test_parity_dtype_is_the_exported_one, test_failing_check_marks_suspect_...)
     "tests/test_watch_hooks.py::test_check_in_the_default_export_dtype",
+    "tests/test_watch_hooks.py::test_check_and_exec_after_each_export",
+    # ~8 s, a watch beside a writer; a running watch stays in the loop:
+    # test_watch_safety.py::test_b_a_running_watch_sees_a_step_saved_again
+    "tests/test_watch_run.py::test_watch_exports_each_step_once_never_a_partial_one",
     # ~6 s of repeated kill -9; a kill's leftovers: test_a_lock_left_by_a_kill_after_the_rename...
     "tests/test_watch_options.py::test_kill_9_at_any_moment_then_the_same_command",
     # 4-6 s, two ranks

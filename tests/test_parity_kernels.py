@@ -377,6 +377,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # a second interpreter (4-5 s); in the loop the interpreter is on from conftest
 def test_loader_switches_the_interpreter_on_without_cuda():
     """Without a CUDA device and without TRITON_INTERPRET in the environment, the loader runs
     the kernels interpreted, and refuses a kernel module someone imported before it (its
