@@ -42,6 +42,7 @@ def test_export_bit_exact(name, dtype, tmp_path):
     assert hf_cfg["vocab_size"] == 250 and hf_cfg["tie_word_embeddings"] == cfg["tie_word_embeddings"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NANOTRON_FIXTURES)
 def test_export_reproduces_nanotron_logits(name, tmp_path):
     from transformers import AutoModelForCausalLM
