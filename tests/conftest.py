@@ -53,29 +53,3 @@ def pytest_generate_tests(metafunc):
     params += [pytest.param(("cuda", b), id=f"cuda-{b}", marks=(pytest.mark.gpu, no_cuda))
                for b in backends if b != "cpu"]
     metafunc.parametrize(fixture, params)
-
-
-# Slow tests of files that do not import pytest (a decorator there would need the import too),
-# marked here: each a long run whose behaviour the fast loop covers more cheaply elsewhere.
-SLOW_ELSEWHERE = {
-    # 7-13 s each, a watch exporting steps with a parity check; the hooks' logic stays in the
-    # loop (test_parity_dtype_is_the_exported_one, test_failing_check_marks_suspect_...)
-    "tests/test_watch_hooks.py::test_check_in_the_default_export_dtype",
-    "tests/test_watch_hooks.py::test_check_and_exec_after_each_export",
-    # ~8 s, a watch beside a writer; a running watch stays in the loop:
-    # test_watch_safety.py::test_b_a_running_watch_sees_a_step_saved_again
-    "tests/test_watch_run.py::test_watch_exports_each_step_once_never_a_partial_one",
-    # ~6 s of repeated kill -9; a kill's leftovers: test_a_lock_left_by_a_kill_after_the_rename...
-    "tests/test_watch_options.py::test_kill_9_at_any_moment_then_the_same_command",
-    # 4-6 s, two ranks
-    "tests/test_live_safety.py::test_save_hf_cleans_up_its_own_partials_and_refuses_different_out_dirs",
-    # ~25 s, four ranks
-    "tests/test_live_faults.py::test_one_rank_stopping_stops_every_rank",
-}
-
-
-@pytest.hookimpl(tryfirst=True)  # before -m selects on the marks
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.nodeid.split("[")[0] in SLOW_ELSEWHERE:
-            item.add_marker(pytest.mark.slow)

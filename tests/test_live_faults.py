@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fixtures_path import fixture
 
 from nanokern.convert import convert
@@ -22,6 +24,7 @@ from nanokern.convert import convert
 WORKER = Path(__file__).with_name("test_live_faults_worker.py")
 
 
+@pytest.mark.slow
 def test_one_rank_stopping_stops_every_rank(tmp_path):
     fx = fixture("nanotron", "tp2_pp2")
     convert(fx, tmp_path / "ref", to="hf", dtype="bf16", progress=False)

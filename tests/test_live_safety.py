@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from fixtures_path import fixture
 
 WORKER = textwrap.dedent(r"""
@@ -40,6 +42,7 @@ WORKER = textwrap.dedent(r"""
 """)
 
 
+@pytest.mark.slow
 def test_save_hf_cleans_up_its_own_partials_and_refuses_different_out_dirs(tmp_path):
     fx = fixture("nanotron", "tp2_pp1_tied")
     for name in ("out.old-1", "out.partial-0123456789abcdef", "out.partial-live-mine"):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from fixtures_path import fixture
 from helpers import run_cli
 from test_watch_trainer import copy_step, of
@@ -18,6 +20,7 @@ def test_parity_dtype_is_the_exported_one():
     assert [hooks.parity_dtype(d) for d in ("float32", "float16")] == ["fp32", "fp32"]
 
 
+@pytest.mark.slow
 def test_check_and_exec_after_each_export(tmp_path):
     ck, out = tmp_path / "ck", tmp_path / "hf"
     copy_step(fixture("nanotron", "tp1_pp1_fp32") / "0", ck, "10")
@@ -76,6 +79,7 @@ def test_failing_check_marks_suspect_keeps_the_export_and_goes_on(tmp_path, monk
     assert any("step 10: parity FAILED" in line and "suspect" in line for line in lines), lines
 
 
+@pytest.mark.slow
 def test_check_in_the_default_export_dtype(tmp_path):
     """The default export is bf16: the check runs in bf16 (transformers' own bf16 error as the bound)."""
     ck, out = tmp_path / "ck", tmp_path / "hf"

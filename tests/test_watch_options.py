@@ -8,6 +8,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from fixtures_path import fixture
 from helpers import run_cli, tree_bytes
 from test_watch_trainer import copy_step, of, reference, same_export, start_watch
@@ -68,6 +70,7 @@ def test_once_fails_with_a_damaged_step_and_latest_only_skips_behind(tmp_path):
     assert [e["step"] for e in of(out, "exported")] == [20, 30] and os.readlink(out / "latest") == "30"
 
 
+@pytest.mark.slow
 def test_kill_9_at_any_moment_then_the_same_command(tmp_path):
     """Killed again and again while it works, the same command ends with every step exported
     exactly once, equal to convert's, and nothing else left in OUT_ROOT."""

@@ -8,12 +8,15 @@ import os
 import signal
 import threading
 
+import pytest
+
 from fixtures_path import fixture
 from test_watch_trainer import Trainer, of, reference, same_export, start_watch, wait_for
 
 STEPS = {"10": "tp2_pp2", "20": "tp1_pp1_fp32", "30": "tp2_pp1_tied"}  # different bytes in each step
 
 
+@pytest.mark.slow
 def test_watch_exports_each_step_once_never_a_partial_one(tmp_path):
     ck, out = tmp_path / "checkpoints", tmp_path / "hf"
     srcs = {s: fixture("nanotron", name) / "0" for s, name in STEPS.items()}
