@@ -490,7 +490,7 @@ def dtype_f64(ck):
 
 def dtype_unknown(ck):
     f = ck / "0" / NORM1
-    edit_header(f, lambda h: h["data"].update(dtype="F8_E4M3"))
+    edit_header(f, lambda h: h["data"].update(dtype="F8_E5M2"))
     return f, ["unsupported dtype"]
 
 
