@@ -20,6 +20,9 @@ WORKER = textwrap.dedent(r"""
     from nanokern.errors import NanokernError
     from nanokern.execute.manifest import make_work
 
+    def say(line):  # one write(2) per line: the ranks share stdout, and a line under PIPE_BUF is not split
+        os.write(1, (line + "\n").encode())
+
     dist.init_process_group("gloo")
     r = dist.get_rank()
     tpg = dist.new_group([0, 1])
@@ -29,15 +32,15 @@ WORKER = textwrap.dedent(r"""
     sh = live.load_rank(fx, r, 0)
     try:
         live.save_hf(sh, base / f"node-local-{r}", tpg, ppg, "bf16")
-        print(f"FAIL rank {r}: different out_dir accepted", flush=True)
+        say(f"FAIL rank {r}: different out_dir accepted")
     except NanokernError as e:
-        print(f"rank {r} refused: {e}", flush=True)
+        say(f"rank {r} refused: {e}")
     if r == 0:  # what a save_hf killed by SIGKILL leaves: its partial folder, half written
         make_work(base / "out.partial-live-00112233aabb")
         (base / "out.partial-live-00112233aabb" / "model.safetensors").write_bytes(b"x" * 1000)
     dist.barrier()
     live.save_hf(sh, base / "out", tpg, ppg, "bf16", force=True)
-    print(f"rank {r} saved", flush=True)
+    say(f"rank {r} saved")
     dist.destroy_process_group()
 """)
 
