@@ -231,3 +231,21 @@ def test_force_killed_after_the_swap_removes_only_the_old_output(ck, tmp_path):
     assert run_cli("convert", ck, out, "-q", "--force", "--dtype", "fp32").returncode == 0  # recovers first
     assert tree_bytes(out) != want and run_cli("verify", out).returncode == 0
     assert sorted(p.name for p in tmp_path.glob("out.*")) == [old.name] and os.listdir(old) == ["late.txt"]
+
+
+def test_a_marker_left_inside_a_finished_output_is_removed_by_whoever_finds_it(ck, tmp_path):
+    """A kill right after the rename into place leaves the partial folder's marker inside OUT:
+    the next run for OUT removes it, and so does a watch that finds the export finished."""
+    from nanokern.execute.manifest import MARKER
+    from nanokern.execute.replace import settle
+
+    out = tmp_path / "out"
+    assert run_cli("convert", ck, out, "-q").returncode == 0
+    want = tree_bytes(out)
+    marker = json.dumps({"format": "nanokern-partial", "folder": "out.partial-00112233aabbccdd", "token": "ab"})
+    (out / MARKER).write_text(marker)
+    settle(out)
+    assert tree_bytes(out) == want
+    (out / MARKER).write_text(marker)
+    assert run_cli("convert", ck, tmp_path / "out", "-q", "--force").returncode == 0
+    assert MARKER not in tree_bytes(out)

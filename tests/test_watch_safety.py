@@ -64,6 +64,22 @@ def test_a_finished_export_of_a_deleted_step_is_kept_and_recorded(tmp_path):
     assert any("step 200: found its finished export" in line and "only copy" in line for line in lines), lines
 
 
+def test_a_marker_a_kill_left_inside_a_finished_export_goes_when_it_is_found(tmp_path):
+    """Killed right after the rename into place: the partial folder's marker is inside the
+    export; the restart that finds and records the export removes it."""
+    from nanokern.execute.manifest import MARKER
+
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    copy_step(src(), ck, "100")
+    assert run_once(ck, out)[0] == 0
+    want = tree_bytes(out / "100")
+    drop(out, "exported", "100")
+    (out / "100" / MARKER).write_text(json.dumps({"format": "nanokern-partial", "folder": "100.partial-0011223344556677",
+                                                  "token": "ab"}))
+    assert run_once(ck, out)[0] == 0
+    assert tree_bytes(out / "100") == want and of(out, "exported", "100")[0]["recovered"] is True
+
+
 def test_a_export_read_whole_then_its_step_deleted_is_kept_a_rewritten_one_is_not(tmp_path, monkeypatch):
     """execute returned (every file read): a step deleted meanwhile, even half-way through its
     rm -rf, leaves a valid export (kept, `source_gone`); a step one of whose files was

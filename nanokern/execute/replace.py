@@ -152,6 +152,14 @@ def replace(work: Path, dst: Path) -> None:
     (dst / MARKER).unlink(missing_ok=True)  # (a marker a kill leaves here is counted as nanokern's)
 
 
+def settle(dst: Path) -> None:
+    """A kill right after the rename into place leaves the partial folder's marker inside DST, a
+    complete output: remove it (whoever finds DST finished: the next run for DST, the watch)."""
+    m = dst / MARKER
+    if made_by_nanokern(dst) and m.is_file() and not m.is_symlink():
+        m.unlink()
+
+
 def recover(dst: Path, keep: Path | None = None) -> None:
     """Under DST's lock, before a run: finish or undo what a killed run left beside DST (a swap
     in progress, the partial folders of other plans); `keep` is this run's own. Only what
@@ -180,8 +188,7 @@ def recover(dst: Path, keep: Path | None = None) -> None:
                 _drop_old(old)
         _intent_path(dst).unlink()
         fsync_dir(parent)
-    if made_by_nanokern(dst) and (dst / MARKER).is_file() and not (dst / MARKER).is_symlink():
-        (dst / MARKER).unlink()  # a kill right after the rename left it
+    settle(dst)
     for stale in parent.glob(f"{glob.escape(dst.name)}.partial-*"):
         if stale != keep and work_token(stale) is not None:  # only folders nanokern made
             shutil.rmtree(stale)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nanokern.errors import NanokernError
 from nanokern.execute import signals
-from nanokern.execute.replace import check_apart
+from nanokern.execute.replace import check_apart, settle
 from nanokern.formats.nanotron import steps as S
 from nanokern.watch import hooks, outputs, rewrites
 from nanokern.watch.events import EventLog, History, read_events
@@ -115,6 +115,7 @@ class Watcher:
             elif not self._wanted(name):
                 self._fail(name, f"its export was cut short, and --every {self.o.every} skips it now")
             return  # not finished: the next export of it resumes from convert's partial folder
+        settle(out)  # (what a kill right after the rename may leave inside it)
         why = rewrites.changed(self.o.checkpoints, name, rec) if self._wanted(name) else None
         if why:
             self._supersede(name, f"{why} (the watch was stopped before recording the export)")
