@@ -8,7 +8,7 @@ from pathlib import Path
 from nanokern.errors import NanokernError
 from nanokern.execute import Report, execute
 from nanokern.execute.replace import check_apart, check_target
-from nanokern.formats import hf, nanotron
+from nanokern.formats import hf, hf_plan, nanotron
 from nanokern.plan.model import Model
 from nanokern.plan import Plan
 
@@ -66,7 +66,7 @@ def make_plan(
     if target == "hf":
         if tp not in (None, 1) or pp not in (None, 1):
             raise NanokernError("--tp/--pp describe Nanotron output; HF output is unsharded by layers", src)
-        return hf.plan_hf(model, dtype or "bf16", vocab_size, max_shard_size, tokenizer)
+        return hf_plan.plan_hf(model, dtype or "bf16", vocab_size, max_shard_size, tokenizer)
     if target == "nanotron":
         from nanokern.formats.nanotron.writer import plan_nanotron
 

@@ -21,7 +21,7 @@ import torch
 from nanokern import arch
 from nanokern.arch.family import Family
 from nanokern.arch.spec import ModelSpec, MoeSpec
-from nanokern.formats.hf import dump_json, generation_config
+from nanokern.formats.hf_plan import dump_json, generation_config
 
 DEMO_SPEC = dict(hidden_size=128, intermediate_size=352, num_hidden_layers=4, num_attention_heads=8,
                  num_key_value_heads=4, vocab_size=500, rms_norm_eps=1e-5, max_position_embeddings=256)

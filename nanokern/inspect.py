@@ -6,7 +6,7 @@ import dataclasses
 
 from nanokern.convert import load_source, parse_tristate
 from nanokern.errors import NanokernError
-from nanokern.formats.hf import plan_hf
+from nanokern.formats.hf_plan import plan_hf
 from nanokern.io.units import human_bytes
 
 

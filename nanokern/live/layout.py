@@ -1,7 +1,7 @@
 """The job's shards as the checkpoint the file converter reads: every rank's metadata (names,
 shapes, dtypes, slice pairs; no tensor data) gathered over the grid, checked by the checkpoint
 reader's own checks, and turned into the same logical model (formats/nanotron/mapping.py) and
-the same HF plan (formats/hf.py: names, order, files, headers, configs) as `nanokern convert`.
+the same HF plan (formats/hf_plan.py: names, order, files, headers, configs) as `nanokern convert`.
 Only the source bytes differ: a shard is `live:<name>@<tp rank>`, a tensor a rank holds in
 memory, and a plan piece reads a "unit" of those bytes, gathered over TP and PP (stream.py).
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nanokern.arch import nanotron_config
 from nanokern.errors import NanokernError
-from nanokern.formats import hf
+from nanokern.formats import hf_plan
 from nanokern.formats.nanotron import layout as L
 from nanokern.formats.nanotron import to_model
 from nanokern.formats.nanotron.checkpoint import NanotronCheckpoint, _check_heads, checked, expected_shapes
@@ -118,4 +118,4 @@ def live_plan(sh: RankShards, g: Grid, dtype: str = "bf16", vocab_size: int | No
     metas = g.all_gather_object(describe(sh))
     ck, infos = checkpoint(metas, sh.config, g, sh.step_dir)
     model = to_model(ck, rope_interleaved, hf_arch)
-    return LivePlan(hf.plan_hf(model, dtype, vocab_size, max_shard_size, tokenizer), infos, model)
+    return LivePlan(hf_plan.plan_hf(model, dtype, vocab_size, max_shard_size, tokenizer), infos, model)
