@@ -85,6 +85,11 @@ def foreign(root: Path, extra=()) -> list[str]:
     return sorted(out)
 
 
+def listing(paths: list[str]) -> str:
+    """The first three paths, and how many more: what one line names."""
+    return ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+
+
 def remove_owned(root: Path, extra=()) -> list[str]:
     """Remove what nanokern wrote in ROOT, then the folders left empty, ROOT too; returns what
     is left (the user's). The manifest is first renamed aside (from then on ROOT is no complete

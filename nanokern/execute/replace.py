@@ -24,7 +24,7 @@ from pathlib import Path
 from nanokern.errors import NanokernError
 from nanokern.execute.durable import fsync_dir, write_small
 from nanokern.execute.manifest import JOURNAL_GLOB, MANIFEST, MARKER, work_token
-from nanokern.execute.owned import foreign, remove_owned, written
+from nanokern.execute.owned import foreign, listing, remove_owned, written
 
 
 _OLD = re.compile(r"\.old-[0-9a-f]{12}")  # DST.old-<hex>: an old DST renamed aside by replace()
@@ -60,8 +60,7 @@ def check_target(dst: Path, force: bool) -> None:
         raise NanokernError("output exists (use --force to replace it)", dst)
     theirs = foreign(dst)
     if theirs:
-        shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
-        raise NanokernError(f"holds {len(theirs)} file(s) nanokern did not write ({shown}): move them out first "
+        raise NanokernError(f"holds {len(theirs)} file(s) nanokern did not write ({listing(theirs)}): move them out first "
                             f"(--force replaces only what nanokern wrote)", dst)
     if _read_intent(dst) is False:
         raise NanokernError(f"exists and was not written by nanokern; nanokern needs this name to replace "

@@ -39,6 +39,20 @@ def check_parity(step_dir: Path, out: Path, exported_dtype: str, device: str) ->
             "report": str(out / PARITY_FILE)}
 
 
+def parity_record(step_dir: Path, out: Path, exported_dtype: str, device: str) -> tuple[dict, str]:
+    """check_parity's figures and the line that says them; a check that cannot run marks the
+    step suspect (its error recorded), it never stops the watch."""
+    try:
+        fig = check_parity(step_dir, out, exported_dtype, device)
+    except Exception as e:  # noqa: BLE001 - a check that cannot run marks the step
+        return {"passed": False, "suspect": True, "error": f"{type(e).__name__}: {e}"}, \
+            f"parity check could not run ({e}): marked suspect, export kept"
+    line = (f"parity {'ok' if fig['passed'] else 'FAILED'} ({fig['dtype']}: logits max|diff| "
+            f"{fig['logits_max_abs']:.3g}" + (f", first failing row {fig['first_failure']}" if not fig["passed"] else "")
+            + ")" + ("" if fig["passed"] else ": marked suspect, export kept"))
+    return fig, line
+
+
 def quotes_out(command: str) -> bool:
     """Does the command write {out} inside quotes? substitute() quotes it itself, so inside "..."
     (or '...') the value ends up unquoted, and a folder name holding $(...) or a backquote would

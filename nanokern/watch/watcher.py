@@ -12,6 +12,7 @@ from pathlib import Path
 
 from nanokern.errors import NanokernError
 from nanokern.execute import signals
+from nanokern.execute.owned import listing
 from nanokern.execute.replace import check_apart, settle
 from nanokern.formats.nanotron import steps as S
 from nanokern.watch import hooks, outputs, rewrites
@@ -286,14 +287,7 @@ class Watcher:
         src = self.o.checkpoints / name
         if self.o.check == "parity" and name not in self.history.checked:
             dtype = self.history.exported.get(name, {}).get("dtype") or "float32"
-            try:
-                fig = hooks.check_parity(src, out, dtype, self.o.export.device)
-                line = (f"parity {'ok' if fig['passed'] else 'FAILED'} ({fig['dtype']}: logits max|diff| "
-                        f"{fig['logits_max_abs']:.3g}" + (f", first failing row {fig['first_failure']}" if not fig["passed"] else "")
-                        + ")" + ("" if fig["passed"] else ": marked suspect, export kept"))
-            except Exception as e:  # noqa: BLE001 - a check that cannot run marks the step, never stops the watch
-                fig = {"passed": False, "suspect": True, "error": f"{type(e).__name__}: {e}"}
-                line = f"parity check could not run ({e}): marked suspect, export kept"
+            fig, line = hooks.parity_record(src, out, dtype, self.o.export.device)
             secs = fig.pop("seconds", None)
             self.history.add(self.log.append("checked", name, out, secs, None, **fig))
             self.failures += 0 if fig["passed"] else 1
@@ -320,8 +314,7 @@ class Watcher:
                 if left is not None:
                     self.history.add(self.log.append("removed", name, out, **({"kept": left} if left else {})))
                     self.say(f"step {name}: removed its export (--keep-last {k})" + (
-                        f"; left in {out} what nanokern did not write: {', '.join(left[:3])}"
-                        + (f" and {len(left) - 3} more" if len(left) > 3 else "") if left else ""))
+                        f"; left in {out} what nanokern did not write: {listing(left)}" if left else ""))
                 elif not out.exists():
                     self.history.add(self.log.append("removed", name, self.o.out_root / name, error="already gone"))
 
