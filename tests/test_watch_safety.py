@@ -370,6 +370,20 @@ def test_d_the_watch_lock_never_takes_a_users_file_and_goes_with_the_watch(tmp_p
     assert not (out / "nanokern-watch.lock").exists() and len(of(out, "exported", "10")) == 1
 
 
+def test_d_a_log_name_that_is_no_file_is_never_followed(tmp_path):
+    """A symlink where the watch keeps its log: one error line naming it, the target unchanged."""
+    ck, out = tmp_path / "ck", tmp_path / "hf"
+    copy_step(src(), ck, "10")
+    out.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.symlink(victim, out / "nanokern-watch.jsonl")
+    r = run_cli("watch", ck, out, "--once", "-q")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(err) == 1 and err[0].startswith("error: ") and "nanokern-watch.jsonl" in err[0], r.stderr
+    assert victim.read_text() == "precious\n" and (out / "nanokern-watch.jsonl").is_symlink()
+
+
 def test_d_out_of_space_is_known_by_its_type_not_by_its_text():
     import errno
 

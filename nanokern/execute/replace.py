@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 
 from nanokern.errors import NanokernError
-from nanokern.execute.durable import fsync_dir, write_small
+from nanokern.execute.durable import fsync_dir
 from nanokern.execute.manifest import JOURNAL_GLOB, MANIFEST, MARKER, work_token
 from nanokern.execute.owned import foreign, listing, remove_owned, written
 
@@ -108,9 +108,14 @@ def exchange(a: Path, b: Path) -> bool:
 
 
 def _write_intent(dst: Path, info: dict) -> None:
-    tmp = dst.parent / f".{dst.name}.replacing-{os.getpid()}"
-    write_small(tmp, json.dumps({"format": _INTENT, "dst": dst.name, **info}).encode())
-    os.replace(tmp, _intent_path(dst))  # (recover checked that nothing of the user's is there)
+    tmp = dst.parent / f".{dst.name}.replacing-{secrets.token_hex(6)}"  # a new file: nothing of the user's is opened
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        os.write(fd, json.dumps({"format": _INTENT, "dst": dst.name, **info}).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, _intent_path(dst))  # (check_target refused a file of the user's there)
     fsync_dir(dst.parent)
 
 

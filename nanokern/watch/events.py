@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from nanokern.errors import NanokernError
 
 LOG = "nanokern-watch.jsonl"
 
@@ -35,7 +38,13 @@ class EventLog:
                "out": None if out is None else str(out), "seconds": None if seconds is None else round(seconds, 3),
                "bytes": bytes, **extra}
         line = (json.dumps(rec, default=str) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:  # (never through a symlink, never into a FIFO: appended to the log the watch keeps)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as e:
+            raise NanokernError(f"cannot append to the watch's log ({e.strerror}): move it away", self.path) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise NanokernError("is not a regular file, not the watch's log: move it away", self.path)
         try:
             os.write(fd, line)  # one write of one line: appends from several writers do not interleave
             os.fsync(fd)

@@ -11,6 +11,7 @@ OUT_ROOT holds `<step>/` (each an export, put in place atomically by convert's e
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from nanokern.errors import NanokernError
@@ -57,8 +58,7 @@ def point_latest(out_root: Path, step: str | None, made: set[str]) -> None:
         return
     if link.is_symlink() and os.readlink(link) == step:
         return
-    tmp = out_root / f".{LATEST}.tmp-{os.getpid()}"
-    tmp.unlink(missing_ok=True)
+    tmp = out_root / f".{LATEST}.tmp-{secrets.token_hex(6)}"  # (a new name: nothing there is removed)
     os.symlink(step, tmp)
     os.replace(tmp, link)
 
