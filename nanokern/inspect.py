@@ -84,7 +84,7 @@ def _instead_of_stale(path) -> tuple[str, str] | None:
 def inspect_checkpoint(path, rope_interleaved: str = "auto") -> tuple[str, dict]:
     stale = _instead_of_stale(path)
     try:
-        model = load_source(stale[0] if stale else path, parse_tristate(rope_interleaved))
+        model = _load(stale[0] if stale else path, parse_tristate(rope_interleaved))
     except NanokernError as e:  # a checkpoints folder whose step cannot be read: which steps are there
         _, steps = _steps_section(path, "")
         if not steps or "no complete step" in e.message:
@@ -140,6 +140,46 @@ def inspect_checkpoint(path, rope_interleaved: str = "auto") -> tuple[str, dict]
     else:
         lines.append("  convert --to nanotron --tp N --pp M: fuses q/k/v and gate/up, shards by TP, places layers by PP cost"
                      + (", merges experts input-major, router kept float32" if s.moe else ""))
+    fp8 = _fp8_lines(model, facts)
+    lines += fp8
     for w in model.warnings:
-        lines.append(f"  warning: {w}")
+        if not (fp8 and w.startswith("FP8 folder")):
+            lines.append(f"  warning: {w}")
     return "\n".join(lines), facts
+
+
+def _load(path, rope_interleaved):
+    """The checkpoint as a logical model; a HF folder's FP8 weights as stored (not dequantized)."""
+    from pathlib import Path
+
+    from nanokern.formats import hf, nanotron
+
+    p = Path(path)
+    if p.exists() and hf.is_hf(p) and not nanotron.is_nanotron(p):
+        return hf.read_hf(p, dequantize=False)
+    return load_source(path, rope_interleaved)
+
+
+def _fp8_lines(model, facts: dict) -> list[str]:
+    """An FP8 folder: its scheme, which weights are FP8, and what an import does with them."""
+    from pathlib import Path
+
+    from nanokern.formats import hf, hf_fp8
+    from nanokern.io.dtypes import FLOAT8_E4M3
+    from nanokern.io.safetensors import read_header
+
+    if model.origin != "hf" or not any(t.dtype == FLOAT8_E4M3 for t in model.tensors.values()):
+        return []
+    d = Path(model.path)
+    cfg = hf.read_config(d)
+    refs = {n: r for f in sorted({b.ref.path for t in model.tensors.values() for b in t.blocks})
+            for n, r in read_header(f).tensors.items()}
+    q = hf_fp8.summary(cfg, refs, d / "config.json")
+    facts["quantization"] = q
+    weights = sum(1 for n in model.tensors if n.endswith(".weight"))
+    skip = q["modules_to_not_convert"]
+    return [f"  quantization: {q['scheme']}: {q['quantized']} of {weights} weights float8_e4m3fn with weight_scale_inv "
+            f"({human_bytes(q['fp8_bytes'])}" + (f", {q['with_partial_blocks']} with partial edge blocks" if q["with_partial_blocks"] else "")
+            + ")" + (f"; modules_to_not_convert: {', '.join(skip[:3])}" + (f" and {len(skip) - 3} more" if len(skip) > 3 else "") if skip else ""),
+            "  import: each FP8 weight dequantized (e4m3 x its block's scale_inv, one float32 product), then cast to --dtype "
+            f"(keep: {model.dtype})"]

@@ -37,7 +37,7 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     tensors: int = 0
     checksummed: int = 0
-    only_checksums: bool = False  # (a quantized folder: its bytes against the manifest, nothing read)
+    only_checksums: bool = False  # (no longer set: an FP8 folder's values are read too, verify_fp8.py)
 
     @property
     def ok(self) -> bool:
@@ -49,29 +49,27 @@ def _root_of(model) -> Path:
     return p.parent if model.origin == "nanotron" else p
 
 
-def _quantized(path) -> bool:
-    from nanokern.formats import hf
+def _load(path):
+    """(model, name -> Fp8Weight): an FP8 folder's weights as stored (dequantized when read)."""
+    from nanokern import verify_fp8
 
-    return hf.is_hf(path) and not Path(path, "latest.txt").exists() and hf.is_quantized(hf.read_config(path))
+    if verify_fp8.is_fp8_folder(path):
+        return verify_fp8.read_fp8(path)
+    return load_source(path), {}
 
 
 def verify(path, against=None, strict_finite: bool = True) -> VerifyReport:
-    if _quantized(path):  # (an FP8 export: its bytes against the CRC32s recorded when they were written)
-        if against is not None:
-            raise NanokernError("comparing a quantized (FP8) folder with another is not supported yet", path)
-        rep = VerifyReport(str(path), only_checksums=True, notes=[
-            "a quantized (FP8) folder: checked the checksums of every file and tensor nanokern wrote; values and "
-            "structure are not read"])
-        notes, rep.problems, rep.checksummed = check_manifest(Path(path))
-        rep.problems += ["no " + MANIFEST + ": nothing to check it against"] if notes else []
-        return rep
-    a = load_source(path)
+    from nanokern import verify_fp8
+
+    a, fp8_a = _load(path)
     rep = VerifyReport(str(path), notes=list(a.warnings))
     notes, problems, rep.checksummed = check_manifest(_root_of(a))
+    if fp8_a and notes and not (Path(path) / MANIFEST).exists():
+        notes = [f"no {MANIFEST} (not written by nanokern): no checksums to check; values read"]
     rep.notes += notes
     rep.problems += problems
     maps_a: dict = {}
-    b = load_source(against) if against is not None else None
+    b, fp8_b = _load(against) if against is not None else (None, {})
     maps_b: dict = {}
     if b is not None:
         if set(a.tensors) != set(b.tensors):
@@ -82,16 +80,26 @@ def verify(path, against=None, strict_finite: bool = True) -> VerifyReport:
                 rep.problems.append(f"config {k}: {getattr(a.spec, k)} vs {getattr(b.spec, k)}")
         if rep.problems:
             return rep
+    kinds: dict[str, list[str]] = {}
     casts: dict[tuple, list[str]] = {}
     for name, t in a.tensors.items():
-        x = materialize(t, maps_a)
+        x = verify_fp8.dequantized(fp8_a[name], maps_a) if name in fp8_a else materialize(t, maps_a)
         rep.tensors += 1
+        if name in fp8_a:
+            rep.problems += verify_fp8.scale_problems(name, fp8_a[name], maps_a)
         if strict_finite and x.is_floating_point() and not torch.isfinite(x).all():
             n = int((~torch.isfinite(x)).sum())
             rep.problems.append(f"{name}: {n} non-finite value(s)")
         if b is None:
             continue
-        y = materialize(b.tensors[name], maps_b)
+        if (name in fp8_a) != (name in fp8_b):  # an FP8 weight against its unquantized twin
+            w, twin, maps = (fp8_a[name], materialize(b.tensors[name], maps_b), maps_a) if name in fp8_a else \
+                (fp8_b[name], x, maps_b)
+            kind, problem = verify_fp8.compare(name, w, twin, maps)
+            kinds.setdefault(kind, []).append(name)
+            rep.problems += [problem] if problem else []
+            continue
+        y = verify_fp8.dequantized(fp8_b[name], maps_b) if name in fp8_b else materialize(b.tensors[name], maps_b)
         if x.shape != y.shape:
             if x.dim() == 2 and x.shape[1] == y.shape[1]:
                 n = min(x.shape[0], y.shape[0])
@@ -107,6 +115,7 @@ def verify(path, against=None, strict_finite: bool = True) -> VerifyReport:
         if not torch.equal(x.view(torch.uint8) if x.numel() else x, y.view(torch.uint8) if y.numel() else y):
             diff = (x.float() - y.float()).abs().nan_to_num(float("inf")).max().item()
             rep.problems.append(f"{name}: values differ (max |diff| {diff:.3g})")
+    rep.notes += verify_fp8.notes(kinds, against if fp8_a else path)
     for (da, db, low), names in casts.items():  # one note per pair of dtypes, not one per tensor
         what = names[0] if len(names) == 1 else f"{len(names)} of {rep.tensors} tensors (e.g. {names[0]})"
         rep.notes.append(f"{what}: dtypes {_dt(da)} vs {_dt(db)}: compared after rounding to {_dt(low)}")

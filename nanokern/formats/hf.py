@@ -18,6 +18,7 @@ from nanokern.arch.family import Family
 from nanokern.arch.spec import ModelSpec
 from nanokern.arch.values import pos_int
 from nanokern.errors import NanokernError
+from nanokern.formats import hf_fp8
 from nanokern.io import dtypes
 from nanokern.io.regular import read_text
 from nanokern.io.safetensors import close_maps, map_array, read_header
@@ -101,7 +102,7 @@ def _fused_experts(refs: dict, spec: ModelSpec) -> dict[str, LogicalTensor]:
 
 
 def is_quantized(cfg: dict) -> bool:
-    """A config.json of a quantized model (an FP8 export: `quantization_config`)."""
+    """A config.json of a quantized model (`quantization_config`: FP8 ones are read, hf_fp8.py)."""
     return isinstance(cfg.get("quantization_config"), dict)
 
 
@@ -110,15 +111,16 @@ def read_config(path: str | os.PathLike) -> dict:
     return _read_json(Path(path) / "config.json", "config.json")
 
 
-def read_hf(path: str | os.PathLike) -> Model:
+def read_hf(path: str | os.PathLike, dequantize: bool = True) -> Model:
+    """A HF folder as a logical model. An FP8 folder's weights (formats/hf_fp8.py) are dequantized
+    into a temporary float32 file that the model reads instead (their logical dtype is the folder's
+    unquantized one: what `--dtype keep` writes); dequantize=False leaves them float8_e4m3fn
+    (what inspect and verify read, with hf_fp8.fp8_pairs for their scales)."""
     d = Path(path)
     cfg_file = d / "config.json"
     cfg = _read_json(cfg_file, "config.json")
     family_of(cfg, cfg_file)
-    if is_quantized(cfg):
-        raise NanokernError(f"a quantized model (quantization_config: {cfg['quantization_config'].get('quant_method')}): "
-                            f"nanokern does not read quantized folders yet (`nanokern verify` checks an FP8 export's "
-                            f"checksums)", cfg_file)
+    fp8_cfg = hf_fp8.fp8_config(cfg, cfg_file) if is_quantized(cfg) else None
     index = d / "model.safetensors.index.json"
     if index.exists():
         idx = _read_json(index, "index")
@@ -142,6 +144,10 @@ def read_hf(path: str | os.PathLike) -> Model:
             refs[name] = ref
     _check_layer_count(cfg, refs, cfg_file)  # before anything is built per layer
     family, spec = spec_from_hf_config(cfg, cfg_file)
+    fp8 = hf_fp8.fp8_pairs(refs, fp8_cfg) if fp8_cfg is not None else {}
+    fp8_dtype = hf_fp8.folder_dtype(refs)
+    if fp8 and dequantize:
+        refs.update(hf_fp8.dequantize_to_file({n: w for n, w in fp8.items() if n in refs}, d))
     want = {t[0]: t[1] for t in family.hf_tensors(spec)}
     tensors: dict[str, LogicalTensor] = {}
     warnings = []
@@ -166,9 +172,9 @@ def read_hf(path: str | os.PathLike) -> Model:
             raise NanokernError(f"missing tensor {name}", where)
         if ref.shape != shape:
             raise NanokernError(f"{name} has shape {list(ref.shape)} but config.json implies {list(shape)}", ref.path)
-        if ref.dtype not in dtypes.FLOATS:
+        if ref.dtype not in dtypes.FLOATS and not (name in fp8 and not dequantize):
             raise NanokernError(f"{name}: unsupported dtype {ref.dtype} (supported: fp32, bf16, fp16)", ref.path)
-        tensors[name] = LogicalTensor(name, shape, ref.dtype, [whole_block(ref)])
+        tensors[name] = LogicalTensor(name, shape, fp8_dtype if name in fp8 and dequantize else ref.dtype, [whole_block(ref)])
     for z in family.zero_means_absent:
         names = z.names(spec)
         if names and _all_zero_bits(tensors[n].blocks[0].ref for n in names):
@@ -178,6 +184,9 @@ def read_hf(path: str | os.PathLike) -> Model:
             warnings.append(f"every {z.what} tensor is zero: imported without them")
     if spec.tie_word_embeddings and "lm_head.weight" in refs:
         warnings.append("tie_word_embeddings is true: the stored lm_head.weight is ignored")
+    if fp8:
+        warnings.append(f"FP8 folder ({fp8_cfg.describe()}): {len(fp8)} weight(s) "
+                        + ("dequantized: e4m3 x weight_scale_inv in float32, then the cast" if dequantize else "read as stored"))
     layout = HfLayout(len(files), wm is not None, recorded_source(d, warnings))
     return Model(spec, family, tensors, "hf", str(d), warnings, layout)
 
