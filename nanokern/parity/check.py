@@ -118,7 +118,15 @@ def run_parity(
         rep.notes.insert(0, "HF model: a temporary export by nanokern.convert (dtype keep)")
         return rep
 
+    from nanokern.parity import fp8
     from nanokern.parity.reference import hf_forward, load_hf, read_hf_config, tokenizer_vocab_size
+
+    if fp8.is_fp8(hf_dir):  # an FP8 folder: its weights within e4m3's bound, the forward within its noise floor
+        ck = ckpt if isinstance(ckpt, NanotronCheckpoint) else read_checkpoint(ckpt)
+        toks = (batch, seq_len, seed) if tokens is None else torch.as_tensor(tokens, dtype=torch.long).reshape(-1, len(tokens[-1]) if torch.as_tensor(tokens).dim() > 1 else len(tokens))
+        rep = fp8.run_fp8_parity(ck, hf_dir, dtype, backend, toks, device, attn_implementation, numerics)
+        rep.seed = seed if tokens is None else None
+        return rep
 
     timings = {}
     t0 = time.perf_counter()
