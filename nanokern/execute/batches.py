@@ -29,6 +29,7 @@ class Batches:
         self.closing = False
         self.error: OSError | None = None
         self.last = time.monotonic()
+        self.cost = 0.0  # seconds the last batch sync took (durable.batch_due spaces them by it)
         self.thread: threading.Thread | None = None
         if self.batched:
             self.thread = threading.Thread(target=self._syncs, name="nanokern-sync", daemon=True)
@@ -45,8 +46,7 @@ class Batches:
                 manifest.save_journal(self.work, self.rank, self.entries)
                 return
             self.pending[path] = entry
-            if (time.monotonic() - self.last >= durable.SYNC_EVERY
-                    or sum(e["size"] for e in self.pending.values()) >= durable.SYNC_BYTES):
+            if durable.batch_due(sum(e["size"] for e in self.pending.values()), time.monotonic() - self.last, self.cost):
                 self.due.set()
 
     def known(self, path: str) -> bool:
@@ -73,11 +73,13 @@ class Batches:
             batch = dict(self.pending)
         if not batch:
             return
+        t0 = time.monotonic()
         with phases.span("batch sync"):  # (bench convert: their number and seconds, within writing)
             durable.syncfs(self.work)
         phases.add("batch syncs", 1)
         with self.lock:
             self.last = time.monotonic()
+            self.cost = self.last - t0
             for path in batch:
                 del self.pending[path]
             self.entries.update(batch)
