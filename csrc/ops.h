@@ -13,9 +13,10 @@ void gather_cast_cpu(const at::Tensor& src, const std::optional<at::Tensor>& row
 void gather_cast_cuda(const at::Tensor& src, const std::optional<at::Tensor>& rows, at::Tensor& out);
 
 // out = e4m3 of src[rows] per 128 x 128 block, scale_inv[i / 128, j / 128] = 1 / its scale (fp8_quant.h).
+// ue8m0: power-of-two scales (transformers' scale_fmt="ue8m0"), scale_inv still float32.
 void gather_quant_fp8_cpu(const at::Tensor& src, const std::optional<at::Tensor>& rows, at::Tensor& out,
-                          at::Tensor& scale_inv);
+                          at::Tensor& scale_inv, bool ue8m0);
 void gather_quant_fp8_cuda(const at::Tensor& src, const std::optional<at::Tensor>& rows, at::Tensor& out,
-                           at::Tensor& scale_inv);
+                           at::Tensor& scale_inv, bool ue8m0);
 
 }  // namespace nanokern

@@ -8,8 +8,9 @@
 TORCH_LIBRARY(nanokern, m) {
   // out[i, :] = cast_to(out.dtype, src[rows[i], :]); rows = None is the identity map.
   m.def("gather_cast(Tensor src, Tensor? rows, Tensor(a!) out) -> ()");
-  // out = float8_e4m3fn of src[rows] per 128 x 128 block, scale_inv = 1 / each block's scale.
-  m.def("gather_quant_fp8(Tensor src, Tensor? rows, Tensor(a!) out, Tensor(b!) scale_inv) -> ()");
+  // out = float8_e4m3fn of src[rows] per 128 x 128 block, scale_inv = 1 / each block's scale
+  // (ue8m0: rounded up to a power of two first, float32 still).
+  m.def("gather_quant_fp8(Tensor src, Tensor? rows, Tensor(a!) out, Tensor(b!) scale_inv, bool ue8m0=False) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(nanokern, CPU, m) {

@@ -9,7 +9,7 @@
 namespace nanokern {
 
 void gather_quant_fp8_cpu(const at::Tensor& src, const std::optional<at::Tensor>& rows_in, at::Tensor& out,
-                          at::Tensor& scale_inv) {
+                          at::Tensor& scale_inv, bool ue8m0) {
   const std::optional<at::Tensor> rows = check_gather_quant_fp8(src, rows_in, out, scale_inv);
   TORCH_CHECK(src.device().is_cpu(), "gather_quant_fp8 (cpu): tensors must be on the CPU, got ", src.device());
   Fp8QuantArgs a;
@@ -27,6 +27,7 @@ void gather_quant_fp8_cpu(const at::Tensor& src, const std::optional<at::Tensor>
   a.out_row_stride = out.stride(0);
   a.scale_inv = scale_inv.mutable_data_ptr<float>();
   a.scale_row_stride = scale_inv.stride(0);
+  a.ue8m0 = ue8m0;
   at::parallel_for(0, a.blocks(), 4, [&](int64_t b, int64_t e) { run_gather_quant_fp8(a, b, e); });
 }
 

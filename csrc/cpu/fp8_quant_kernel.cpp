@@ -47,11 +47,11 @@ void quant_block(const Fp8QuantArgs& a, int64_t br, int64_t bc, AmaxFn amax_fn, 
     rows_ptr[k] = a.src + element_offset(r, a.src_row_stride, c0) * esz;
     amax = amax_fn(rows_ptr[k], kFp8Block, amax);
   }
-  const float scale = fp8_scale(amax);
+  const Fp8Scales s = fp8_block_scales(amax, a.ue8m0);
   for (int64_t k = 0; k < kFp8Block; ++k) {
-    quant_fn(rows_ptr[k], a.out + element_offset(br * kFp8Block + k, a.out_row_stride, c0), kFp8Block, scale);
+    quant_fn(rows_ptr[k], a.out + element_offset(br * kFp8Block + k, a.out_row_stride, c0), kFp8Block, s.scale);
   }
-  a.scale_inv[br * a.scale_row_stride + bc] = fp8_scale_inv(scale);
+  a.scale_inv[br * a.scale_row_stride + bc] = s.inv;
 }
 
 }  // namespace

@@ -8,7 +8,7 @@
 namespace nanokern {
 
 // out[i, :] = e4m3(src[rows[i], :] * scale of its 128 x 128 block), scale_inv[i / 128, j / 128]
-// = 1 / scale (rows == nullptr: the identity map); nrows and ncols multiples of 128, row strides
+// = 1 / scale (ue8m0: both powers of two; rows == nullptr: the identity map); nrows and ncols multiples of 128, row strides
 // in elements. The work is `blocks` independent blocks: run_gather_quant_fp8(args, b, e) runs
 // blocks [b, e), so a caller splits [0, blocks) across threads.
 struct Fp8QuantArgs {
@@ -21,6 +21,7 @@ struct Fp8QuantArgs {
   int64_t out_row_stride = 0;
   float* scale_inv = nullptr;
   int64_t scale_row_stride = 0;
+  bool ue8m0 = false;  // power-of-two scales (fp8_quant.h)
 
   int64_t blocks() const { return (nrows / kFp8Block) * (ncols / kFp8Block); }
 };

@@ -74,7 +74,8 @@ void transpose_cast(uintptr_t src, int64_t src_row_stride, int skind, int64_t ro
 }
 
 void gather_quant_fp8(uintptr_t src, int64_t src_row_stride, int skind, uintptr_t rows, int64_t nrows, int64_t ncols,
-                      uintptr_t out, int64_t out_row_stride, uintptr_t scale_inv, int64_t scale_row_stride, int threads) {
+                      uintptr_t out, int64_t out_row_stride, uintptr_t scale_inv, int64_t scale_row_stride, bool ue8m0,
+                      int threads) {
   if (nrows % nanokern::kFp8Block || ncols % nanokern::kFp8Block)
     throw py::value_error("gather_quant_fp8: rows and columns must be multiples of 128");
   nanokern::Fp8QuantArgs a;
@@ -88,6 +89,7 @@ void gather_quant_fp8(uintptr_t src, int64_t src_row_stride, int skind, uintptr_
   a.out_row_stride = out_row_stride;
   a.scale_inv = reinterpret_cast<float*>(scale_inv);
   a.scale_row_stride = scale_row_stride;
+  a.ue8m0 = ue8m0;
   py::gil_scoped_release nogil;
   const int64_t blocks = a.blocks();
   const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(threads, blocks / 4));  // 4 blocks: 256 KB of fp32
@@ -107,6 +109,7 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("gather_cast", &gather_cast, "out[i, :] = cast(src[rows[i], :]) on raw addresses (strides in elements)");
   m.def("transpose_cast", &transpose_cast, "out[i, j] = cast(src[j, rows[i]]) on raw addresses");
   m.def("gather_quant_fp8", &gather_quant_fp8,
-        "out = e4m3(src[rows] * scale) per 128 x 128 block, scale_inv = 1 / scale, on raw addresses");
+        "out = e4m3(src[rows] * scale) per 128 x 128 block, scale_inv = 1 / scale (ue8m0: powers of two), on raw "
+        "addresses");
   m.def("all_finite", &all_finite, "no NaN or inf among n values");
 }

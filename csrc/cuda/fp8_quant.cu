@@ -21,7 +21,7 @@ template <Kind S>
 __global__ void gather_quant_fp8_kernel(const typename Storage<S>::type* __restrict__ src,
                                         const int64_t* __restrict__ rows, uint8_t* __restrict__ out,
                                         float* __restrict__ scale_inv, int64_t nbc, int64_t src_stride,
-                                        int64_t out_stride, int64_t scale_stride, int64_t src_nrows) {
+                                        int64_t out_stride, int64_t scale_stride, int64_t src_nrows, bool ue8m0) {
   __shared__ uint32_t warp_max[kWarps];
   __shared__ float block_scale;
   const int64_t br = blockIdx.x / nbc, bc = blockIdx.x % nbc;
@@ -41,8 +41,9 @@ __global__ void gather_quant_fp8_kernel(const typename Storage<S>::type* __restr
   if (threadIdx.x == 0) {
     uint32_t m = 0;
     for (int w = 0; w < kWarps; ++w) m = warp_max[w] > m ? warp_max[w] : m;
-    block_scale = fp8_scale(m);
-    scale_inv[br * scale_stride + bc] = fp8_scale_inv(block_scale);
+    const Fp8Scales s = fp8_block_scales(m, ue8m0);
+    block_scale = s.scale;
+    scale_inv[br * scale_stride + bc] = s.inv;
   }
   __syncthreads();
   const float scale = block_scale;
@@ -54,19 +55,20 @@ __global__ void gather_quant_fp8_kernel(const typename Storage<S>::type* __restr
 }
 
 template <Kind S>
-void launch(const at::Tensor& src, const int64_t* rows, at::Tensor& out, at::Tensor& scale_inv, cudaStream_t stream) {
+void launch(const at::Tensor& src, const int64_t* rows, at::Tensor& out, at::Tensor& scale_inv, bool ue8m0,
+            cudaStream_t stream) {
   using ST = typename Storage<S>::type;
   const int64_t nbr = out.size(0) / kFp8Block, nbc = out.size(1) / kFp8Block;
   gather_quant_fp8_kernel<S><<<unsigned(nbr * nbc), kThreads, 0, stream>>>(
       static_cast<const ST*>(src.const_data_ptr()), rows, static_cast<uint8_t*>(out.mutable_data_ptr()),
-      scale_inv.mutable_data_ptr<float>(), nbc, src.stride(0), out.stride(0), scale_inv.stride(0), src.size(0));
+      scale_inv.mutable_data_ptr<float>(), nbc, src.stride(0), out.stride(0), scale_inv.stride(0), src.size(0), ue8m0);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace
 
 void gather_quant_fp8_cuda(const at::Tensor& src, const std::optional<at::Tensor>& rows_in, at::Tensor& out,
-                           at::Tensor& scale_inv) {
+                           at::Tensor& scale_inv, bool ue8m0) {
   const std::optional<at::Tensor> rows = check_gather_quant_fp8(src, rows_in, out, scale_inv);
   TORCH_CHECK(src.device().is_cuda(), "gather_quant_fp8 (cuda): tensors must be on a CUDA device, got ", src.device());
   if (out.size(0) == 0 || out.size(1) == 0) return;
@@ -75,11 +77,11 @@ void gather_quant_fp8_cuda(const at::Tensor& src, const std::optional<at::Tensor
   const int64_t* row_map = rows ? rows->const_data_ptr<int64_t>() : nullptr;
   switch (kind_of(src, "src")) {
     case Kind::F32:
-      return launch<Kind::F32>(src, row_map, out, scale_inv, stream);
+      return launch<Kind::F32>(src, row_map, out, scale_inv, ue8m0, stream);
     case Kind::BF16:
-      return launch<Kind::BF16>(src, row_map, out, scale_inv, stream);
+      return launch<Kind::BF16>(src, row_map, out, scale_inv, ue8m0, stream);
     case Kind::F16:
-      return launch<Kind::F16>(src, row_map, out, scale_inv, stream);
+      return launch<Kind::F16>(src, row_map, out, scale_inv, ue8m0, stream);
   }
 }
 

@@ -83,9 +83,11 @@ def transpose_cast(src: np.ndarray, row0: int, rows: np.ndarray | None, out: np.
                         out.ctypes.data, out.strides[0] // out.itemsize, dk, TRANSPOSE_TILE, THREADS)
 
 
-def gather_quant_fp8(src: np.ndarray, rows: np.ndarray | None, out: np.ndarray, scale_inv: np.ndarray) -> None:
+def gather_quant_fp8(src: np.ndarray, rows: np.ndarray | None, out: np.ndarray, scale_inv: np.ndarray,
+                     ue8m0: bool = False) -> None:
     """out (the uint8 bits of float8_e4m3fn) = src[rows] quantized per 128 x 128 block, scale_inv
-    (float32 [n/128, C/128]) = 1 / each block's scale: the kernel of ops/fp8_quant.py, same bits."""
+    (float32 [n/128, C/128]) = 1 / each block's scale (ue8m0: powers of two): the kernel of
+    ops/fp8_quant.py, same bits."""
     sk = _kind(src, "src")
     for name, a, dt in (("out", out, np.uint8), ("scale_inv", scale_inv, np.float32)):
         if a.ndim != 2 or a.dtype != dt or (a.shape[1] > 1 and a.strides[1] != a.itemsize) or a.strides[0] % a.itemsize:
@@ -100,7 +102,7 @@ def gather_quant_fp8(src: np.ndarray, rows: np.ndarray | None, out: np.ndarray, 
     if n == 0 or cols == 0:
         return
     _cpu.gather_quant_fp8(src.ctypes.data, src.strides[0] // src.itemsize, sk, r, n, cols, out.ctypes.data,
-                          out.strides[0], scale_inv.ctypes.data, scale_inv.strides[0] // 4, THREADS)
+                          out.strides[0], scale_inv.ctypes.data, scale_inv.strides[0] // 4, bool(ue8m0), THREADS)
 
 
 def all_finite(a: np.ndarray) -> bool:

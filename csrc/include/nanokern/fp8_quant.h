@@ -7,6 +7,15 @@
 // in torch (whose `448 / tensor` is `reciprocal(tensor) * 448`: two roundings, not one) (NaN and inf give what that formula gives: a NaN in a block makes its scale 1, an inf
 // makes it 0 and scale_inv inf). Included by the CPU kernel (g++) and the CUDA kernel (nvcc); the
 // Triton kernel (nanokern/ops/triton/fp8_quant.py) does the same arithmetic.
+//
+// ue8m0 scales (transformers' FineGrainedFP8Config(scale_fmt="ue8m0"), DeepSeek's `scale_fmt`):
+// scale_inv is then rounded UP to a power of two, s' = 2^ceil(log2(max(scale_inv, 2^-126))), and
+// the block is quantized with scale = 1 / s' (exact), so dequantizing multiplies by exactly what
+// the weight was divided by. The ceiling is taken exactly, on the bits (the exponent, plus one
+// when any mantissa bit is set), as DeepGEMM does; transformers spells it pow(2, ceil(log2(x)))
+// in float32, whose rounded log2 lands on the integer k when x is a few ulps above a power of two
+// 2^k (k != 0; x < 2^k (1 + 2^-18) at most), keeping 2^k there: the only place they differ.
+// scale_inv = inf (a block holding an infinity) has no e8m0 value: NaN, as float8_e8m0fnu stores it.
 #pragma once
 
 #include <cstdint>
@@ -62,6 +71,29 @@ NK_HD float fp8_scale(uint32_t amax_bits) {
 }
 
 NK_HD float fp8_scale_inv(float scale) { return 1.0f / scale; }
+
+// The ue8m0 scale_inv: the least power of two >= s (s >= 0; 0 and subnormals give 2^-126), or
+// the quiet NaN 0x7FC00000 where that is not finite (s = inf). Its e8m0 byte is its exponent field.
+NK_HD float fp8_ue8m0(float s) {
+  const uint32_t u = f32_bits(s) & 0x7FFFFFFFu;
+  const uint32_t e = u >> 23;
+  if (e == 0u) return bits_f32(1u << 23);
+  const uint32_t r = e + ((u & 0x7FFFFFu) != 0u ? 1u : 0u);
+  return bits_f32(r >= 255u ? 0x7FC00000u : r << 23);
+}
+
+// A block's (scale, scale_inv) from its largest |x| bit pattern: float scales, or ue8m0 ones.
+struct Fp8Scales {
+  float scale, inv;
+};
+
+NK_HD Fp8Scales fp8_block_scales(uint32_t amax_bits, bool ue8m0) {
+  const float scale = fp8_scale(amax_bits);
+  const float inv = fp8_scale_inv(scale);
+  if (!ue8m0) return {scale, inv};
+  const float p = fp8_ue8m0(inv);
+  return {1.0f / p, p};  // (exact: a power of two, or NaN)
+}
 
 // One value: x (fp32 bits) times the block's scale, clamped to +-448, rounded to e4m3.
 NK_HD uint8_t fp8_quantize(uint32_t x, float scale) {

@@ -3,7 +3,8 @@
 The arithmetic of csrc/include/nanokern/fp8_quant.h: amax as an integer max of |x| bit patterns
 (a NaN is the largest), scale = 448 * (1 / amax) and scale_inv = 1 / scale, the divisions correctly
 rounded (div_rn: a plain `/` is an approximate division on a GPU), x * scale clamped to +-448, then rounded to
-float8_e4m3fn with integer operations (the interpreter truncates on float casts).
+float8_e4m3fn with integer operations (the interpreter truncates on float casts). UE8M0: scale_inv
+rounded up to a power of two on its bits (NaN for inf) and scale = 1 / that, as fp8_ue8m0 there.
 """
 import triton
 import triton.language as tl
@@ -28,7 +29,8 @@ def _e4m3_bits(u):
 
 @triton.jit
 def gather_quant_fp8_kernel(src_ptr, rows_ptr, out_ptr, scale_ptr, n_col_blocks, src_stride, out_stride,
-                            scale_stride, HAS_ROWS: tl.constexpr, SRC_KIND: tl.constexpr, BLOCK: tl.constexpr):
+                            scale_stride, HAS_ROWS: tl.constexpr, SRC_KIND: tl.constexpr, UE8M0: tl.constexpr,
+                            BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     br = pid // n_col_blocks
     bc = pid % n_col_blocks
@@ -51,6 +53,13 @@ def gather_quant_fp8_kernel(src_ptr, rows_ptr, out_ptr, scale_ptr, n_col_blocks,
     amax_f = tl.where(one, 0x3F800000, amax).to(tl.float32, bitcast=True)
     scale = tl.where(one, 1.0, tl.math.div_rn(tl.full([], 1.0, tl.float32), amax_f) * 448.0)
     inv = tl.math.div_rn(tl.full([], 1.0, tl.float32), scale)
+    if UE8M0:
+        ib = inv.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+        e = ib >> 23
+        rb = e + tl.where((ib & 0x7FFFFF) != 0, 1, 0)
+        pb = tl.where(e == 0, 1 << 23, tl.where(rb >= 255, 0x7FC00000, rb << 23))
+        inv = pb.to(tl.float32, bitcast=True)
+        scale = tl.math.div_rn(tl.full([], 1.0, tl.float32), inv)
     y = u.to(tl.float32, bitcast=True) * scale
     y = tl.where(y > 448.0, 448.0, tl.where(y < -448.0, -448.0, y))
     q = _e4m3_bits(y.to(tl.int32, bitcast=True))
@@ -58,7 +67,7 @@ def gather_quant_fp8_kernel(src_ptr, rows_ptr, out_ptr, scale_ptr, n_col_blocks,
     tl.store(scale_ptr + br * scale_stride + bc, inv)
 
 
-def launch(src, rows, out, scale_inv) -> None:
+def launch(src, rows, out, scale_inv, ue8m0: bool = False) -> None:
     """Runs the kernel on checked arguments (nanokern/ops/fp8_quant.py checks them)."""
     import torch
 
@@ -73,5 +82,5 @@ def launch(src, rows, out, scale_inv) -> None:
         gather_quant_fp8_kernel[((n_rows // 128) * n_col_blocks,)](
             src.view(bits[src.element_size()]), rows, out.view(torch.uint8), scale_inv, n_col_blocks,
             src.stride(0), out.stride(0), scale_inv.stride(0),
-            HAS_ROWS=rows is not None, SRC_KIND=of_torch(src.dtype).kind, BLOCK=128, num_warps=4,
+            HAS_ROWS=rows is not None, SRC_KIND=of_torch(src.dtype).kind, UE8M0=bool(ue8m0), BLOCK=128, num_warps=4,
         )
