@@ -156,7 +156,7 @@ def test_release_folder_inspect_and_verify(tmp_path):
     shutil.copytree(rel, bad)
     t = load_dir(bad)
     q = t["model.layers.0.self_attn.q_proj.weight"].view(torch.uint8).clone()
-    q[5, 7] = 0x7E if int(q[5, 7]) & 0x7F < 0x70 else 0x00  # 448 (or 0 where it was >= 256): far outside  # one exponent bit: the value doubles or halves
+    q[5, 7] = 0x7E if int(q[5, 7]) & 0x7F < 0x70 else 0x00  # 448 (or 0 where it was >= 256): far outside
     t["model.layers.0.self_attn.q_proj.weight"] = q.view(E4M3)
     save_file(t, str(bad / "model.safetensors"), metadata={"format": "pt"})
     r = run_cli("verify", bad, "--against", plain)
@@ -232,3 +232,34 @@ def test_parity_against_an_fp8_folder_states_the_e4m3_bound(synthetic, tmp_path)
     save_file(t, str(bad / "model.safetensors"), metadata={"format": "pt"})
     r = run_cli("parity", synthetic / "ck", "--hf", bad, "--device", "cpu", "--seq-len", "8")
     assert r.returncode == 1 and "FAIL" in r.stdout, r.stdout + r.stderr
+
+
+# every family, with dims that divide by 128 so that its Linears are quantized
+DIVISIBLE = dict(hidden_size=128, intermediate_size=256, num_attention_heads=2, num_key_value_heads=1,
+                 num_hidden_layers=2, vocab_size=96)
+MOE = dict(moe_intermediate_size=128, shared_expert_intermediate_size=128, mlp_only_layers=[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama", "qwen2_bias", "smollm3_nope", "qwen2_moe", "fixture:tp2_pp2",
+                                    "fixture:qwen2_bias_tp1_pp2", "fixture:qwen2_moe_tp1_pp2", "fixture:smollm3_nope_tp1_pp1_tied"])
+def test_every_family_fp8_export_loads_and_imports_as_dequantized(family, tmp_path):
+    """transformers (CPU: it dequantizes) loads the FP8 export with every parameter equal to the
+    weights dequantized by hand, and nanokern's import (-> Nanotron -> HF fp32) gives them too."""
+    from hf_families import FAMILIES, build_model
+    from test_fp8_export import check_transformers_load
+
+    if family.startswith("fixture:"):
+        from fixtures_path import fixture
+
+        src = fixture("nanotron", family.split(":")[1])
+    else:
+        cls, cfg_cls, settings = FAMILIES[family]
+        src = build_model(cls, cfg_cls, {**settings, **DIVISIBLE, **(MOE if "moe" in family else {})}, tmp_path / "plain")
+    convert(src, tmp_path / "fp8", to="hf", dtype="fp8", backend="torch", progress=False)
+    expect = expected_from_export(tmp_path / "fp8")
+    if not family.startswith("fixture:"):
+        assert any(n.endswith("_scale_inv") for n in load_dir(tmp_path / "fp8")), "nothing quantized"
+    cfg = json.loads((tmp_path / "fp8" / "config.json").read_text())
+    check_transformers_load(tmp_path / "fp8", load_dir(tmp_path / "fp8"), tmp_path / "by_hand", cfg)
+    _import_equals(tmp_path / "fp8", tmp_path, expect)
