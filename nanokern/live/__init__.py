@@ -6,6 +6,7 @@ over the job's ranks (every rank calls, in the same order), with no checkpoint i
     for bucket in live.hf_buckets(shards, tp_group=tpg, pp_group=ppg, bucket_bytes=1 << 30): ...
     live.save_hf(shards, out_dir, tp_group=tpg, pp_group=ppg, dtype="bf16")
     live.hf_metadata(shards, tp_group=tpg, pp_group=ppg)      # [(name, shape, dtype)]
+    source = live.vllm_source(shards, tp_group=tpg, pp_group=ppg, dtype="bf16")  # a vLLM WeightSource
 
 The conversion is the file converter's: the same architecture table, logical model and HF plan
 (layout.py), the same pieces run by the same gather-cast kernel (stream.py; straight into packed
@@ -19,6 +20,7 @@ from nanokern.live.buckets import Bucket, hf_buckets, unpack
 from nanokern.live.export import hf_metadata, hf_weights
 from nanokern.live.save import save_hf
 from nanokern.live.source import LocalParam, RankShards, from_module, load_rank
+from nanokern.live.vllm_source import vllm_source
 
 __all__ = ["Bucket", "LocalParam", "NanokernError", "RankShards", "from_module", "hf_buckets", "hf_metadata", "hf_weights",
-           "load_rank", "save_hf", "unpack"]
+           "load_rank", "save_hf", "unpack", "vllm_source"]
