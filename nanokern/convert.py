@@ -55,7 +55,9 @@ def make_plan(
     make_vocab_size_divisible_by: int = 1,
     hf_arch: str | None = None,
     nanotron_config: str | None = None,
+    fp8_scale: str = "float",
 ) -> Plan:
+    """fp8_scale: an FP8 export's scales, "float" or "ue8m0" (plan/fp8.py)."""
     interleaved = parse_tristate(rope_interleaved)
     target = to or ("hf" if _source_is_nanotron(src) else "nanotron")
     if hf_arch and target != "hf":
@@ -66,10 +68,12 @@ def make_plan(
     if target == "hf":
         if tp not in (None, 1) or pp not in (None, 1):
             raise NanokernError("--tp/--pp describe Nanotron output; HF output is unsharded by layers", src)
-        return hf_plan.plan_hf(model, dtype or "bf16", vocab_size, max_shard_size, tokenizer)
+        return hf_plan.plan_hf(model, dtype or "bf16", vocab_size, max_shard_size, tokenizer, fp8_scale)
     if target == "nanotron":
         from nanokern.formats.nanotron.writer import plan_nanotron
 
+        if fp8_scale != "float":
+            raise NanokernError(f"--fp8-scale {fp8_scale} describes FP8 HF exports, not Nanotron output", src)
         out_interleaved = interleaved if interleaved is not None else False
         if model.origin == "nanotron" and interleaved is None:
             out_interleaved = model.layout.rope_interleaved

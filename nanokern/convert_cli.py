@@ -20,6 +20,9 @@ QUICK_EXIT = []  # set by a command whose work is complete and durable: skip the
 DTYPES = click.Choice(dtypes.choices(keep=True))
 BACKEND_CHOICE = click.Choice(["auto", *BACKENDS])
 HF_CLASSES = list(BY_CLASS)
+FP8_SCALE_HELP = ("--dtype fp8: each 128x128 block's weight_scale_inv: float (1/scale, transformers' default) or ue8m0 "
+                  "(rounded up to a power of two, as transformers' and vLLM's scale_fmt \"ue8m0\" and DeepSeek-V3.1; "
+                  "for DeepGEMM on Blackwell). Written float32; config.json says scale_fmt.")
 
 
 def no_blas_threads() -> None:
@@ -35,6 +38,7 @@ def no_blas_threads() -> None:
 @click.argument("dst", type=click.Path())
 @click.option("--to", "to", type=click.Choice(["hf", "nanotron"]), help="Target format [default: the other one].")
 @click.option("--dtype", type=DTYPES, default=None, help="Output dtype, round-to-nearest-even [default: bf16 for HF, keep for Nanotron].")
+@click.option("--fp8-scale", type=click.Choice(["float", "ue8m0"]), default="float", show_default=True, help=FP8_SCALE_HELP)
 @click.option("--backend", type=BACKEND_CHOICE, default="auto", show_default=True, help="gather_cast implementation (all give the same bytes).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda: gather and cast on the GPU (LOCAL_RANK's GPU under torchrun), staged through pinned buffers.")
@@ -67,7 +71,7 @@ def no_blas_threads() -> None:
 @click.option("--strict", is_flag=True, help="NaN or inf in the weights is an error, not a warning.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, tokenizer, rope_interleaved, max_shard_size, tp, pp,
+def convert(src, dst, to, dtype, fp8_scale, backend, device, staging_budget, vocab_size, tokenizer, rope_interleaved, max_shard_size, tp, pp,
             make_vocab_size_divisible_by, hf_arch, nanotron_config, workers, buffered_io, force, wait, dry_run, json_path, strict, quiet, debug):
     """Convert checkpoint SRC into DST (written beside DST, renamed into place when complete).
 
@@ -126,7 +130,7 @@ def convert(src, dst, to, dtype, backend, device, staging_budget, vocab_size, to
         with phases.span("plan"):  # (NANOKERN_PHASES only: bench convert's breakdown)
             plan = make_plan(src, to, dtype, vocab_size=vocab_size, tokenizer=tok, rope_interleaved=rope_interleaved,
                              max_shard_size=max_shard_size, tp=tp, pp=pp, make_vocab_size_divisible_by=make_vocab_size_divisible_by,
-                             hf_arch=hf_arch, nanotron_config=nanotron_config)
+                             hf_arch=hf_arch, nanotron_config=nanotron_config, fp8_scale=fp8_scale)
         for w in plan.warnings:
             warn(w)
         info = {"ok": True, "source": src, "source_format": plan.source.origin, "target": plan.target, "dst": dst,

@@ -37,9 +37,11 @@ def plan_hf(
     vocab_size: int | None = None,
     max_shard_size: str | int = "5GB",
     tokenizer: str | None = None,
+    fp8_scale: str = "float",
 ) -> Plan:
     spec = model.spec
     fp8_out = dtypes.is_fp8(dtype)  # FP8 Linear weights, the rest bf16 (plan/fp8.py)
+    fp8.check_scale_fmt(fp8_scale, dtype, model.path)
     out_dtype = dtypes.resolve("bf16" if fp8_out else dtype, model.dtype)
     V = spec.vocab_size if vocab_size is None else vocab_size
     if not 0 < V <= spec.vocab_size:
@@ -76,7 +78,7 @@ def plan_hf(
         kept = dtype == "keep" or (param.fp32 and t.dtype == dtypes.FLOAT32)
         sources = [Source(name, np.arange(rows, dtype=np.int64), 0, cols)]
         if fp8_out and fp8.quantizable(param, shape, is_bias):
-            tensors.extend(fp8.quantized_pair(name, shape, sources))
+            tensors.extend(fp8.quantized_pair(name, shape, sources, fp8_scale))
             continue
         if fp8_out and not is_bias and name.endswith(".weight"):
             unquantized.append(name)
@@ -86,7 +88,7 @@ def plan_hf(
 
     if fp8_out:
         cfg = json.loads(aux["config.json"])
-        cfg["quantization_config"] = fp8.quantization_config(fp8.not_converted(unquantized))
+        cfg["quantization_config"] = fp8.quantization_config(fp8.not_converted(unquantized), fp8_scale)
         aux["config.json"] = dump_json(cfg)
 
     limit = parse_size(max_shard_size)

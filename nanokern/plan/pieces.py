@@ -59,6 +59,7 @@ class OutTensor:
     # its float32 [rows/128, cols/128] scales, computed with the weight and written after it
     quant: str | None = None
     scale_of: str | None = None  # the weight a "scale_inv" tensor belongs to
+    scale_fmt: str = "float"  # an "fp8" weight's scales: "float", or "ue8m0" (powers of two: plan/fp8.py)
 
     @property
     def nbytes(self) -> int:
