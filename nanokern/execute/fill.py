@@ -51,6 +51,14 @@ def _spans(t, r0: int, r1: int):
 
 def fill_rows(t, r0: int, r1: int, out: np.ndarray, sources: Sources, backend: str, stager=None) -> None:
     """out (rows r0..r1 of tensor t) <- every piece's share of those rows."""
+    if t.dtype.kind < 0:  # bits no kernel casts (FP8 values handed over whole: nanokern.live): as they are
+        for p, a, b, k0, k1 in _spans(t, r0, r1):
+            if p.transpose or p.ref.dtype != t.dtype:
+                raise ValueError(f"{t.name}: {t.dtype} is copied as it is, not cast from {p.ref.dtype}")
+            src = sources.array(p.ref)[:, p.col0 : p.col0 + p.ncols]
+            src = src[p.rows[k0:k1]] if p.rows is not None else src[p.row0 + k0 : p.row0 + k1]
+            out[a - r0 : b - r0, p.dst_col0 : p.dst_col0 + p.ncols] = src
+        return
     if uses_host(backend, stager):
         for p, a, b, k0, k1 in _spans(t, r0, r1):
             src = sources.array(p.ref)

@@ -57,9 +57,9 @@ def _crc(packed) -> int:
 def hf_buckets(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parallel_context=None, ranks="all",
                bucket_bytes: int = 1 << 30, num_buffers: int = 2, checksum: bool = True, vocab_size: int | None = None,
                backend: str = "auto", rope_interleaved: bool | None = None, hf_arch: str | None = None,
-               timeout: float | None = 60.0, stats: dict | None = None):
+               timeout: float | None = 60.0, stats: dict | None = None, fp8_scale: str = "float"):
     """Yield Buckets holding, in order, every tensor hf_weights yields (same names, order, bytes).
-    Collective as hf_weights: every rank of the TP x PP grid iterates it to the end; ranks="all"
+    dtype, fp8_scale: as hf_weights (an FP8 weight, then its scales). Collective as hf_weights: every rank of the TP x PP grid iterates it to the end; ranks="all"
     (every rank gets every bucket) or one global rank R (only R gets buckets; the others take part).
 
     Packing: tensors follow each other in the bucket while they fit in bucket_bytes; a tensor
@@ -76,7 +76,7 @@ def hf_buckets(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parall
         raise NanokernError(f"bucket_bytes and num_buffers must be positive, not {bucket_bytes} and {num_buffers}")
     s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch, backend,
               call=("hf_buckets", (("ranks", ranks), ("bucket_bytes", bucket_bytes))),
-              timeout=60.0 if timeout is None else timeout, step_timeout=timeout)
+              timeout=60.0 if timeout is None else timeout, step_timeout=timeout, fp8_scale=fp8_scale)
     with watching(s.g.guard):
         yield from _buckets(s, ranks, bucket_bytes, num_buffers, checksum, stats)
 

@@ -25,7 +25,7 @@ class Setup:
 
 def setup(src, tp_group=None, pp_group=None, parallel_context=None, dtype="bf16", vocab_size=None, max_shard_size="5GB",
           tokenizer=None, rope_interleaved=None, hf_arch=None, backend="auto", *, call=("hf_metadata", ()),
-          timeout: float = 60.0, step_timeout: float | None = 60.0) -> Setup:
+          timeout: float = 60.0, step_timeout: float | None = 60.0, fp8_scale: str = "float") -> Setup:
     """Collective: the start handshake (call: (function name, its collective-shaping arguments);
     comm.start_call), every rank's metadata, then the plan (identical on every rank)."""
     import torch
@@ -39,22 +39,25 @@ def setup(src, tp_group=None, pp_group=None, parallel_context=None, dtype="bf16"
     g = grid(tp_group, pp_group, parallel_context)
     fn, extra = call
     start_call(g, fn, (("dtype", dtype), ("vocab_size", vocab_size), ("max_shard_size", max_shard_size),
-                       ("rope_interleaved", rope_interleaved), ("hf_arch", hf_arch), *extra), timeout, step_timeout)
+                       ("rope_interleaved", rope_interleaved), ("hf_arch", hf_arch), ("fp8_scale", fp8_scale), *extra),
+               timeout, step_timeout)
     with watching(g.guard):
         sh = as_shards(src)
         devices = {p.tensor.device for p in sh.params.values()}
         if len(devices) > 1:
             raise NanokernError(f"the shards are on several devices ({', '.join(map(str, sorted(devices, key=str)))})")
         device = devices.pop() if devices else torch.device("cpu")
-        lp = live_plan(sh, g, dtype, vocab_size, max_shard_size, tokenizer, rope_interleaved, hf_arch)
+        lp = live_plan(sh, g, dtype, vocab_size, max_shard_size, tokenizer, rope_interleaved, hf_arch, fp8_scale)
         return Setup(sh, g, lp, device, resolve_backend(backend, device))
 
 
 def state_dict_order(lp: LivePlan) -> list:
-    """The plan's OutTensors in the HF class's state_dict order (the files hold them by name)."""
+    """The plan's OutTensors in the HF class's state_dict order (the files hold them by name), an
+    FP8 weight's weight_scale_inv right after it (as in the files)."""
     by_name = {t.name: t for f in lp.plan.files for t in f.tensors}
+    scales = {t.scale_of: t for t in by_name.values() if t.quant == "scale_inv"}
     names = [n for n, *_ in lp.model.family.hf_tensors(lp.model.spec, lp.plan.summary["vocab_size"])]
-    return [by_name[n] for n in names]
+    return [t for n in names for t in (by_name[n], scales.get(n)) if t is not None]
 
 
 def _wanted(ranks, g: Grid):
@@ -78,12 +81,16 @@ def fill_stats(stats: dict | None, budget: Budget, order, wanted, nbuf: int, gat
 
 def hf_weights(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parallel_context=None, ranks="all",
                vocab_size: int | None = None, backend: str = "auto", rope_interleaved: bool | None = None,
-               hf_arch: str | None = None, reuse_buffer: bool = False, timeout: float | None = 60.0, stats: dict | None = None):
+               hf_arch: str | None = None, reuse_buffer: bool = False, timeout: float | None = 60.0, stats: dict | None = None,
+               fp8_scale: str = "float"):
     """Yield (HF name, tensor) for every tensor `nanokern convert --to hf` would write from the
     saved checkpoint, in the HF class's state_dict order, with the same bytes. Collective: every
     rank of the TP x PP grid iterates it to the end, in the same order.
 
     src: what `load_rank` returns, or a Nanotron model (NanotronParameters; `model.config`).
+    dtype "fp8": the `--dtype fp8` export (plan/fp8.py): each quantizable Linear weight as
+    float8_e4m3fn, then its float32 `weight_scale_inv` (fp8_scale "ue8m0": powers of two), the
+    rest bf16; quantized by the fused gather-quantize kernel straight from the gathered shards.
     tp_group / pp_group (or parallel_context= with tp_pg and pp_pg): the job's groups.
     ranks: "all" (every rank yields every tensor) or one global rank (only it yields; the others
     take part in the collectives and yield nothing; each unit travels to that rank only). Tensors
@@ -114,7 +121,7 @@ def hf_weights(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parall
     """
     s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch, backend,
               call=("hf_weights", (("ranks", ranks),)), timeout=60.0 if timeout is None else timeout,
-              step_timeout=timeout)
+              step_timeout=timeout, fp8_scale=fp8_scale)
     with watching(s.g.guard):
         yield from _weights(s, ranks, reuse_buffer, stats)
 
@@ -141,10 +148,10 @@ def _weights(s: Setup, ranks, reuse_buffer: bool, stats):
 
 def hf_metadata(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parallel_context=None,
                 vocab_size: int | None = None, rope_interleaved: bool | None = None, hf_arch: str | None = None,
-                timeout: float = 60.0) -> list:
+                timeout: float = 60.0, fp8_scale: str = "float") -> list:
     """[(HF name, shape, torch dtype)]: exactly what hf_weights yields (on a rank that yields), in
     its order. Collective (metadata objects only: no tensor is communicated); every rank within
     `timeout` seconds, else NanokernError."""
     s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch,
-              call=("hf_metadata", ()), timeout=timeout, step_timeout=timeout)
+              call=("hf_metadata", ()), timeout=timeout, step_timeout=timeout, fp8_scale=fp8_scale)
     return [(t.name, tuple(t.shape), t.dtype.torch) for t in state_dict_order(s.lp)]

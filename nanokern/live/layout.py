@@ -112,10 +112,12 @@ def checkpoint(metas: list[dict], cfg: dict, g: Grid, step_dir: Path | None) -> 
 
 
 def live_plan(sh: RankShards, g: Grid, dtype: str = "bf16", vocab_size: int | None = None, max_shard_size="5GB",
-              tokenizer: str | None = None, rope_interleaved: bool | None = None, hf_arch: str | None = None) -> LivePlan:
+              tokenizer: str | None = None, rope_interleaved: bool | None = None, hf_arch: str | None = None,
+              fp8_scale: str = "float") -> LivePlan:
     """The HF plan `nanokern convert` makes of the saved checkpoint, over the grid's in-memory
-    shards. Collective (gathers metadata objects, no tensors)."""
+    shards (dtype "fp8": its FP8 export, fp8_scale its scales: plan/fp8.py). Collective (gathers
+    metadata objects, no tensors)."""
     metas = g.all_gather_object(describe(sh))
     ck, infos = checkpoint(metas, sh.config, g, sh.step_dir)
     model = to_model(ck, rope_interleaved, hf_arch)
-    return LivePlan(hf_plan.plan_hf(model, dtype, vocab_size, max_shard_size, tokenizer), infos, model)
+    return LivePlan(hf_plan.plan_hf(model, dtype, vocab_size, max_shard_size, tokenizer, fp8_scale), infos, model)

@@ -66,13 +66,20 @@ class Handoff:
             self.free.release()
 
 
+def made(t: OutTensor) -> bool:
+    """Whether the collective loop makes t (not zeros: Qwen2's absent biases); an FP8 weight's
+    scales are made with it."""
+    return bool(t.pieces) or t.quant == "scale_inv"
+
+
 def as_copy(f: OutFile) -> OutFile:
-    """The file with each tensor read whole from its handed-over buffer (same header, offsets)."""
+    """The file with each tensor read whole from its handed-over buffer (same header, offsets):
+    FP8 values copied as they are (execute/fill.py), the rest by the same-dtype kernel."""
     ts = []
     for t in f.tensors:
         rows, cols = t.shape2d
         ref = TensorRef(f"out:{t.name}", 0, t.dtype, (rows, cols))
-        ts.append(OutTensor(t.name, t.shape, t.dtype, [], [Piece(ref, None, 0, rows, 0, cols, 0, 0)] if t.pieces else [], t.offset))
+        ts.append(OutTensor(t.name, t.shape, t.dtype, [], [Piece(ref, None, 0, rows, 0, cols, 0, 0)] if made(t) else [], t.offset))
     return OutFile(f.path, ts, f.metadata, f.header)
 
 
@@ -111,16 +118,17 @@ def _prepare(s, dst: Path, work: Path, force: bool, held: contextlib.ExitStack, 
 def save_hf(src, out_dir, tp_group=None, pp_group=None, dtype: str = "bf16", tokenizer=None, max_shard_size="5GB", *,
             parallel_context=None, vocab_size: int | None = None, force: bool = False, wait: bool = False,
             backend: str = "auto", rope_interleaved: bool | None = None, hf_arch: str | None = None,
-            progress: bool = False, timeout: float = 60.0, stats: dict | None = None) -> Path:
+            progress: bool = False, timeout: float = 60.0, stats: dict | None = None, fp8_scale: str = "float") -> Path:
     """Write the HF folder `nanokern convert --to hf` writes from the saved checkpoint (same
     tensors, config, index, tokenizer files, manifest). Collective over the TP x PP grid; out_dir
     must be on a filesystem every rank sees. An existing out_dir is replaced only with force.
     Nothing is at out_dir until the whole folder is durable; on an error on any rank, nothing.
+    dtype "fp8" (fp8_scale "float" or "ue8m0"): `convert --dtype fp8 [--fp8-scale ...]`'s folder.
     timeout: every rank within that many seconds at the start (else NanokernError, no hang);
     a rank that fails later stops the others at once (their waits for one another are bounded
     by the process group's timeout only: writing may take long)."""
     s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, max_shard_size, tokenizer, rope_interleaved,
-              hf_arch, backend, call=("save_hf", ()), timeout=timeout, step_timeout=None)
+              hf_arch, backend, call=("save_hf", ()), timeout=timeout, step_timeout=None, fp8_scale=fp8_scale)
     with watching(s.g.guard):
         return _save(s, out_dir, force, wait, progress, stats)
 
@@ -136,7 +144,7 @@ def _save(s, out_dir, force: bool, wait: bool, progress: bool, stats) -> Path:
     work = manifest.partial_dir(dst, f"live-{nonce}")
     order, dest = writers(plan, g)
     mine = [f for f in plan.files if dest(f.tensors[0]) == g.index]
-    wanted = lambda t: dest(t) == g.index and bool(t.pieces)  # noqa: E731
+    wanted = lambda t: dest(t) == g.index and made(t)  # noqa: E731
     with contextlib.ExitStack() as held:
         _prepare(s, dst, work, force, held, wait)
         entries, error = _write(s, order, wanted, dest, mine, work, progress, stats)
