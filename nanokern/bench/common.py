@@ -25,6 +25,9 @@ CSV_COLUMNS = [  # results/convert.csv
     # whole processes (exec to exit, then sync), per direction; rows from before these: empty
     "direction", "out_tp", "out_pp", "whole_s", "naive_whole_s", "whole_ratio_floor", "whole_speedup_naive",
     "arch",  # the synthetic family (rows from before it: llama)
+    # the output disk with one O_DIRECT write of 16 MiB in flight (MB/s), and nanokern's own writes in flight while
+    # writing (whole process, medians; mean number and MB); rows from before these: empty
+    "disk_qd1_mbps", "writes_in_flight", "mb_in_flight",
 ]
 ST_DTYPES = {d.short: d.code for d in dtypes.FLOATS}  # from the one table (io/dtypes.py)
 ITEMSIZE = {d.short: d.itemsize for d in dtypes.FLOATS}

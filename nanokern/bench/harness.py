@@ -22,6 +22,8 @@ from pathlib import Path
 import click
 
 from nanokern.arch import decoder
+from nanokern.bench import disk
+from nanokern.bench.disk import qd1_speed
 from nanokern.bench.common import (ITEMSIZE, REPO_ROOT, compile_bytecode, default_cache_dir, device_name, parse_size,
                                    short_dtype)
 from nanokern.bench.measure import Run, _rm, _run_measured
@@ -145,6 +147,10 @@ def run_convert_bench(opts: Options, echo=click.echo) -> Result:
     scratch_parent = Path(opts.scratch_dir) if opts.scratch_dir else cache
     scratch_parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="scratch-", dir=scratch_parent))
+    probe = qd1_speed(scratch)  # the output disk's own speed with one request in flight
+    res.disk = asdict(probe)
+    echo(f"output disk: {probe.mbps:.0f} MB/s with one {disk.BLOCK >> 20} MiB {'O_DIRECT ' if probe.direct else ''}write "
+         "in flight at a time (+ fsync)")
     env = {**os.environ, "OMP_NUM_THREADS": str(opts.threads), "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     outs = {a: scratch / a for a in ("floor", "nanokern", "cli", "naive")}

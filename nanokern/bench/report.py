@@ -29,6 +29,7 @@ class Result:
     problems: list[str] = field(default_factory=list)
     row: dict = field(default_factory=dict)
     load_before: str = ""
+    disk: dict = field(default_factory=dict)  # bench/disk.py's Probe of the output disk
 
     def median(self, approach: str) -> float:
         return statistics.median(r.seconds for r in self.runs[approach])
@@ -64,7 +65,7 @@ def rep_line(rep: int, reps: int, approach: str, run: Run) -> str:
 PHASES = (("plan", "plan"), ("prepare", "prepare (lock, checks)"), ("writing", "writing"), ("finish", "configs+manifest"),
           ("sync", "sync"), ("rename", "rename"))
 
-INNER = ("read+kernel", "write", "batch syncs", "batch sync")  # within `writing`, not phases of their own
+INNER = ("read+kernel", "write", "batch syncs", "batch sync", "writes in flight", "MB in flight")  # within `writing`, not phases of their own
 
 
 def phase_seconds(run: Run) -> dict[str, float] | None:
@@ -83,7 +84,35 @@ def phase_seconds(run: Run) -> dict[str, float] | None:
     out["sync after exit"] = max(0.0, run.wall - (run.exited - run.started))
     out["read+kernel"], out["write"] = sec.get("kernel", 0.0), sec.get("write", 0.0)
     out["batch syncs"], out["batch sync"] = sec.get("batch syncs", 0), sec.get("batch sync", 0.0)
+    # the writer threads' pwrites (O_DIRECT or buffered), summed: their mean number and bytes in flight while writing
+    busy = out["writing"] or 1.0
+    out["writes in flight"] = sec.get("pwrite s", 0.0) / busy
+    out["MB in flight"] = sec.get("pwrite byte s", 0.0) / busy / MB
     return out
+
+
+def in_flight(runs: list[Run]) -> tuple[float, float] | None:
+    """(writes, MB) in flight on average while writing, the median over the runs that report them."""
+    got = [p for p in (phase_seconds(r) for r in runs) if p and p["writes in flight"]]
+    if not got:
+        return None
+    return statistics.median(p["writes in flight"] for p in got), statistics.median(p["MB in flight"] for p in got)
+
+
+def disk_line(res: Result) -> str:
+    """The output disk's speed with one request in flight beside the floor and nanokern's writes in flight."""
+    d = res.disk
+    if not d:
+        return ""
+    gb = res.source_bytes / 1e9
+    line = (f"output disk, {'O_DIRECT' if d['direct'] else 'buffered (no O_DIRECT here)'} writes of 16 MiB one at a time "
+            f"({d['nbytes'] >> 20} MiB + fsync): {d['mbps']:.0f} MB/s, {gb * 1e3 / d['mbps']:.2f} s for the source's {gb:.2f} GB; "
+            f"the floor (cp + sync, page-cache writeback) {res.median_wall('floor'):.2f} s")
+    got = in_flight(res.runs.get("cli", []))
+    if got:
+        line += (f"; nanokern whole process: {got[0]:.1f} writes ({got[1]:.0f} MB) in flight on average while writing "
+                 f"(its writer threads' pwrites)")
+    return line
 
 
 def phase_line(runs: list[Run]) -> str:
@@ -111,6 +140,7 @@ def convert_row(res: Result, device: str, target: tuple[int, int] | None, timest
     ratio = lambda a, b: "" if a is None else round(a / b, 3)  # noqa: E731
     peak, base = res.peak("nanokern"), res.baseline("nanokern")
     big_bytes = res.largest_tensor_bytes
+    flight = in_flight(res.runs.get("cli", []))
     return {
         **stamp(device, o["reps"], timestamp), "size": o["size"],
         "tp": o["tp"], "pp": o["pp"], "dtype": o["dtype"], "out_dtype": o["out_dtype"],
@@ -123,6 +153,9 @@ def convert_row(res: Result, device: str, target: tuple[int, int] | None, timest
         "out_pp": "" if target is None else target[1],
         "whole_s": round(whole, 3), "naive_whole_s": "" if naive_whole is None else round(naive_whole, 3),
         "whole_ratio_floor": round(whole / floor, 3), "whole_speedup_naive": ratio(naive_whole, whole), "arch": o["arch"],
+        "disk_qd1_mbps": round(res.disk["mbps"], 1) if res.disk else "",
+        "writes_in_flight": "" if flight is None else round(flight[0], 2),
+        "mb_in_flight": "" if flight is None else round(flight[1], 1),
     }
 
 
@@ -168,6 +201,9 @@ def format_table(res: Result) -> str:
         lines.append(f"nanokern outputs (in-process and whole process) == {against}, tensor for tensor, bit-exact: "
                      + ("yes" if res.identical else f"NO ({len(res.problems)}): " + "; ".join(res.problems[:5])))
     line = phase_line(res.runs.get("cli", []))
+    if line:
+        lines.append(line)
+    line = disk_line(res)
     if line:
         lines.append(line)
     r = res.row

@@ -4,8 +4,9 @@ resume never trusts a file that is not on disk (execute/run.py).
 DURABILITY "syncfs" (durable.py): one syncfs of the output's filesystem makes a whole batch
 durable. It runs on a thread of its own, so a writer never waits for the disk's cache flush:
 files that finish while a sync runs wait for the next one (a group commit), and a batch is due
-once SYNC_BYTES or SYNC_EVERY seconds of finished files are pending. On a disk whose flush
-is slow this keeps the syncs off the writers' path and their number below one per file.
+once SYNC_BYTES or SYNC_EVERY seconds of finished files are pending, and no sooner than
+SYNC_SPACING times the last sync's own duration after it (durable.batch_due). On a disk whose
+flush is slow this keeps the syncs off the writers' path and their number below one per file.
 "fsync": each file was fsynced by its writer, and is journaled at once.
 """
 
@@ -30,6 +31,7 @@ class Batches:
         self.error: OSError | None = None
         self.last = time.monotonic()
         self.cost = 0.0  # seconds the last batch sync took (durable.batch_due spaces them by it)
+        self.syncing = False
         self.thread: threading.Thread | None = None
         if self.batched:
             self.thread = threading.Thread(target=self._syncs, name="nanokern-sync", daemon=True)
@@ -46,7 +48,9 @@ class Batches:
                 manifest.save_journal(self.work, self.rank, self.entries)
                 return
             self.pending[path] = entry
-            if durable.batch_due(sum(e["size"] for e in self.pending.values()), time.monotonic() - self.last, self.cost):
+            # (while a sync runs, its cost is not known yet: the files finished meanwhile wait for a later call or close())
+            if not self.syncing and durable.batch_due(sum(e["size"] for e in self.pending.values()),
+                                                      time.monotonic() - self.last, self.cost):
                 self.due.set()
 
     def known(self, path: str) -> bool:
@@ -74,8 +78,12 @@ class Batches:
         if not batch:
             return
         t0 = time.monotonic()
-        with phases.span("batch sync"):  # (bench convert: their number and seconds, within writing)
-            durable.syncfs(self.work)
+        self.syncing = True
+        try:
+            with phases.span("batch sync"):  # (bench convert: their number and seconds, within writing)
+                durable.syncfs(self.work)
+        finally:
+            self.syncing = False
         phases.add("batch syncs", 1)
         with self.lock:
             self.last = time.monotonic()

@@ -106,6 +106,8 @@ def write_file(f: OutFile, path: Path, sources: Sources, backend: str, on_bytes=
     if phases is not None:
         phases.add("kernel", kernel)
         phases.add("write", waited)
+        for key, v in zip(("pwrites", "pwrite bytes", "pwrite s", "pwrite byte s"), getattr(w, "io", ())):
+            phases.add(key, v)  # (bench convert: the writes in flight, on average)
     if on_bytes:
         on_bytes(len(f.header))
     return file_entry(f.size, f.header, sums)

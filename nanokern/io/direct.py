@@ -21,6 +21,7 @@ import mmap
 import os
 import queue
 import threading
+import time
 
 import numpy as np
 
@@ -102,6 +103,7 @@ class SequentialWriter:
         self.jobs: queue.Queue = queue.Queue()
         self.check_jobs: queue.Queue = queue.Queue()
         self.error: BaseException | None = None
+        self.io = [0, 0, 0.0, 0.0]  # writes, bytes, seconds in pwrite, bytes x seconds (bench convert: in flight)
         self.threads = [threading.Thread(target=self._write_jobs, daemon=True) for _ in range(depth)]
         self.threads.append(threading.Thread(target=self._check_jobs, daemon=True))
         for t in self.threads:
@@ -117,10 +119,15 @@ class SequentialWriter:
             i, n, off = job
             try:
                 if self.error is None:
+                    t0 = time.perf_counter()
                     view = self.views[i][:n]
                     while view:
                         k = os.pwrite(self.fd, view, off)
                         view, off = view[k:], off + k
+                    t = time.perf_counter() - t0
+                    with self.busy_lock:
+                        io = self.io
+                        io[0], io[1], io[2], io[3] = io[0] + 1, io[1] + n, io[2] + t, io[3] + n * t
             except BaseException as e:  # noqa: BLE001 - re-raised in the producer
                 self.error = e
             self._release(i)
