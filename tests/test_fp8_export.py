@@ -5,7 +5,9 @@ Expectations come from elsewhere than the code under test: each quantized tensor
 transformers' own quantizer (`Fp8Quantize._quantize_one`) gives for the same tensor exported in
 its source dtype (`--dtype keep`); every other tensor is the `--dtype bf16` export's; and
 transformers (CPU: it dequantizes) loads the FP8 folder with every parameter equal to the model it
-loads from the same weights dequantized by hand.
+loads from the same weights dequantized by hand. `--fp8-scale ue8m0` the same way, against that
+quantizer's `scale_fmt="ue8m0"` (its e8m0 scales, written here as float32 powers of two), and
+`nanokern watch --dtype fp8` writes what convert writes.
 """
 import json
 from pathlib import Path
@@ -16,6 +18,8 @@ import torch
 from fixtures_path import NANOTRON_FIXTURES, QWEN2_FIXTURES, fixture
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from marks import slow_except
 
 from nanokern.bench.synthetic import Shape, write_checkpoint
 from nanokern.convert import convert
@@ -36,10 +40,10 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
-def transformers_quantizer():
+def transformers_quantizer(scale_fmt=None):
     from transformers.integrations.finegrained_fp8 import Fp8Quantize
 
-    cfg = SimpleNamespace(weight_block_size=[128, 128], scale_fmt=None)
+    cfg = SimpleNamespace(weight_block_size=[128, 128], scale_fmt=scale_fmt)
     return Fp8Quantize(SimpleNamespace(quantization_config=cfg))
 
 
@@ -58,19 +62,31 @@ def linear_weight(name: str) -> bool:
     return parts[-1] == "weight" and len(parts) > 1 and parts[-2] in PROJECTIONS
 
 
-def check_export(src: Path, tmp: Path, expect_quantized: bool, backend: str = "auto") -> dict:
+def near_power(s: torch.Tensor) -> torch.Tensor:
+    """Float scale_inv within 2^-15 of a power of two (not on one): where transformers' float32
+    ceil(log2) may keep the power below (tests/test_ops_fp8_ue8m0.py covers those exactly)."""
+    m, _ = torch.frexp(s.double())
+    rel = torch.minimum((2 * m - 1).abs(), (1 - m).abs() * 2)
+    return (rel > 0) & (rel < 2.0 ** -15)
+
+
+def check_export(src: Path, tmp: Path, expect_quantized: bool, backend: str = "auto", scale_fmt: str = "float") -> dict:
     fp8_dir, keep_dir, bf16_dir = tmp / "fp8", tmp / "keep", tmp / "bf16"
-    convert(src, fp8_dir, dtype="fp8", backend=backend, progress=False, max_shard_size="200kB")
+    convert(src, fp8_dir, dtype="fp8", backend=backend, progress=False, max_shard_size="200kB", fp8_scale=scale_fmt)
     convert(src, keep_dir, dtype="keep", progress=False)
     convert(src, bf16_dir, dtype="bf16", progress=False)
     got, keep, plain = tensors(fp8_dir), tensors(keep_dir), tensors(bf16_dir)
-    quantizer = transformers_quantizer()
+    quantizer = transformers_quantizer(None if scale_fmt == "float" else scale_fmt)
     quantized, unquantized = [], []
     for name, t in keep.items():
         theirs = quantizer._quantize_one(name, t)
         if linear_weight(name) and len(theirs) == 2:  # a Linear of attention/MLP/experts that divides
             sname = name.removesuffix(".weight") + ".weight_scale_inv"
             assert got[name].dtype == torch.float8_e4m3fn and got[sname].dtype == torch.float32, name
+            if scale_fmt == "ue8m0":  # theirs float8_e8m0fnu: the same powers of two, exactly
+                assert theirs[sname].dtype == torch.float8_e8m0fnu
+                assert not near_power(transformers_quantizer()._quantize_one(name, t)[sname]).any(), name
+                theirs[sname] = theirs[sname].to(torch.float32)
             assert torch.equal(bits(got[name]), bits(theirs[name])), name
             assert torch.equal(bits(got[sname]), bits(theirs[sname])), sname
             quantized.append(name)
@@ -85,6 +101,8 @@ def check_export(src: Path, tmp: Path, expect_quantized: bool, backend: str = "a
     q = cfg["quantization_config"]
     assert {k: q[k] for k in ("quant_method", "fmt", "activation_scheme", "weight_block_size")} == {
         "quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+    assert q.get("scale_fmt", "float") == scale_fmt and set(q) <= {"quant_method", "fmt", "activation_scheme",
+                                                                   "weight_block_size", "modules_to_not_convert", "scale_fmt"}
     listed = set(q["modules_to_not_convert"])
     for name in unquantized:
         module = name.removesuffix(".weight")
@@ -159,3 +177,32 @@ def test_synthetic_backends_give_the_same_bytes(backend, tmp_path):
     convert(src, tmp_path / backend, dtype="fp8", backend=backend, progress=False)
     for f in sorted((tmp_path / "cpu").glob("*.safetensors")):
         assert f.read_bytes() == (tmp_path / backend / f.name).read_bytes(), f.name
+
+
+@pytest.mark.parametrize("arch", slow_except(["llama", "moe"], ["moe"]))
+def test_synthetic_ue8m0_exports(arch, tmp_path):
+    """--fp8-scale ue8m0: transformers' scale_fmt="ue8m0" quantizer's bits (its e8m0 scales as
+    float32), config.json's scale_fmt, and transformers loads the folder as those weights."""
+    src = write_checkpoint(tmp_path / "ckpt", Shape(1, 256, 512, 4, 2, 256, arch), tp=2, pp=1, dtype="bf16", seed=7)
+    got = check_export(src, tmp_path, expect_quantized=True, scale_fmt="ue8m0")
+    for name in got["quantized"]:  # every scale a power of two
+        s = tensors(tmp_path / "fp8")[name.removesuffix(".weight") + ".weight_scale_inv"]
+        assert (torch.frexp(s)[0] == 0.5).all(), name
+
+
+def test_watch_exports_fp8_as_convert(tmp_path):
+    """`nanokern watch --dtype fp8 --fp8-scale ue8m0 --once` writes convert's bytes for each step;
+    --fp8-scale without --dtype fp8 is refused at once."""
+    from helpers import run_cli
+    from test_watch_trainer import same_export
+
+    ck = tmp_path / "ck"
+    src = write_checkpoint(ck, Shape(1, 256, 256, 2, 2, 256, "llama"), tp=1, pp=1, dtype="fp32", seed=9)
+    step = next(p for p in src.iterdir() if p.is_dir())
+    convert(step, tmp_path / "ref", dtype="fp8", fp8_scale="ue8m0", progress=False)
+    r = run_cli("watch", src, tmp_path / "out", "--once", "--dtype", "fp8", "--fp8-scale", "ue8m0", "-q")
+    assert r.returncode == 0, r.stderr
+    same_export(tmp_path / "out" / step.name, tmp_path / "ref")
+    assert json.loads((tmp_path / "ref" / "config.json").read_text())["quantization_config"]["scale_fmt"] == "ue8m0"
+    r = run_cli("watch", src, tmp_path / "out2", "--once", "--fp8-scale", "ue8m0", "-q")
+    assert r.returncode != 0 and "--dtype fp8" in r.stderr and not (tmp_path / "out2").exists()

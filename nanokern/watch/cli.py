@@ -45,7 +45,10 @@ from nanokern.ops.backends import BACKENDS
                    "(\"at {out}\" would run a $(...) in a folder name), or use \"$NANOKERN_OUT\". NANOKERN_STEP, "
                    "NANOKERN_OUT, NANOKERN_SOURCE and NANOKERN_CHECK (passed, suspect, or empty) are in its "
                    "environment. Its exit code is logged; with --once a non-zero one fails the run (exit 1).")
-@click.option("--dtype", type=click.Choice(dtypes.choices(keep=True)), default=None, help="As convert: output dtype [default: bf16].")
+@click.option("--dtype", type=click.Choice(dtypes.choices(keep=True)), default=None,
+              help="As convert: output dtype [default: bf16]; fp8: 128x128-block FP8 exports.")
+@click.option("--fp8-scale", type=click.Choice(["float", "ue8m0"]), default="float", show_default=True,
+              help="As convert: --dtype fp8's block scales (ue8m0: powers of two).")
 @click.option("--tokenizer", type=click.Path(exists=True, file_okay=False), default=None, help="As convert: copy this tokenizer into each export.")
 @click.option("--vocab-size", type=int, default=None, help="As convert: true vocabulary size (trims padded rows).")
 @click.option("--max-shard-size", type=units.positive_size, default="5GB", show_default=True, help="As convert: largest safetensors shard.")
@@ -57,7 +60,7 @@ from nanokern.ops.backends import BACKENDS
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def watch(checkpoints_path, out_root, status_root, plot_path, once, every, keep_last, latest_only, poll, give_up, check,
-          exec_cmd, dtype, tokenizer, vocab_size, max_shard_size, hf_arch, workers, device, backend, quiet, debug):
+          exec_cmd, dtype, fp8_scale, tokenizer, vocab_size, max_shard_size, hf_arch, workers, device, backend, quiet, debug):
     """Export every complete step CHECKPOINTS_PATH/<step>/ of a Nanotron run to OUT_ROOT/<step>/
     (the same bytes as `nanokern convert CHECKPOINTS_PATH/<step> OUT_ROOT/<step>`), oldest first,
     while training writes more. Start it once beside training (a second process, or a Slurm
@@ -90,6 +93,8 @@ def watch(checkpoints_path, out_root, status_root, plot_path, once, every, keep_
         return
     if not (checkpoints_path and out_root):
         raise click.UsageError("give CHECKPOINTS_PATH and OUT_ROOT (or --status OUT_ROOT)")
+    if fp8_scale != "float" and not dtypes.is_fp8(dtype):
+        raise click.UsageError(f"--fp8-scale {fp8_scale} describes FP8 exports: add --dtype fp8")
     from nanokern.execute import signals
     from nanokern.execute.distributed import world
     from nanokern.watch.export import ExportOptions
@@ -100,7 +105,7 @@ def watch(checkpoints_path, out_root, status_root, plot_path, once, every, keep_
     say = (lambda m, err=False: click.echo(m, err=err)) if lead else (lambda m, err=False: None)
     o = WatchOptions(Path(checkpoints_path), Path(out_root),
                      ExportOptions(dtype, tokenizer, vocab_size, max_shard_size, hf_arch, workers, device, backend,
-                                   progress=not quiet and lead),
+                                   progress=not quiet and lead, fp8_scale=fp8_scale),
                      every, keep_last, once, poll, latest_only, check, exec_cmd, give_up)
     try:
         rc = run_guarded(None, debug, lambda: run(o, say))

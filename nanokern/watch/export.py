@@ -25,6 +25,7 @@ class ExportOptions:
     backend: str = "auto"
     progress: bool = True
     said_tokenizer: str = ""  # the tokenizer line, said once while it stays the same
+    fp8_scale: str = "float"  # --dtype fp8: the block scales (plan/fp8.py)
 
 
 def export_step(step_dir: Path, out: Path, o: ExportOptions, dist=None, say=None):
@@ -45,7 +46,7 @@ def export_step(step_dir: Path, out: Path, o: ExportOptions, dist=None, say=None
                 say(f"tokenizer: {why}" + ("" if folder else ": exported without one; add one with --tokenizer DIR"))
                 o.said_tokenizer = why
         plan = make_plan(step_dir, "hf", o.dtype, vocab_size=o.vocab_size, tokenizer=tokenizer,
-                         max_shard_size=o.max_shard_size, hf_arch=o.hf_arch)
+                         max_shard_size=o.max_shard_size, hf_arch=o.hf_arch, fp8_scale=o.fp8_scale)
     except (NanokernError, OSError, ValueError) as e:
         error = e
     if dist is not None:  # every rank planned from the same files: one verdict for all
