@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from nanokern.bench.common import MB, append_csv_rows, default_cache_dir, device_name, parse_size, stamp
+from nanokern.bench.live_ranks import grid_groups, launch, private_scratch, save_nanotron
 
 COLUMNS = ["size", "tp", "pp", "dtype", "out_dtype", "live_s", "two_step_s", "save_nanotron_s", "convert_s",
            "collectives_s", "routed_collectives_s", "speedup_two_step", "live_over_collectives", "live_over_routed",
@@ -32,19 +31,11 @@ def run(size: str, tp: int, pp: int, dtype: str, out_dtype: str, reps: int, devi
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     ckpt, shape = cached_checkpoint(cache, parse_size(size), tp, pp, dtype, echo)
-    scratch = Path(scratch_dir) if scratch_dir else cache / "live-scratch"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    spec = scratch / "spec.json"
-    spec.write_text(json.dumps({"ckpt": str(ckpt), "tp": tp, "pp": pp, "out_dtype": out_dtype, "reps": reps,
-                                "device": device, "scratch": str(scratch)}))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(tp * pp),
-           "-m", "nanokern.bench.live", str(spec)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"bench live workers failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
-    res = json.loads((scratch / "result.json").read_text())
-    shutil.rmtree(scratch, ignore_errors=True)
+    with private_scratch(scratch_dir, cache) as scratch:
+        spec = scratch / "spec.json"
+        spec.write_text(json.dumps({"ckpt": str(ckpt), "tp": tp, "pp": pp, "out_dtype": out_dtype, "reps": reps,
+                                    "device": device, "scratch": str(scratch)}))
+        res = launch(tp * pp, "nanokern.bench.live", spec)
     med = {k: statistics.median(v) for k, v in res["times"].items()}
     two = med["save_nanotron_s"] + med["convert_s"]
     return {**stamp(device_name(device), reps), "size": size, "tp": tp, "pp": pp, "dtype": dtype, "out_dtype": out_dtype,
@@ -61,42 +52,6 @@ def append(path, row: dict) -> None:
 
 
 # ---- the torchrun side ------------------------------------------------------------------------
-
-def _groups(tp: int, pp: int):
-    import torch.distributed as dist
-
-    r, mine = dist.get_rank(), [None, None]
-    for p in range(pp):
-        g = dist.new_group([p * tp + t for t in range(tp)])
-        mine[0] = g if r // tp == p else mine[0]
-    for t in range(tp):
-        g = dist.new_group([p * tp + t for p in range(pp)])
-        mine[1] = g if r % tp == t else mine[1]
-    return mine
-
-
-def _save_nanotron(sh, step: Path, tp: int, pp: int, tps: int, pps: int, owner: dict) -> None:
-    """This rank's shards as Nanotron's save_weights writes them: one safetensors file per
-    parameter (sharded: rank suffix and slice metadata; replicated: TP rank 0 of its stage)."""
-    from safetensors.torch import save_file
-
-    from nanokern.formats.nanotron import layout as L
-
-    box = lambda b: "|".join(f"{a},{z},None" for a, z in b)  # noqa: E731
-    for name, p in sh.params.items():
-        if p.pairs is None:
-            if tp != 0 or owner[L.block_of(name)] != pp:
-                continue
-            path, meta = step / L.param_path(name), {}
-        else:
-            if name == L.EMBED_NT and owner["embedding"] != pp:
-                continue  # the tied lm_head's copy: saved once, by the embedding's stage
-            path = step / L.param_path(name, pp, pps, tp, tps)
-            meta = {"version": "1.5", "unsharded_shape": str(tuple(p.gshape)),
-                    "local_global_slices_pairs": ";".join(f"{box(lo)}#{box(gl)}" for lo, gl in p.pairs)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"data": p.tensor.contiguous().cpu()}, str(path), metadata=meta)
-
 
 def worker(spec_path: str) -> None:
     import torch
@@ -117,7 +72,7 @@ def worker(spec_path: str) -> None:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo")
     tps, pps = spec["tp"], spec["pp"]
-    tpg, ppg = _groups(tps, pps)
+    tpg, ppg = grid_groups(tps, pps)
     tp, pp = dist.get_rank() % tps, dist.get_rank() // tps
     sh = live.load_rank(spec["ckpt"], tp, pp, device="cuda" if cuda else "cpu")
     owner = L.pp_stage_blocks(*_spec_vocab(spec["ckpt"]), pps)
@@ -140,7 +95,7 @@ def worker(spec_path: str) -> None:
         times["live_s"].append(time.perf_counter() - t0)
         growth = max(growth, sampler.stop() - base)
         t0 = time.perf_counter()
-        _save_nanotron(sh, nt / "0", tp, pp, tps, pps, owner)
+        save_nanotron(sh, nt / "0", tp, pp, tps, pps, owner)
         sync()
         dist.barrier()
         if dist.get_rank() == 0:
@@ -197,22 +152,50 @@ def _anon() -> int:
 import click  # noqa: E402  (the command, registered by bench/cli.py)
 
 
+def _positive(text: str) -> int:
+    n = parse_size(text)
+    if n <= 0:
+        raise click.BadParameter(f"{text!r}: a bucket needs a size above 0")
+    return n
+
+
 @click.command("live")
+@click.option("--mode", type=click.Choice(["save", "buckets"]), default="save", show_default=True,
+              help="save: live.save_hf against the two-step path and the collectives (TP x PP processes). buckets: into an "
+                   "engine's memory (one more process): hf_buckets, per-tensor hf_weights and the two-step path against "
+                   "the transport's floor (bench/live_buckets.py).")
 @click.option("--size", default="200MB", show_default=True, help="Synthetic checkpoint size (20MB, 1GB, ...).")
 @click.option("--tp", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--pp", type=click.IntRange(1), default=2, show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Source dtype.")
 @click.option("--out-dtype", type=click.Choice(["keep", "fp32", "bf16", "fp16"]), default="bf16", show_default=True)
+@click.option("--bucket-size", default="64MB", show_default=True, callback=lambda ctx, p, v: _positive(v),
+              help="--mode buckets: hf_buckets' bucket_bytes (KB, MB, MiB, ...).")
 @click.option("--reps", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
-              help="cuda: NCCL, one GPU per process (TP x PP GPUs).")
+              help="cuda: NCCL, one GPU per process (TP x PP GPUs; --mode buckets: one more).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Synthetic checkpoints [default: nanokern-bench-cache/ in the temporary folder].")
-@click.option("--scratch-dir", type=click.Path(file_okay=False), default=None, help="Outputs [default: inside the cache dir].")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Append the row to this CSV file [default: none].")
-def live_cmd(size, tp, pp, dtype, out_dtype, reps, device, cache_dir, scratch_dir, csv_path):
+@click.option("--scratch-dir", type=click.Path(file_okay=False), default=None,
+              help="Outputs go to a new private folder made inside it, removed at the end [default: inside the cache dir].")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None,
+              help="Append the row(s) to this CSV file (save: benchmarks/results/live.csv; buckets: "
+                   "benchmarks/results/live_buckets.csv) [default: none].")
+def live_cmd(mode, size, tp, pp, dtype, out_dtype, bucket_size, reps, device, cache_dir, scratch_dir, csv_path):
     """Export from a running job: live.save_hf against the two-step path (Nanotron-layout save +
-    `nanokern convert`) and against the collectives alone, under torchrun (TP x PP processes)."""
+    `nanokern convert`) and against the collectives alone, under torchrun (TP x PP processes);
+    or, --mode buckets, into an inference engine's memory against the transport's floor."""
+    if mode == "buckets":
+        from nanokern.bench import live_buckets
+
+        rows = live_buckets.run(size, tp, pp, dtype, out_dtype, reps, device, cache_dir, scratch_dir, bucket_size, click.echo)
+        live_buckets.print_rows(rows, click.echo)
+        if csv_path:
+            append_csv_rows(Path(csv_path), live_buckets.COLUMNS, rows)
+            click.echo(f"appended {len(rows)} rows to {csv_path}")
+        if any(r["identical"] is False for r in rows):
+            raise click.ClickException("the engine's tensors differ between paths")
+        return
     row = run(size, tp, pp, dtype, out_dtype, reps, device, cache_dir, scratch_dir, click.echo)
     click.echo(",".join(COLUMNS))
     click.echo(",".join(str(row[c]) for c in COLUMNS))

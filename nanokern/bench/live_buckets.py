@@ -1,0 +1,253 @@
+"""`nanokern bench live --mode buckets`: from a job's shards in memory (TP x PP ranks,
+live.load_rank, untimed) into an inference engine's memory (one more rank, the last: a tensor
+per HF name, allocated once, as a loaded model holds them), under torchrun. Timed on the engine,
+from a barrier of every rank to its last tensor in place, in one run:
+
+- floor: the transport alone, the same bytes by the same collective pattern, nothing converted:
+  every unit gathered to grid rank 0 as hf_buckets routes them (TP gather, PP send), then the
+  buckets' sizes broadcast from one buffer to the engine over the update group (grid rank 0 +
+  the engine) into one buffer;
+- buckets: live.hf_buckets to grid rank 0, each bucket broadcast (its fields, then its bytes),
+  unpacked on the engine (CRC32 checked) and copied into place by name;
+- per_tensor: live.hf_weights to grid rank 0, each tensor broadcast straight into place (the
+  names, shapes and dtypes sent once ahead, from live.hf_metadata, untimed);
+- two_step: every rank saves its shards in Nanotron's layout, `nanokern convert` of them (every
+  rank of the world, the engine's too), the engine reads the HF folder into place.
+Plus any path in HOOKS (the vLLM source's). Figures: seconds, GB/s of HF bytes, and floor
+seconds / seconds (1.0: as fast as the transport alone). The engine's tensors after the first
+rep of buckets, per_tensor and two_step are compared (BLAKE2b of each tensor's bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+from nanokern.bench.common import MB, device_name, stamp
+
+COLUMNS = ["size", "tp", "pp", "dtype", "out_dtype", "bucket_mb", "path", "seconds", "gb_per_s", "floor_s", "floor_ratio",
+           "hf_mb", "identical"]
+TIMED = ["floor", "buckets", "per_tensor"]  # then HOOKS, then two_step
+
+
+def run(size: str, tp: int, pp: int, dtype: str, out_dtype: str, reps: int, device: str, cache_dir, scratch_dir,
+        bucket_bytes: int, echo) -> list[dict]:
+    """Launch TP x PP + 1 torchrun workers; a row per path (medians over reps)."""
+    from nanokern.bench.common import default_cache_dir, parse_size
+    from nanokern.bench.live_ranks import launch, private_scratch
+    from nanokern.bench.synthetic import cached_checkpoint
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    ckpt, _ = cached_checkpoint(cache, parse_size(size), tp, pp, dtype, echo)
+    with private_scratch(scratch_dir, cache) as scratch:
+        spec = scratch / "spec.json"
+        spec.write_text(json.dumps({"ckpt": str(ckpt), "tp": tp, "pp": pp, "out_dtype": out_dtype, "reps": reps,
+                                    "device": device, "bucket_bytes": bucket_bytes, "scratch": str(scratch)}))
+        res = launch(tp * pp + 1, "nanokern.bench.live_buckets", spec)
+    med = {k: statistics.median(v) for k, v in res["times"].items()}
+    base = {**stamp(device_name(device), reps), "size": size, "tp": tp, "pp": pp, "dtype": dtype, "out_dtype": out_dtype,
+            "bucket_mb": round(bucket_bytes / MB, 2), "floor_s": round(med["floor"], 4), "hf_mb": round(res["hf_bytes"] / MB, 2)}
+    return [{**base, "path": k, "seconds": round(s, 4), "gb_per_s": round(res["hf_bytes"] / s / 1e9, 3),
+             "floor_ratio": round(med["floor"] / s, 3), "identical": res["identical"].get(k, "")} for k, s in med.items()]
+
+
+# ---- the paths: trainer side (every grid rank; rank 0 sends) and engine side ----------------------
+
+def _bytes(t):
+    import torch
+
+    return t.reshape(-1).view(torch.uint8)
+
+
+def floor_trainer(c) -> None:
+    import torch.distributed as dist
+
+    from nanokern.live.export import setup, state_dict_order
+    from nanokern.live.gather import Budget
+    from nanokern.live.stream import produce
+
+    s = setup(c.sh, c.tpg, c.ppg, dtype=c.od)
+    for _ in produce(s.lp, s.sh, s.g, state_dict_order(s.lp), lambda t: False, s.backend, s.device, Budget(), dest=lambda t: 0):
+        pass  # each unit to grid rank 0, as hf_buckets(ranks=0) routes them; nothing cast
+    if dist.get_rank() == 0:
+        for n in c.sizes:
+            dist.broadcast(c.buf[:n], src=0, group=c.update)
+
+
+def floor_engine(c) -> None:
+    import torch.distributed as dist
+
+    for n in c.sizes:
+        dist.broadcast(c.buf[:n], src=0, group=c.update)
+
+
+def buckets_trainer(c) -> None:
+    import torch.distributed as dist
+
+    from nanokern import live
+
+    for b in live.hf_buckets(c.sh, c.tpg, c.ppg, c.od, ranks=0, bucket_bytes=c.bucket_bytes):
+        head = {k: v for k, v in vars(b).items() if k != "packed_tensor"}
+        dist.broadcast_object_list([{**head, "nbytes": b.packed_tensor.numel()}], src=0, group=c.update)
+        dist.broadcast(b.packed_tensor, src=0, group=c.update)
+
+
+def buckets_engine(c) -> None:
+    import torch.distributed as dist
+
+    from nanokern import live
+
+    while True:
+        head = [None]
+        dist.broadcast_object_list(head, src=0, group=c.update)
+        head = head[0]
+        bucket = live.Bucket(packed_tensor=c.buf[: head.pop("nbytes")], **head)
+        dist.broadcast(bucket.packed_tensor, src=0, group=c.update)
+        for name, t in live.unpack(bucket):
+            c.model[name].copy_(t)
+        if bucket.last:
+            return
+
+
+def per_tensor_trainer(c) -> None:
+    import torch.distributed as dist
+
+    from nanokern import live
+
+    for _, t in live.hf_weights(c.sh, c.tpg, c.ppg, c.od, ranks=0):
+        dist.broadcast(_bytes(t), src=0, group=c.update)
+
+
+def per_tensor_engine(c) -> None:
+    import torch.distributed as dist
+
+    for name, *_ in c.meta:
+        dist.broadcast(_bytes(c.model[name]), src=0, group=c.update)
+
+
+PATHS = {"floor": (floor_trainer, floor_engine), "buckets": (buckets_trainer, buckets_engine),
+         "per_tensor": (per_tensor_trainer, per_tensor_engine)}
+
+# ---- hook: the vLLM source ---------------------------------------------------------------------
+# A path added here as name -> (trainer(c), engine(c)) is timed and checked like the ones above
+# (c: SimpleNamespace with sh, tpg, ppg, update, od, bucket_bytes, meta, sizes, buf, model, device;
+# the engine's tensors must end up in c.model). nanokern.live's vLLM source registers its own
+# path here; nothing in this module depends on it.
+HOOKS: dict[str, tuple] = {}
+
+
+def two_step(c, tp: int, pp: int, nt: Path, out: Path) -> None:
+    import torch.distributed as dist
+    from safetensors.torch import load_file
+
+    from nanokern.bench.live_ranks import save_nanotron
+    from nanokern.convert import convert
+    from nanokern.formats.nanotron import layout as L
+    from nanokern.formats.nanotron import read_checkpoint
+
+    rank = dist.get_rank()
+    if c.sh is not None:
+        ck = read_checkpoint(c.ckpt)
+        save_nanotron(c.sh, nt / "0", tp, pp, c.tps, c.pps, L.pp_stage_blocks(ck.spec, ck.spec.vocab_size, c.pps))
+        if rank == 0:
+            (nt / "0" / "model_config.json").write_text(json.dumps(c.sh.config))
+            (nt / "latest.txt").write_text("0")
+    dist.barrier()
+    convert(nt, out, to="hf", dtype=c.od, device=c.device.type, progress=False)  # (every rank of the world)
+    dist.barrier()
+    if c.model is not None:
+        for f in sorted(out.glob("*.safetensors")):
+            for name, t in load_file(str(f)).items():
+                c.model[name].copy_(t)
+
+
+# ---- the torchrun side ------------------------------------------------------------------------
+
+def worker(spec_path: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from nanokern import live
+    from nanokern.bench.live_ranks import grid_groups
+    from nanokern.live.buckets import layout
+
+    spec = json.loads(Path(spec_path).read_text())
+    cuda = spec["device"] == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    tps, pps, rank = spec["tp"], spec["pp"], dist.get_rank()
+    engine = tps * pps
+    tpg, ppg = grid_groups(tps, pps)
+    update = dist.new_group([0, engine])
+    dev = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+    c = SimpleNamespace(sh=None, tpg=tpg, ppg=ppg, update=update, od=spec["out_dtype"], bucket_bytes=spec["bucket_bytes"],
+                        meta=None, model=None, device=dev, ckpt=spec["ckpt"], tps=tps, pps=pps)
+    if rank < engine:
+        c.sh = live.load_rank(spec["ckpt"], rank % tps, rank // tps, device=dev)
+        c.meta = live.hf_metadata(c.sh, tpg, ppg, c.od)
+    if rank in (0, engine):  # (untimed) what an engine knows ahead: the names, shapes and dtypes
+        box = [c.meta]
+        dist.broadcast_object_list(box, src=0, group=update)
+        c.meta = box[0]
+        tensors = [SimpleNamespace(nbytes=torch.Size(s).numel() * dt.itemsize, dtype=SimpleNamespace(torch=dt)) for _, s, dt in c.meta]
+        c.sizes = [g[-1][1] + g[-1][0].nbytes for g in layout(tensors, c.bucket_bytes)]
+        c.buf = torch.zeros(max(c.sizes), dtype=torch.uint8, device=dev)
+        dist.broadcast(c.buf[:1], src=0, group=update)  # (the update group's connection opened)
+    if rank == engine:
+        c.model = {n: torch.zeros(s, dtype=dt, device=dev) for n, s, dt in c.meta}
+    elif rank < engine:
+        floor_trainer(SimpleNamespace(**{**vars(c), "sizes": []}))  # warm-up: the grid's connections
+    paths = {**PATHS, **HOOKS}
+    times: dict[str, list[float]] = {k: [] for k in [*paths, "two_step"]}
+    digests: dict[str, dict] = {}
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    scratch = Path(spec["scratch"])
+    for rep in range(spec["reps"]):
+        for name in [*paths, "two_step"]:
+            if c.model is not None:
+                for t in c.model.values():
+                    t.zero_()
+            sync()
+            dist.barrier()
+            t0 = time.perf_counter()
+            if name == "two_step":
+                two_step(c, rank % tps, rank // tps, scratch / f"nt-{rep}", scratch / f"hf-{rep}")
+            else:
+                paths[name][0 if rank < engine else 1](c)
+            sync()
+            times[name].append(time.perf_counter() - t0)
+            if rank == engine and rep == 0 and name != "floor":
+                digests[name] = {n: _digest(t) for n, t in c.model.items()}
+            dist.barrier()
+    if rank == engine:
+        first = digests["two_step"]  # (nanokern convert's output: the reference)
+        (Path(spec_path).parent / "result.json").write_text(json.dumps({
+            "times": times, "hf_bytes": sum(t.numel() * t.element_size() for t in c.model.values()),
+            "identical": {k: d == first and sorted(d) == sorted(n for n, *_ in c.meta) for k, d in digests.items()}}))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _digest(t) -> str:
+    import hashlib
+
+    return hashlib.blake2b(_bytes(t.contiguous()).cpu().numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def print_rows(rows: list[dict], echo) -> None:
+    echo(f"{'path':<12} {'seconds':>9} {'GB/s':>8} {'floor/s':>8}  identical")
+    for r in rows:
+        echo(f"{r['path']:<12} {r['seconds']:>9.4f} {r['gb_per_s']:>8.3f} {r['floor_ratio']:>8.3f}  {r['identical']}")
+    echo(",".join(COLUMNS))
+    for r in rows:
+        echo(",".join(str(r[k]) for k in COLUMNS))
+
+
+if __name__ == "__main__":
+    worker(sys.argv[1])
