@@ -36,7 +36,7 @@ def load_source(src: str | os.PathLike, rope_interleaved: bool | None = None, hf
     if nanotron.is_nanotron(p):
         return nanotron.to_model(nanotron.read_checkpoint(p), rope_interleaved, hf_arch)
     if hf.is_hf(p):
-        return hf.read_hf(p)
+        return hf.read_hf(p, dequantize=True)
     if p.is_dir() and not any(p.iterdir()):
         raise NanokernError("empty folder: no checkpoint here", p)
     raise NanokernError("not a Nanotron checkpoint (latest.txt or model/) nor a HF folder (config.json)", p)

@@ -146,9 +146,6 @@ def convert(src, dst, to, dtype, fp8_scale, backend, device, staging_budget, voc
         report = execute(plan, dst, backend=backend, device=device, workers=workers, force=force,
                          progress=not quiet, strict=strict, direct_io=not buffered_io, wait=wait,
                          staging_bytes=parse_size(staging_budget) if device == "cuda" else None)
-        from nanokern.formats.hf_fp8 import remove_temporaries
-
-        remove_temporaries()  # an FP8 source's dequantized weights (the quick exit below skips atexit)
         for n in report.nonfinite:
             warn(f"non-finite values (NaN/inf) in {n}")
         if not lead:

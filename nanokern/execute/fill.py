@@ -4,6 +4,11 @@ one memory-mapped source tensor into a rectangle of the output, cast on the way.
 `out` is a numpy view of the writer's staging buffer (the dtype's storage type). The "cpu"
 backend runs the C++ kernel on it through the torch-free binding (ops/host.py); the other
 backends ("torch", "triton", "cuda", and the staged GPU pipeline) see it as a torch tensor.
+
+A piece over an FP8 weight (plan/pieces.Fp8Ref) is dequantized as it is gathered, on the host
+whatever the backend: ops/fp8_dequant.gather_dequant writes its rows straight into `out`, each
+element one float32 product and one cast (the same cast: all backends give the same bytes).
+Scratch per call: that function's, a few MB whatever the tensor.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import threading
 import numpy as np
 
 from nanokern.io.safetensors import close_maps, map_array, map_tensor
-from nanokern.ops import host
+from nanokern.ops import fp8_dequant, host
+from nanokern.plan.pieces import Fp8Ref
 
 class Sources:
     """Memory maps of source files, opened once and shared by the worker threads."""
@@ -29,6 +35,12 @@ class Sources:
     def tensor(self, ref):
         with self._lock:
             return map_tensor(ref, self._maps)
+
+    def fp8(self, ref: Fp8Ref) -> tuple[np.ndarray, np.ndarray]:
+        """An FP8 weight's e4m3 bytes (uint8) and its float32 scale grid."""
+        with self._lock:
+            q, s = map_array(ref.weight, self._maps), map_array(ref.scales, self._maps)
+        return q, fp8_dequant.scales_host(s.reshape(-(-q.shape[0] // ref.block[0]), -(-q.shape[1] // ref.block[1])))
 
     def close(self):
         close_maps(self._maps.values())
@@ -61,6 +73,9 @@ def fill_rows(t, r0: int, r1: int, out: np.ndarray, sources: Sources, backend: s
         return
     if uses_host(backend, stager):
         for p, a, b, k0, k1 in _spans(t, r0, r1):
+            if isinstance(p.ref, Fp8Ref):
+                _dequant(p, out[a - r0 : b - r0], k0, k1, sources)
+                continue
             src = sources.array(p.ref)
             dst = out[a - r0 : b - r0, p.dst_col0 : p.dst_col0 + p.ncols]
             rows = None if p.rows is None else np.ascontiguousarray(p.rows[k0:k1])
@@ -73,13 +88,39 @@ def fill_rows(t, r0: int, r1: int, out: np.ndarray, sources: Sources, backend: s
     _fill_rows_torch(t, r0, r1, out, sources, backend, stager)
 
 
+def _cast_table(src: np.ndarray, out: np.ndarray) -> None:
+    """float32 -> out's dtype, to nearest even: the host kernel, else the torch op (same bytes)."""
+    if host.ERROR is None:
+        host.gather_cast(src, None, out)
+        return
+    import torch
+
+    from nanokern.ops import gather_cast
+
+    dst = torch.from_numpy(out.view(np.int16)).view(torch.bfloat16) if out.dtype == np.dtype("<u2") else torch.from_numpy(out)
+    gather_cast(torch.from_numpy(src), None, dst, backend="torch")
+
+
+def _dequant(p, dst: np.ndarray, k0: int, k1: int, sources: Sources) -> None:
+    """dst (the output rows of piece p's rows [k0, k1)) <- those rows of its FP8 weight, dequantized."""
+    q, s = sources.fp8(p.ref)
+    block = p.ref.block
+    if p.transpose:  # output rows are source columns: the transpose, its grid and block transposed
+        q, s, block = q.T, s.T, block[::-1]
+    rows = None if p.rows is None else p.rows[k0:k1]
+    fp8_dequant.gather_dequant(q, s, block, rows, p.row0 + k0, p.col0, dst[:, p.dst_col0 : p.dst_col0 + p.ncols], _cast_table)
+
+
 def _fill_rows_torch(t, r0, r1, out, sources, backend, stager) -> None:
     import torch
 
     from nanokern.ops import gather_cast
 
-    out = torch.from_numpy(out).view(t.dtype.torch)
+    host_out, out = out, torch.from_numpy(out).view(t.dtype.torch)
     for p, a, b, k0, k1 in _spans(t, r0, r1):
+        if isinstance(p.ref, Fp8Ref):
+            _dequant(p, host_out[a - r0 : b - r0], k0, k1, sources)
+            continue
         src = sources.tensor(p.ref)
         if p.transpose:
             src = src.t()

@@ -111,16 +111,19 @@ def read_config(path: str | os.PathLike) -> dict:
     return _read_json(Path(path) / "config.json", "config.json")
 
 
-def read_hf(path: str | os.PathLike, dequantize: bool = True) -> Model:
-    """A HF folder as a logical model. An FP8 folder's weights (formats/hf_fp8.py) are dequantized
-    into a temporary float32 file that the model reads instead (their logical dtype is the folder's
-    unquantized one: what `--dtype keep` writes); dequantize=False leaves them float8_e4m3fn
-    (what inspect and verify read, with hf_fp8.fp8_pairs for their scales)."""
+def read_hf(path: str | os.PathLike, dequantize: bool | None = None) -> Model:
+    """A HF folder as a logical model. An FP8 folder (formats/hf_fp8.py) is refused in one line
+    unless `dequantize` says how its weights are read: True, dequantized where a conversion reads
+    them (execute/fill.py; their blocks are plan/pieces.Fp8Ref, their logical dtype the folder's
+    unquantized one: what `--dtype keep` writes; nothing is read here); False, float8_e4m3fn as
+    stored (what inspect and verify read, with hf_fp8.fp8_pairs for their scales)."""
     d = Path(path)
     cfg_file = d / "config.json"
     cfg = _read_json(cfg_file, "config.json")
     family_of(cfg, cfg_file)
     fp8_cfg = hf_fp8.fp8_config(cfg, cfg_file) if is_quantized(cfg) else None
+    if fp8_cfg is not None and dequantize is None:
+        raise NanokernError("an FP8 folder: convert it first (nanokern convert --to hf --dtype bf16)", d)
     index = d / "model.safetensors.index.json"
     if index.exists():
         idx = _read_json(index, "index")
@@ -147,7 +150,7 @@ def read_hf(path: str | os.PathLike, dequantize: bool = True) -> Model:
     fp8 = hf_fp8.fp8_pairs(refs, fp8_cfg) if fp8_cfg is not None else {}
     fp8_dtype = hf_fp8.folder_dtype(refs)
     if fp8 and dequantize:
-        refs.update(hf_fp8.dequantize_to_file({n: w for n, w in fp8.items() if n in refs}, d))
+        refs.update({n: w.ref for n, w in fp8.items()})
     want = {t[0]: t[1] for t in family.hf_tensors(spec)}
     tensors: dict[str, LogicalTensor] = {}
     warnings = []
@@ -172,7 +175,7 @@ def read_hf(path: str | os.PathLike, dequantize: bool = True) -> Model:
             raise NanokernError(f"missing tensor {name}", where)
         if ref.shape != shape:
             raise NanokernError(f"{name} has shape {list(ref.shape)} but config.json implies {list(shape)}", ref.path)
-        if ref.dtype not in dtypes.FLOATS and not (name in fp8 and not dequantize):
+        if ref.dtype not in dtypes.FLOATS and name not in fp8:
             raise NanokernError(f"{name}: unsupported dtype {ref.dtype} (supported: fp32, bf16, fp16)", ref.path)
         tensors[name] = LogicalTensor(name, shape, fp8_dtype if name in fp8 and dequantize else ref.dtype, [whole_block(ref)])
     for z in family.zero_means_absent:

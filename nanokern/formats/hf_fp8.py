@@ -7,33 +7,26 @@ grid (nanokern's `--dtype fp8` exports, DeepSeek-V3 / Qwen3 FP8 releases: config
 - `fp8_pairs`: every FP8 weight with its scales, checked against the block size (the grid is
   ceil(rows / br) x ceil(cols / bc): partial edge blocks); a weight without scales, scales
   without a weight, input scales or fused FP8 experts are one line naming the file.
-- `dequantize_to_file`: what an import reads instead of the FP8 bytes: every FP8 weight
-  dequantized (ops/fp8_dequant.py: one float32 product per element, the cast to --dtype is the
-  conversion's own) into one float32 safetensors file in a temporary folder of its own, a band of
-  rows at a time (memory: one band). The folder is removed when the process ends or when
-  `remove_temporaries` is called.
+- `Fp8Weight.ref`: what an import reads instead of the FP8 bytes (plan/pieces.Fp8Ref): the weight
+  with its scales, dequantized where it is read (execute/fill.py: one float32 product per element,
+  then the conversion's own cast, straight into the output; nothing is written elsewhere).
 """
 
 from __future__ import annotations
 
-import atexit
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from nanokern.errors import NanokernError, OutOfSpace
+from nanokern.errors import NanokernError
 from nanokern.io import dtypes
-from nanokern.io.safetensors import TensorRef, build_header, close_maps, map_array, read_header
-from nanokern.io.units import human_bytes
+from nanokern.io.safetensors import TensorRef, map_array
 from nanokern.ops import fp8_dequant
 from nanokern.plan.fp8 import scale_name
+from nanokern.plan.pieces import Fp8Ref
 
 SCALE_DTYPES = ("F32", "BF16", "F16", "U8", "F8_E8M0")  # (one byte: ue8m0 exponents)
-BAND_BYTES = 16 << 20  # float32 output per band of the temporary file
 
 
 @dataclass
@@ -63,6 +56,11 @@ class Fp8Weight:
 
     def scales_f32(self, maps: dict) -> np.ndarray:
         return fp8_dequant.scales_host(map_array(self.scales, maps).reshape(self.grid))
+
+    @property
+    def ref(self) -> Fp8Ref:
+        """The weight as a conversion's source: read dequantized (plan/pieces.py)."""
+        return Fp8Ref(self.weight, self.scales, self.block)
 
 
 def fp8_config(cfg: dict, where: Path) -> Fp8Config:
@@ -122,53 +120,6 @@ def folder_dtype(refs: dict[str, TensorRef]) -> dtypes.DType:
     dequantizes into, and what `--dtype keep` writes."""
     e = refs.get("model.embed_tokens.weight")
     return e.dtype if e is not None and e.dtype in dtypes.FLOATS else dtypes.BFLOAT16
-
-
-_TEMPORARIES: list[str] = []
-
-
-def remove_temporaries() -> None:
-    """Remove every temporary folder this process made (each made by tempfile.mkdtemp here)."""
-    while _TEMPORARIES:
-        shutil.rmtree(_TEMPORARIES.pop(), ignore_errors=True)
-
-
-atexit.register(remove_temporaries)
-
-
-def dequantize_to_file(pairs: dict[str, Fp8Weight], source: Path) -> dict[str, TensorRef]:
-    """Every FP8 weight dequantized to float32 in one temporary safetensors file; name -> its ref."""
-    names = sorted(pairs)
-    head, _ = build_header([(n, dtypes.FLOAT32, pairs[n].weight.shape) for n in names], None)
-    size = len(head) + sum(pairs[n].weight.numel * 4 for n in names)
-    tmp_root = tempfile.gettempdir()
-    free = shutil.disk_usage(tmp_root).free
-    if free < size:
-        raise OutOfSpace(f"dequantizing the FP8 weights of {source} needs {human_bytes(size)} of temporary space, "
-                         f"{human_bytes(free)} free (set TMPDIR to a larger disk)", tmp_root)
-    folder = tempfile.mkdtemp(prefix="nanokern-fp8-", dir=tmp_root)
-    _TEMPORARIES.append(folder)
-    path = os.path.join(folder, "dequantized.safetensors")
-    maps: dict = {}
-    try:
-        with open(path, "xb") as f:
-            f.write(head)
-            for n in names:
-                _write_dequantized(f, pairs[n], maps)
-    finally:
-        close_maps(maps.values())
-    return read_header(path).tensors
-
-
-def _write_dequantized(f, w: Fp8Weight, maps: dict) -> None:
-    rows, cols = w.weight.shape
-    br = w.block[0]
-    q = map_array(w.weight, maps)
-    s = w.scales_f32(maps)
-    step = max(1, BAND_BYTES // max(1, cols * 4 * br)) * br  # whole row blocks
-    for r0 in range(0, rows, step):
-        r1 = min(rows, r0 + step)
-        f.write(fp8_dequant.dequantize_host(q[r0:r1], s[r0 // br : -(-r1 // br)], w.block).tobytes())
 
 
 def summary(cfg: dict, refs: dict[str, TensorRef], where: Path) -> dict:

@@ -14,9 +14,13 @@ byte per block (uint8 or float8_e8m0fnu, `scale_fmt: ue8m0`) as 2^(byte - 127) (
 
 Two implementations that give the same bits: `dequantize_torch` (the reference, torch's own
 cast and multiply) and `dequantize_host` (numpy, no torch: the e4m3 bytes through a 256-entry
-table of their exact float32 values, then numpy's float32 multiply, IEEE round to nearest even),
-which the CPU import runs band by band. `rounding_bound` is how far a dequantized value may be
-from the value that was quantized (its derivation is in its docstring).
+table of their exact float32 values, then numpy's float32 multiply, IEEE round to nearest even).
+`gather_dequant` is what an import runs (execute/fill.py): a row gather of a window of the weight
+dequantized and cast in one step, `out[i, j] = cast(e4m3(q[r_i, c0 + j]) * s[r_i // br, (c0 + j) // bc])`:
+each block's 256 possible products are made in float32 and cast once (a table of 256 output values
+per block), and every element is one lookup in its block's table, so the output holds exactly the
+reference's `(q * s).to(dtype)`, one float32 product and one rounding. `rounding_bound` is how far
+a dequantized value may be from the value that was quantized (its derivation is in its docstring).
 """
 from __future__ import annotations
 
@@ -87,6 +91,48 @@ def dequantize_host(bits: np.ndarray, scales: np.ndarray, block: tuple[int, int]
     _check(bits.shape, scales.shape, block)
     s = _expand(scales, block, bits.shape, lambda a, n, ax: np.repeat(a, n, axis=ax))
     return np.multiply(E4M3_TABLE[bits], s, dtype=np.float32)
+
+
+STEP_ELEMS = 1 << 19  # output elements (and table entries) per step of gather_dequant
+
+
+def gather_dequant(q: np.ndarray, scales: np.ndarray, block: tuple[int, int], rows: np.ndarray | None, row0: int,
+                   col0: int, out: np.ndarray, cast) -> None:
+    """out[i, j] = cast(E4M3_TABLE[q[r_i, col0 + j]] * scales[r_i // br, (col0 + j) // bc]), r_i =
+    rows[i] (rows None: row0 + i). q: e4m3 bytes (uint8, any strides: a transposed view reads the
+    transpose, with its grid and block transposed too); scales: the float32 grid; out: [n, ncols]
+    in the output dtype's storage type; cast(src, dst): float32 [k, 256] -> dst's dtype, round to
+    nearest even (the conversion's gather_cast). Steps of at most STEP_ELEMS elements, whose blocks'
+    tables hold at most STEP_ELEMS entries (fewer rows when gathered rows fall in many row blocks):
+    scratch at most STEP_ELEMS x (8 index + 4 float32 + 4 output) bytes, 8 MiB, whatever the sizes."""
+    br, bc = block
+    n, ncols = out.shape
+    if n == 0 or ncols == 0:
+        return
+    gcol = (col0 + np.arange(ncols, dtype=np.intp)) // bc
+    g0, g1 = int(gcol[0]), int(gcol[-1]) + 1
+    colbase = (gcol - g0) * 256  # position of each column's table among its row block's
+    step = max(1, STEP_ELEMS // ncols)
+    idx = np.empty((min(step, n), ncols), np.intp)
+    i0 = 0
+    while i0 < n:
+        i1 = min(n, i0 + step)
+        while True:
+            src = np.arange(row0 + i0, row0 + i1) if rows is None else rows[i0:i1]
+            used, inv = np.unique(src // br, return_inverse=True)
+            if i1 - i0 == 1 or used.size * (g1 - g0) * 256 <= STEP_ELEMS:
+                break
+            i1 = i0 + (i1 - i0) // 2
+        tab32 = np.multiply(E4M3_TABLE, scales[used, g0:g1][:, :, None], dtype=np.float32)  # every product, once
+        tab = np.empty(tab32.shape, out.dtype)
+        cast(tab32.reshape(-1, 256), tab.reshape(-1, 256))
+        bits = q[row0 + i0 : row0 + i1, col0 : col0 + ncols] if rows is None else q[src, col0 : col0 + ncols]
+        ix = idx[: i1 - i0]
+        np.add(colbase, bits, out=ix)
+        if used.size > 1:
+            ix += (inv.reshape(-1, 1) * ((g1 - g0) * 256)).astype(np.intp)
+        np.take(tab.reshape(-1), ix, out=out[i0:i1], mode="clip")  # (all in range; "raise" would buffer)
+        i0 = i1
 
 
 def dequantize_torch(q, scale_inv, block: tuple[int, int], dtype=None):

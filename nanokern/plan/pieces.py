@@ -30,9 +30,28 @@ class Source:
     transpose: bool = False  # out[dst_row0 + i, dst_col0 + j] = logical[col0 + j, rows[i]]
 
 
+@dataclass(frozen=True)
+class Fp8Ref:
+    """A block-quantized FP8 weight as a source (formats/hf_fp8.py): its float8_e4m3fn bytes and
+    their scale grid. Pieces over it read dequantized values, `weight x scales` per block in float32
+    then the cast (execute/fill.py, ops/fp8_dequant.gather_dequant): as a source it stands for
+    float32 values; path, offset, dtype and shape are the stored weight's (what is read from disk)."""
+
+    weight: TensorRef  # float8_e4m3fn [R, C]
+    scales: TensorRef  # [ceil(R / br), ceil(C / bc)]
+    block: tuple[int, int]  # (br, bc)
+
+    path = property(lambda self: self.weight.path)
+    offset = property(lambda self: self.weight.offset)
+    dtype = property(lambda self: self.weight.dtype)
+    shape = property(lambda self: self.weight.shape)
+    numel = property(lambda self: self.weight.numel)
+    nbytes = property(lambda self: self.weight.nbytes)
+
+
 @dataclass
 class Piece:
-    ref: TensorRef  # 2-D view of the source tensor
+    ref: TensorRef | Fp8Ref  # 2-D view of the source tensor
     rows: np.ndarray | None  # source rows (None: the contiguous range row0 .. row0+nrows)
     row0: int
     nrows: int
