@@ -184,13 +184,21 @@ run_step bench-kernels "$BENCH_TIMEOUT" "$PYTHON" benchmarks/bench_kernels.py --
 # bench-live-nccl: nanokern.live.save_hf from shards in GPU memory (NCCL; the TP x PP grid is as
 # large as the GPUs allow: 2x2 on 4+, 2x1 on 2-3, 1x1 on one) against a Nanotron-layout save +
 # `nanokern convert --device cuda`, and against the collectives alone (benchmarks/results/live.csv).
+# live-engine-nccl: the trainer -> engine test over NCCL (grid ranks push hf_buckets to a
+# transformers model on one more GPU; weights and logits bit for bit against the convert folder's
+# model; needs 2+ GPUs, skipped on one). bench-live-buckets-nccl (2+ GPUs): the same push into an
+# engine's memory against the transport's floor (benchmarks/results/live_buckets.csv).
 NGPU="$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
 LIVE_GRID="--tp 1 --pp 1"
 (( NGPU >= 2 )) && LIVE_GRID="--tp 2 --pp 1"
 (( NGPU >= 4 )) && LIVE_GRID="--tp 2 --pp 2"
+ENGINE_GRID="--tp 1 --pp 1"  # (the grid and one more GPU for the engine)
+(( NGPU >= 3 )) && ENGINE_GRID="--tp 2 --pp 1"
+(( NGPU >= 5 )) && ENGINE_GRID="--tp 2 --pp 2"
 EXTRA_BENCHMARKS=(
   "bench-convert-cuda|150|$PYTHON -m nanokern.bench convert --device cuda --size 1GB --reps 1 --settle 1 --csv benchmarks/results/convert.csv --cache-dir .bench-cache"
   "bench-live-nccl|150|$PYTHON -m nanokern.bench live --device cuda $LIVE_GRID --size 1GB --reps 2 --csv benchmarks/results/live.csv --cache-dir .bench-cache"
+  "live-engine-nccl|180|$PYTHON -m pytest -q -rs -m gpu -p no:cacheprovider tests/test_live_engine.py"
   "parity-kernels|120|$PYTHON -m nanokern parity --kernels --backend triton"
   "bench-parity-kernels|150|$PYTHON benchmarks/bench_parity_kernels.py"
   "demo-parity-triton|180|$PYTHON -m nanokern demo --backend triton"
@@ -198,6 +206,8 @@ EXTRA_BENCHMARKS=(
   "bench-generate-cuda-bf16|150|$PYTHON -m nanokern.bench.generate --device cuda --backend triton --attn sdpa --size 200MB --dtype bf16 --reps 3 --csv benchmarks/results/generate.csv"
   "parity-generate-triton|120|$PYTHON -m nanokern parity ../shared/fixtures/nanotron/qwen2_swa_tp2_pp1 --generate 32 --backend triton --device cuda"
 )
+(( NGPU >= 2 )) && EXTRA_BENCHMARKS+=(
+  "bench-live-buckets-nccl|150|$PYTHON -m nanokern.bench live --mode buckets --device cuda $ENGINE_GRID --size 1GB --reps 2 --csv benchmarks/results/live_buckets.csv --cache-dir .bench-cache")
 for entry in "${EXTRA_BENCHMARKS[@]}"; do
   IFS='|' read -r name limit cmd <<< "$entry"
   # shellcheck disable=SC2086
@@ -216,6 +226,7 @@ for f in "$LOGS"/bench-generate-cuda*.log; do
   [[ -f "$f" ]] && grep -E "tok/s|tokens equal" "$f" | tail -2
 done
 [[ -f "$LOGS/bench-live-nccl.log" ]] && grep -A1 "^size,tp,pp" "$LOGS/bench-live-nccl.log" | tail -2
+[[ -f "$LOGS/bench-live-buckets-nccl.log" ]] && sed -n '/^path /,/^size,/p' "$LOGS/bench-live-buckets-nccl.log"
 if [[ -f "$LOGS/bench-convert-cuda.log" ]]; then
   sed -n '/^approach /,/^targets/p' "$LOGS/bench-convert-cuda.log"
 fi

@@ -38,11 +38,17 @@ def push_weights(shards, tp_group, pp_group, update_group, sender: int = 0, dtyp
     """Trainer side: every rank of the TP x PP grid calls it (collective). Only global rank
     `sender` (a rank of the grid, and of update_group) gets the buckets; it broadcasts each one
     to the engine over update_group: its fields (names, shapes, dtypes, offsets, crc32, last),
-    then its bytes. The other ranks take part in the gathers only."""
-    for b in live.hf_buckets(shards, tp_group, pp_group, dtype, ranks=sender, bucket_bytes=bucket_bytes):
+    then its bytes, asynchronously: sent while the next bucket fills the other of hf_buckets'
+    two buffers. The other ranks take part in the gathers only."""
+    sending = None
+    for b in live.hf_buckets(shards, tp_group, pp_group, dtype, ranks=sender, bucket_bytes=bucket_bytes, num_buffers=2):
         head = {f.name: getattr(b, f.name) for f in fields(b) if f.name != "packed_tensor"}
+        if sending is not None:
+            sending.wait()  # (the previous bucket is through: its buffer may be filled again)
         dist.broadcast_object_list([{**head, "nbytes": b.packed_tensor.numel()}], src=sender, group=update_group)
-        dist.broadcast(b.packed_tensor, src=sender, group=update_group)
+        sending = dist.broadcast(b.packed_tensor, src=sender, group=update_group, async_op=True)
+    if sending is not None:
+        sending.wait()
 
 
 def receive_weights(model, update_group, sender: int = 0) -> list[str]:

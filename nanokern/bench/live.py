@@ -5,7 +5,9 @@ save_weights does, then `nanokern convert` of that checkpoint over the same rank
 collectives alone, twice: every unit to every rank (all-gather over TP, broadcast over PP), and
 each unit to the rank that writes it, as save_hf moves them (nothing cast or written). Both outputs are compared byte for byte. One CSV row; peak bytes live.* allocates and
 the peak growth of anonymous RSS per rank, against the bound (2 x the largest HF tensor in the
-output dtype + the largest gathered unit).
+output dtype + the largest gathered unit). Outputs go to a private folder made for the run inside
+--scratch-dir (live_ranks.private_scratch), the only thing removed. --mode buckets: into an
+inference engine's memory instead (live_buckets.py).
 """
 
 from __future__ import annotations

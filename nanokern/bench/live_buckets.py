@@ -64,19 +64,50 @@ def _bytes(t):
     return t.reshape(-1).view(torch.uint8)
 
 
+class Sender:
+    """Grid rank 0's sends to the engine, each started asynchronously and waited for before the
+    next one starts: one in flight while the next bucket (or tensor) is gathered and filled; with
+    hf_buckets' two buffers, the one being sent is never the one being filled."""
+
+    def __init__(self, group):
+        self.group, self.work = group, None
+
+    def send(self, t) -> None:
+        import torch.distributed as dist
+
+        self.wait()
+        self.work = dist.broadcast(t, src=0, group=self.group, async_op=True)
+
+    def wait(self) -> None:
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+
+
 def floor_trainer(c) -> None:
+    """hf_buckets' pattern with nothing converted: the same handshake, each tensor's units to grid
+    rank 0 in the same order (the same collectives, Units), and when a bucket's last tensor is
+    reached, that many bytes sent from one of two buffers, asynchronously, as buckets_trainer does."""
     import torch.distributed as dist
 
+    from nanokern.live.buckets import layout
     from nanokern.live.export import setup, state_dict_order
-    from nanokern.live.gather import Budget
-    from nanokern.live.stream import produce
+    from nanokern.live.gather import Budget, Units
 
-    s = setup(c.sh, c.tpg, c.ppg, dtype=c.od)
-    for _ in produce(s.lp, s.sh, s.g, state_dict_order(s.lp), lambda t: False, s.backend, s.device, Budget(), dest=lambda t: 0):
-        pass  # each unit to grid rank 0, as hf_buckets(ranks=0) routes them; nothing cast
-    if dist.get_rank() == 0:
-        for n in c.sizes:
-            dist.broadcast(c.buf[:n], src=0, group=c.update)
+    s = setup(c.sh, c.tpg, c.ppg, dtype=c.od, call=("hf_buckets", (("ranks", 0), ("bucket_bytes", c.bucket_bytes))))
+    order = state_dict_order(s.lp)
+    ends = {id(g[-1][0]): g[-1][1] + g[-1][0].nbytes for g in layout(order, c.bucket_bytes)}
+    units, out, k = Units(s.lp, s.sh, s.g, order, s.device, Budget(), dest=lambda t: 0), Sender(c.update), 0
+    try:
+        for i, t in enumerate(order):
+            units.step(i)
+            units.release(i)
+            if id(t) in ends and dist.get_rank() == 0:
+                out.send(c.bufs[k % 2][: ends[id(t)]])
+                k += 1
+        out.wait()
+    finally:
+        units.close()
 
 
 def floor_engine(c) -> None:
@@ -87,14 +118,18 @@ def floor_engine(c) -> None:
 
 
 def buckets_trainer(c) -> None:
+    """The README's push, with the send of each bucket overlapping the filling of the next."""
     import torch.distributed as dist
 
     from nanokern import live
 
-    for b in live.hf_buckets(c.sh, c.tpg, c.ppg, c.od, ranks=0, bucket_bytes=c.bucket_bytes):
+    out = Sender(c.update)
+    for b in live.hf_buckets(c.sh, c.tpg, c.ppg, c.od, ranks=0, bucket_bytes=c.bucket_bytes, num_buffers=2):
         head = {k: v for k, v in vars(b).items() if k != "packed_tensor"}
+        out.wait()  # (the object broadcast below goes after it on the same group)
         dist.broadcast_object_list([{**head, "nbytes": b.packed_tensor.numel()}], src=0, group=c.update)
-        dist.broadcast(b.packed_tensor, src=0, group=c.update)
+        out.send(b.packed_tensor)
+    out.wait()
 
 
 def buckets_engine(c) -> None:
@@ -115,12 +150,12 @@ def buckets_engine(c) -> None:
 
 
 def per_tensor_trainer(c) -> None:
-    import torch.distributed as dist
-
     from nanokern import live
 
+    out = Sender(c.update)
     for _, t in live.hf_weights(c.sh, c.tpg, c.ppg, c.od, ranks=0):
-        dist.broadcast(_bytes(t), src=0, group=c.update)
+        out.send(_bytes(t))  # (the work holds t: its buffer is not refilled while it is sent)
+    out.wait()
 
 
 def per_tensor_engine(c) -> None:
@@ -198,11 +233,13 @@ def worker(spec_path: str) -> None:
         tensors = [SimpleNamespace(nbytes=torch.Size(s).numel() * dt.itemsize, dtype=SimpleNamespace(torch=dt)) for _, s, dt in c.meta]
         c.sizes = [g[-1][1] + g[-1][0].nbytes for g in layout(tensors, c.bucket_bytes)]
         c.buf = torch.zeros(max(c.sizes), dtype=torch.uint8, device=dev)
+        c.bufs = [c.buf, torch.zeros_like(c.buf)] if rank == 0 else None  # (rank 0's two floor buffers)
         dist.broadcast(c.buf[:1], src=0, group=update)  # (the update group's connection opened)
     if rank == engine:
         c.model = {n: torch.zeros(s, dtype=dt, device=dev) for n, s, dt in c.meta}
     elif rank < engine:
-        floor_trainer(SimpleNamespace(**{**vars(c), "sizes": []}))  # warm-up: the grid's connections
+        for _ in live.hf_weights(c.sh, tpg, ppg, c.od, ranks=0):
+            pass  # warm-up: the grid's connections opened (nothing goes to the engine)
     paths = {**PATHS, **HOOKS}
     times: dict[str, list[float]] = {k: [] for k in [*paths, "two_step"]}
     digests: dict[str, dict] = {}
