@@ -119,10 +119,10 @@ def test_each_ranks_chunks_reassemble_to_the_export(name, dtype, opts, tmp_path)
 
 # ---- slow: torchrun, vLLM's own classes and checks, every family ------------------------------
 
-def _reshard(fx: Path, root: Path) -> Path:
-    """A TP1 fixture as a TP2 x PP2 checkpoint (through HF, by nanokern convert)."""
+def _reshard(fx: Path, root: Path, tp: int) -> Path:
+    """A TP1 fixture as a TP x PP2 checkpoint (through HF, by nanokern convert)."""
     convert(fx, root / "hf", to="hf", dtype="keep", progress=False)
-    convert(root / "hf", root / "nt", to="nanotron", tp=2, pp=2, progress=False)
+    convert(root / "hf", root / "nt", to="nanotron", tp=tp, pp=2, progress=False)
     return root / "nt"
 
 
@@ -140,16 +140,19 @@ def _launch(tmp_path: Path, cases: list[dict]) -> str:
 
 @pytest.mark.slow
 def test_vllm_source_on_tp2_pp2(tmp_path):
-    """The LLaMA fixture at its own TP2 x PP2, keep, after a change of the shards too."""
+    """The LLaMA fixture at its own TP2 x PP2, keep; after a change of the shards; a rank that
+    stops iter_full early stops its TP group, and the next pass is whole."""
     fx = fixture("nanotron", "tp2_pp2")
     convert(fx, tmp_path / "ref", to="hf", dtype="keep", progress=False)
-    _launch(tmp_path, [{"fixture": str(fx), "tp": 2, "pp": 2, "dtype": "keep", "ref": str(tmp_path / "ref"), "change": True}])
+    _launch(tmp_path, [{"fixture": str(fx), "tp": 2, "pp": 2, "dtype": "keep", "ref": str(tmp_path / "ref"), "change": True,
+                        "stop": True}])
 
 
 @pytest.mark.slow
 def test_vllm_source_on_every_family_and_dtype(tmp_path):
     """Every family (LLaMA, Qwen2 with bias, SmolLM3 NoPE, MoE, sliding window, tied), at its own
-    TP x PP and resharded to TP2 x PP2, keep and bf16; a trimmed vocab; interleaved RoPE."""
+    TP x PP and a TP1 fixture resharded to TP2 x PP2 (SmolLM3, one KV head: TP1 x PP2), keep and
+    bf16; a trimmed vocab; interleaved RoPE."""
     cases = []
     native = {"tp1_pp1": (1, 1), "tp2_pp2": (2, 2), "tp2_pp1_tied": (2, 1), "qwen2_bias_tp1_pp2": (1, 2),
               "smollm3_nope_tp1_pp1_tied": (1, 1), "qwen2_swa_tp2_pp1": (2, 1), "qwen2_moe_tp1_pp2": (1, 2)}
@@ -157,10 +160,11 @@ def test_vllm_source_on_every_family_and_dtype(tmp_path):
         fx = fixture("nanotron", name)
         sources = [(fx, tp, pp)]
         if tp == 1:
-            sources.append((_reshard(fx, tmp_path / name), 2, 2))
+            t = 1 if name.startswith("smollm3") else 2
+            sources.append((_reshard(fx, tmp_path / name, t), t, 2))
         for src, t, p in sources:
             for dtype in ("keep", "bf16"):
-                ref = tmp_path / "ref" / f"{name}-tp{t}-{dtype}"
+                ref = tmp_path / "ref" / f"{name}-tp{t}-pp{p}-{dtype}"
                 convert(src, ref, to="hf", dtype=dtype, progress=False)
                 cases.append({"fixture": str(src), "tp": t, "pp": p, "dtype": dtype, "ref": str(ref)})
     fx = fixture("nanotron", "tp2_pp2")

@@ -142,6 +142,19 @@ def run_case(case: dict, tpg, ppg, vllm) -> None:
             ref = (want[n].float() * 2).to(want[n].dtype)
             ref = ref if d.placements is None else torch.chunk(ref, tp, d.placements[0].dim)[d.owners.index(rank)]
             check(same(t, ref), f"{what}: iter_local {n} after the shards changed: stale or wrong")
+    if case.get("stop"):  # TP rank 0 of each stage stops after one tensor: its TP group stops too, at once
+        if rank % tp == 0:
+            it = src.iter_full()
+            next(it)
+            it.close()
+        else:
+            try:
+                for _ in src.iter_full():
+                    pass
+                check(False, f"{what}: iter_full went on after TP rank 0 of its stage stopped")
+            except live.NanokernError as e:
+                check("stopped iterating" in str(e), f"{what}: the others' error does not say a rank stopped: {e}")
+        check([n for n, _ in src.iter_full()] == src.owned_names(rank), f"{what}: the next pass after a stop is not whole")
     if rank == 0:
         print(f"LAYOUT {what}: shard {len(shard_names)} / {len(meta)}: "
               f"{json.dumps(src.layout.kinds())}", flush=True)

@@ -7,6 +7,15 @@ tensor that is a plain `torch.chunk` of the TP ranks' memory (vllm_plan.py) is d
 `Shard(dim)` over its owners and `iter_local()` builds each chunk on its rank with no
 communication; any other tensor is declared replicated (`iter_local()` yields it whole,
 gathered over TP where it needs other ranks' shards). vLLM is imported only when called.
+
+With TP > 1, shard to shard (`Shard(d)`, each rank's chunk from its own memory): q/k/v_proj
+weights (and Qwen2's q/k/v biases) d=0, o_proj d=1, gate/up_proj d=0 and down_proj d=1 (dense
+MLP and MoE shared expert), the embedding and lm_head d=0 (the padded vocab, as exported by
+default), and what every TP rank holds whole, cut at the chunk bounds: norms, the MoE router and
+each expert's gate/up/down_proj d=0, the shared-expert gate ([1, hidden]) d=1. Replicated and
+gathered over TP: the embedding and lm_head when vocab_size trims the padded vocab (their rows no
+longer split at the shard bounds), and any tensor whose TP shards are not a plain chunk. With
+TP = 1 every tensor is whole on its one owner. dtype "fp8" is refused (its block scales).
 """
 
 from __future__ import annotations
