@@ -7,7 +7,8 @@ backends ("torch", "triton", "cuda", and the staged GPU pipeline) see it as a to
 
 A piece over an FP8 weight (plan/pieces.Fp8Ref) is dequantized as it is gathered, on the host
 whatever the backend: ops/fp8_dequant.gather_dequant writes its rows straight into `out`, each
-element one float32 product and one cast (the same cast: all backends give the same bytes).
+element one float32 product and one cast (the backend's: torch's `.to` for "torch", else the
+C++ kernel's, whose bytes every other backend gives).
 Scratch per call: that function's, a few MB whatever the tensor.
 """
 
@@ -74,7 +75,7 @@ def fill_rows(t, r0: int, r1: int, out: np.ndarray, sources: Sources, backend: s
     if uses_host(backend, stager):
         for p, a, b, k0, k1 in _spans(t, r0, r1):
             if isinstance(p.ref, Fp8Ref):
-                _dequant(p, out[a - r0 : b - r0], k0, k1, sources)
+                _dequant(p, out[a - r0 : b - r0], k0, k1, sources, backend)
                 continue
             src = sources.array(p.ref)
             dst = out[a - r0 : b - r0, p.dst_col0 : p.dst_col0 + p.ncols]
@@ -88,27 +89,30 @@ def fill_rows(t, r0: int, r1: int, out: np.ndarray, sources: Sources, backend: s
     _fill_rows_torch(t, r0, r1, out, sources, backend, stager)
 
 
-def _cast_table(src: np.ndarray, out: np.ndarray) -> None:
-    """float32 -> out's dtype, to nearest even: the host kernel, else the torch op (same bytes)."""
-    if host.ERROR is None:
-        host.gather_cast(src, None, out)
-        return
-    import torch
+def _table_cast(backend: str):
+    """cast(src, out): float32 -> out's dtype, to nearest even, as `backend` casts (a NaN's bits
+    differ: "torch" is torch's `.to`, the kernels keep a NaN's sign and top bits: ops/host.py)."""
+    if backend != "torch" and host.ERROR is None:
+        return lambda src, out: host.gather_cast(src, None, out)
 
-    from nanokern.ops import gather_cast
+    def cast(src: np.ndarray, out: np.ndarray) -> None:
+        import torch
 
-    dst = torch.from_numpy(out.view(np.int16)).view(torch.bfloat16) if out.dtype == np.dtype("<u2") else torch.from_numpy(out)
-    gather_cast(torch.from_numpy(src), None, dst, backend="torch")
+        dst = torch.from_numpy(out.view(np.int16)).view(torch.bfloat16) if out.dtype == np.dtype("<u2") else torch.from_numpy(out)
+        dst.copy_(torch.from_numpy(src))
+
+    return cast
 
 
-def _dequant(p, dst: np.ndarray, k0: int, k1: int, sources: Sources) -> None:
+def _dequant(p, dst: np.ndarray, k0: int, k1: int, sources: Sources, backend: str) -> None:
     """dst (the output rows of piece p's rows [k0, k1)) <- those rows of its FP8 weight, dequantized."""
     q, s = sources.fp8(p.ref)
     block = p.ref.block
     if p.transpose:  # output rows are source columns: the transpose, its grid and block transposed
         q, s, block = q.T, s.T, block[::-1]
     rows = None if p.rows is None else p.rows[k0:k1]
-    fp8_dequant.gather_dequant(q, s, block, rows, p.row0 + k0, p.col0, dst[:, p.dst_col0 : p.dst_col0 + p.ncols], _cast_table)
+    fp8_dequant.gather_dequant(q, s, block, rows, p.row0 + k0, p.col0, dst[:, p.dst_col0 : p.dst_col0 + p.ncols],
+                               _table_cast(backend))
 
 
 def _fill_rows_torch(t, r0, r1, out, sources, backend, stager) -> None:
@@ -119,7 +123,7 @@ def _fill_rows_torch(t, r0, r1, out, sources, backend, stager) -> None:
     host_out, out = out, torch.from_numpy(out).view(t.dtype.torch)
     for p, a, b, k0, k1 in _spans(t, r0, r1):
         if isinstance(p.ref, Fp8Ref):
-            _dequant(p, host_out[a - r0 : b - r0], k0, k1, sources)
+            _dequant(p, host_out[a - r0 : b - r0], k0, k1, sources, backend)
             continue
         src = sources.tensor(p.ref)
         if p.transpose:
