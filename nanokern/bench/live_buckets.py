@@ -1,21 +1,24 @@
 """`nanokern bench live --mode buckets`: from a job's shards in memory (TP x PP ranks,
 live.load_rank, untimed) into an inference engine's memory (one more rank, the last: a tensor
 per HF name, allocated once, as a loaded model holds them), under torchrun. Timed on the engine,
-from a barrier of every rank to its last tensor in place, in one run:
+from a barrier of every rank to its last tensor in place, in one run (paths: live_paths.py):
 
-- floor: the transport alone, the same bytes by the same collective pattern, nothing converted:
-  every unit gathered to grid rank 0 as hf_buckets routes them (TP gather, PP send), then the
-  buckets' sizes broadcast from one buffer to the engine over the update group (grid rank 0 +
-  the engine) into one buffer;
-- buckets: live.hf_buckets to grid rank 0, each bucket broadcast (its fields, then its bytes),
-  unpacked on the engine (CRC32 checked) and copied into place by name;
+- floor: the transport alone, hf_buckets' own pattern with nothing converted: the same
+  handshake, every unit routed to grid rank 0 by the same collectives in the same order, and
+  each bucket's size in bytes broadcast to the engine over the update group (grid rank 0 + the
+  engine) when its last tensor is reached, one send in flight while the next units come;
+- buckets: live.hf_buckets to grid rank 0, each bucket broadcast the same way (its fields, then
+  its bytes), unpacked on the engine (CRC32 checked) and copied into place by name;
 - per_tensor: live.hf_weights to grid rank 0, each tensor broadcast straight into place (the
   names, shapes and dtypes sent once ahead, from live.hf_metadata, untimed);
 - two_step: every rank saves its shards in Nanotron's layout, `nanokern convert` of them (every
-  rank of the world, the engine's too), the engine reads the HF folder into place.
-Plus any path in live_paths.HOOKS (the vLLM source's). The paths themselves: live_paths.py. Figures: seconds, GB/s of HF bytes, and floor
-seconds / seconds (1.0: as fast as the transport alone). The engine's tensors after the first
-rep of buckets, per_tensor and two_step are compared (BLAKE2b of each tensor's bytes).
+  rank of the world, the engine's too), the engine reads the HF folder into place;
+- any path in live_paths.HOOKS (the vLLM source's).
+Figures: seconds, GB/s of HF bytes, floor seconds / seconds (1.0: as fast as the transport
+alone); and the CPU seconds of every rank together (process time, threads included: a figure
+that contention on a shared machine inflates far less), the floor's over each path's. The
+engine's tensors after the first rep of each path are compared with two_step's (nanokern
+convert's output; BLAKE2b of each tensor's bytes).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from types import SimpleNamespace
 from nanokern.bench.common import MB, device_name, stamp
 
 COLUMNS = ["size", "tp", "pp", "dtype", "out_dtype", "bucket_mb", "path", "seconds", "gb_per_s", "floor_s", "floor_ratio",
-           "hf_mb", "identical"]
+           "cpu_s", "cpu_floor_ratio", "hf_mb", "identical"]
 TIMED = ["floor", "buckets", "per_tensor"]  # then HOOKS, then two_step
 
 
@@ -50,10 +53,12 @@ def run(size: str, tp: int, pp: int, dtype: str, out_dtype: str, reps: int, devi
                                     "device": device, "bucket_bytes": bucket_bytes, "scratch": str(scratch)}))
         res = launch(tp * pp + 1, "nanokern.bench.live_buckets", spec)
     med = {k: statistics.median(v) for k, v in res["times"].items()}
+    cpu = {k: statistics.median(v) for k, v in res["cpu"].items()}
     base = {**stamp(device_name(device), reps), "size": size, "tp": tp, "pp": pp, "dtype": dtype, "out_dtype": out_dtype,
             "bucket_mb": round(bucket_bytes / MB, 2), "floor_s": round(med["floor"], 4), "hf_mb": round(res["hf_bytes"] / MB, 2)}
     return [{**base, "path": k, "seconds": round(s, 4), "gb_per_s": round(res["hf_bytes"] / s / 1e9, 3),
-             "floor_ratio": round(med["floor"] / s, 3), "identical": res["identical"].get(k, "")} for k, s in med.items()]
+             "floor_ratio": round(med["floor"] / s, 3), "cpu_s": round(cpu[k], 4),
+             "cpu_floor_ratio": round(cpu["floor"] / cpu[k], 3), "identical": res["identical"].get(k, "")} for k, s in med.items()]
 
 
 # ---- the torchrun side ------------------------------------------------------------------------
@@ -98,6 +103,7 @@ def worker(spec_path: str) -> None:
             pass  # warm-up: the grid's connections opened (nothing goes to the engine)
     paths = {**PATHS, **HOOKS}
     times: dict[str, list[float]] = {k: [] for k in [*paths, "two_step"]}
+    cpu: dict[str, list[float]] = {k: [] for k in times}  # this process's CPU seconds (its threads too)
     digests: dict[str, dict] = {}
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     scratch = Path(spec["scratch"])
@@ -108,20 +114,24 @@ def worker(spec_path: str) -> None:
                     t.zero_()
             sync()
             dist.barrier()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if name == "two_step":
                 two_step(c, rank % tps, rank // tps, scratch / f"nt-{rep}", scratch / f"hf-{rep}")
             else:
                 paths[name][0 if rank < engine else 1](c)
             sync()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
             if rank == engine and rep == 0 and name != "floor":
                 digests[name] = {n: _digest(t) for n, t in c.model.items()}
             dist.barrier()
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, cpu)
     if rank == engine:
         first = digests["two_step"]  # (nanokern convert's output: the reference)
         (Path(spec_path).parent / "result.json").write_text(json.dumps({
-            "times": times, "hf_bytes": sum(t.numel() * t.element_size() for t in c.model.values()),
+            "times": times, "cpu": {k: [sum(r[k][i] for r in every) for i in range(len(v))] for k, v in cpu.items()},
+            "hf_bytes": sum(t.numel() * t.element_size() for t in c.model.values()),
             "identical": {k: d == first and sorted(d) == sorted(n for n, *_ in c.meta) for k, d in digests.items()}}))
     dist.barrier()
     dist.destroy_process_group()
@@ -136,9 +146,10 @@ def _digest(t) -> str:
 
 
 def print_rows(rows: list[dict], echo) -> None:
-    echo(f"{'path':<12} {'seconds':>9} {'GB/s':>8} {'floor/s':>8}  identical")
+    echo(f"{'path':<12} {'seconds':>9} {'GB/s':>8} {'floor/s':>8} {'CPU s':>8} {'floor/CPU':>9}  identical")
     for r in rows:
-        echo(f"{r['path']:<12} {r['seconds']:>9.4f} {r['gb_per_s']:>8.3f} {r['floor_ratio']:>8.3f}  {r['identical']}")
+        echo(f"{r['path']:<12} {r['seconds']:>9.4f} {r['gb_per_s']:>8.3f} {r['floor_ratio']:>8.3f} {r['cpu_s']:>8.3f} "
+             f"{r['cpu_floor_ratio']:>9.3f}  {r['identical']}")
     echo(",".join(COLUMNS))
     for r in rows:
         echo(",".join(str(r[k]) for k in COLUMNS))
