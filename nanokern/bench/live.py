@@ -172,8 +172,8 @@ def _positive(text: str) -> int:
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Source dtype.")
 @click.option("--out-dtype", type=click.Choice(["keep", "fp32", "bf16", "fp16"]), default="bf16", show_default=True)
 @click.option("--bucket-size", default="16MB", show_default=True, callback=lambda ctx, p, v: _positive(v),
-              help="--mode buckets: hf_buckets' bucket_bytes (KB, MB, MiB, ...). On the host, buckets over 32 MB are new pages "
-                   "on every call (glibc maps them afresh): slower.")
+              help="--mode buckets: hf_buckets' bucket_bytes (KB, MB, MiB, ...). On the host each call allocates its bucket "
+                   "buffers; above glibc's mmap threshold (32 MB at most) they are new pages every time: page faults.")
 @click.option("--reps", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda: NCCL, one GPU per process (TP x PP GPUs; --mode buckets: one more).")
