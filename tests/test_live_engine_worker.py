@@ -185,6 +185,8 @@ def run_case(case: dict, tpg, ppg, update, device: str) -> None:
 
 
 def main() -> None:
+    if os.environ.get("RANK") == str(int(os.environ.get("WORLD_SIZE", "1")) - 1):
+        import transformers  # noqa: F401  (the engine's slowest import, while the grid's ranks start)
     spec = json.loads(Path(sys.argv[1]).read_text())
     device = spec.get("device", "cpu")  # cuda: NCCL, one GPU per process
     if device == "cuda":
