@@ -8,8 +8,8 @@ backends ("torch", "triton", "cuda", and the staged GPU pipeline) see it as a to
 A piece over an FP8 weight (plan/pieces.Fp8Ref) is dequantized as it is gathered, on the host
 whatever the backend: ops/fp8_dequant.gather_dequant writes its rows straight into `out`, each
 element one float32 product and one cast (the backend's: torch's `.to` for "torch", else the
-C++ kernel's, whose bytes every other backend gives).
-Scratch per call: that function's, a few MB whatever the tensor.
+C++ kernel's, whose bytes every other backend gives). Scratch: at most 8 MiB per call (per writer
+thread), whatever the tensor; numpy releases the GIL in its loops, so the threads overlap.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from nanokern.io.safetensors import close_maps, map_array, map_tensor
 from nanokern.ops import fp8_dequant, host
 from nanokern.plan.pieces import Fp8Ref
+
 
 class Sources:
     """Memory maps of source files, opened once and shared by the worker threads."""
