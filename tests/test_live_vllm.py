@@ -27,6 +27,7 @@ from test_live_worker import reference, same
 from test_live_vllm_worker import want_dim
 
 from nanokern import live
+from nanokern.bench.synthetic import Shape, write_checkpoint
 from nanokern.convert import convert
 from nanokern.formats import hf_plan
 from nanokern.formats.nanotron import to_model
@@ -152,7 +153,8 @@ def test_vllm_source_on_tp2_pp2(tmp_path):
 def test_vllm_source_on_every_family_and_dtype(tmp_path):
     """Every family (LLaMA, Qwen2 with bias, SmolLM3 NoPE, MoE, sliding window, tied), at its own
     TP x PP and a TP1 fixture resharded to TP2 x PP2 (SmolLM3, one KV head: TP1 x PP2), keep and
-    bf16; a trimmed vocab; interleaved RoPE."""
+    bf16; a trimmed vocab; interleaved RoPE; FP8 (both scale formats) of synthetic LLaMA and MoE
+    checkpoints whose Linear weights divide by 128."""
     cases = []
     native = {"tp1_pp1": (1, 1), "tp2_pp2": (2, 2), "tp2_pp1_tied": (2, 1), "qwen2_bias_tp1_pp2": (1, 2),
               "smollm3_nope_tp1_pp1_tied": (1, 1), "qwen2_swa_tp2_pp1": (2, 1), "qwen2_moe_tp1_pp2": (1, 2)}
@@ -172,6 +174,12 @@ def test_vllm_source_on_every_family_and_dtype(tmp_path):
         ref = tmp_path / "ref" / f"tp2_pp2-{'-'.join(opts)}"
         convert(fx, ref, to="hf", dtype="keep", progress=False, **opts)
         cases.append({"fixture": str(fx), "tp": 2, "pp": 2, "dtype": "keep", "ref": str(ref), **opts})
+    for arch in ("llama", "moe"):  # FP8: a synthetic checkpoint whose Linear weights divide by 128
+        src = write_checkpoint(tmp_path / f"fp8-{arch}", Shape(2, 256, 512, 4, 2, 512, arch), tp=2, pp=2, dtype="bf16", seed=3)
+        for scale in ("float", "ue8m0"):
+            ref = tmp_path / "ref" / f"fp8-{arch}-{scale}"
+            convert(src, ref, to="hf", dtype="fp8", fp8_scale=scale, progress=False)
+            cases.append({"fixture": str(src), "tp": 2, "pp": 2, "dtype": "fp8", "fp8_scale": scale, "ref": str(ref)})
     out = _launch(tmp_path, cases)
     print("\n".join(line for line in out.splitlines() if line.startswith("LAYOUT")))
 

@@ -35,7 +35,8 @@ FAILS: list[str] = []
 DIMS = [(r"self_attn\.[qkv]_proj\.(weight|bias)$", 0), (r"self_attn\.o_proj\.weight$", 1),
         (r"mlp\.(shared_expert\.)?(gate|up)_proj\.weight$", 0), (r"mlp\.(shared_expert\.)?down_proj\.weight$", 1),
         (r"mlp\.experts\.\d+\.(gate|up|down)_proj\.weight$", 0), (r"layernorm\.weight$|^model\.norm\.weight$", 0),
-        (r"mlp\.gate\.weight$", 0), (r"mlp\.shared_expert_gate\.weight$", 1), (r"^model\.embed_tokens\.weight$|^lm_head\.weight$", 0)]
+        (r"mlp\.gate\.weight$", 0), (r"mlp\.shared_expert_gate\.weight$", 1),
+        (r"^model\.embed_tokens\.weight$|^lm_head\.weight$", 0)]
 
 
 def check(ok: bool, what: str) -> None:
@@ -43,10 +44,16 @@ def check(ok: bool, what: str) -> None:
         FAILS.append(f"FAIL rank {dist.get_rank()}: {what}")
 
 
-def want_dim(name: str, tp: int, trimmed: bool):
+def want_dim(name: str, tp: int, trimmed: bool, fp8_shape: tuple | None = None):
+    """fp8_shape: the export holds the tensor as an FP8 weight of that shape (or its scales): a
+    chunk must hold whole 128 x 128 blocks, along its dim (an expert, held whole by every rank:
+    dim 0, else 1), else it is replicated."""
     if tp == 1 or (trimmed and re.search(r"embed_tokens|lm_head", name)):
         return None
-    return next(d for pat, d in DIMS if re.search(pat, name))
+    dim = next(d for pat, d in DIMS if re.search(pat, name.replace("_scale_inv", "")))
+    if fp8_shape is None:
+        return dim
+    return next((d for d in ((0, 1) if ".experts." in name else (dim,)) if fp8_shape[d] % (tp * 128) == 0), None)
 
 
 def grid_gather(obj, tp: int, pp: int, tpg, ppg) -> list:
@@ -73,7 +80,8 @@ def nanotron_of(hf: str, held: dict) -> str:
     m = re.match(r"model\.layers\.(\d+)\.", hf)
     if m:
         return next(n for n in held if n.startswith(f"model.decoder.{m.group(1)}."))
-    key = {"model.embed_tokens.weight": "token_embedding", "model.norm.weight": "final_layer_norm", "lm_head.weight": "lm_head"}[hf]
+    key = {"model.embed_tokens.weight": "token_embedding", "model.norm.weight": "final_layer_norm",
+           "lm_head.weight": "lm_head"}[hf]
     return next(n for n in held if key in n)
 
 
@@ -83,15 +91,17 @@ def run_case(case: dict, tpg, ppg, vllm) -> None:
     rank = dist.get_rank()
     what = f"{Path(fx).name} tp{tp} pp{pp} {dtype}"
     sh = live.load_rank(fx, rank % tp, rank // tp)
-    opts = {k: case[k] for k in ("vocab_size", "rope_interleaved") if k in case}
+    opts = {k: case[k] for k in ("vocab_size", "rope_interleaved", "fp8_scale") if k in case}
     want = reference(case["ref"])
     src = live.vllm_source(sh, tp_group=tpg, pp_group=ppg, dtype=dtype, **opts)
     check(isinstance(src, base.WeightSource) and src.implements_iter_full() and src.implements_iter_local(),
           f"{what}: not a vLLM WeightSource with both modes")
     meta = src.metadata
-    check(meta is src.metadata and all(type(m) is base.ParamMeta for m in meta), f"{what}: metadata is not a cached list of ParamMeta")
+    check(meta is src.metadata and all(type(m) is base.ParamMeta for m in meta),
+          f"{what}: metadata is not a cached list of ParamMeta")
     check(len(set(grid_gather(repr(meta), tp, pp, tpg, ppg))) == 1, f"{what}: metadata differs across ranks")
     hf_meta = live.hf_metadata(sh, tpg, ppg, dtype, **opts)
+    check(dtype != "fp8" or any(m.dtype == torch.float8_e4m3fn for m in meta), f"{what}: nothing quantized")
     check([(m.name, m.dtype, m.shape) for m in meta] == [(n, dt, tuple(s)) for n, s, dt in hf_meta],
           f"{what}: metadata is not hf_metadata's names, dtypes and shapes in its order")
     names = [m.name for m in meta]
@@ -102,7 +112,8 @@ def run_case(case: dict, tpg, ppg, vllm) -> None:
     for m in meta:
         ranks = held[nanotron_of(m.name, held)]
         check(m.owners == ranks, f"{what}: {m.name} owned by {m.owners}, not the TP group {ranks} of its stage")
-        dim = want_dim(m.name, tp, trimmed)
+        weight = want.get(m.name.replace("_scale_inv", ""))
+        dim = want_dim(m.name, tp, trimmed, tuple(weight.shape) if weight.dtype == torch.float8_e4m3fn else None)
         got = None if m.placements is None else m.placements[0].dim
         check(got == dim and (m.placements is None or m.placements == (base.Shard(dim),)),
               f"{what}: {m.name} placements {m.placements}, want {'replicated' if dim is None else f'Shard({dim})'}")
@@ -125,22 +136,23 @@ def run_case(case: dict, tpg, ppg, vllm) -> None:
         check(t.dtype == m.dtype and tuple(t.shape) == m2n.expected_local_shape(mm),
               f"{what}: iter_local {n} is {t.dtype} {tuple(t.shape)}, vLLM expects {m2n.expected_local_shape(mm)}")
         d = None if m.placements is None else m.placements[0].dim
-        piece = want[n] if d is None else torch.chunk(want[n], tp, d)[m.owners.index(rank)]
+        piece = want[n] if d is None else torch.chunk(want[n], tp, d)[m.owners.index(rank)].contiguous()
         check(same(t, piece), f"{what}: iter_local {n} is not its {'whole tensor' if d is None else f'chunk along {d}'}")
-        local[n] = t.clone()
+        if d is not None:  # (what the receiver reassembles)
+            local[n] = t.clone().view(torch.uint8) if t.dtype == torch.float8_e4m3fn else t.clone()  # (pickles)
     everyone = [None] * tp
     dist.all_gather_object(everyone, local, group=tpg)
     for m in owned:  # the receiver's reassembly: chunks in owner (mesh) order, concatenated along the dim
         if m.placements is not None:
-            whole = torch.cat([everyone[k][m.name] for k in range(tp)], dim=m.placements[0].dim)
+            whole = torch.cat([everyone[k][m.name].view(m.dtype) for k in range(tp)], dim=m.placements[0].dim)
             check(same(whole, want[m.name]), f"{what}: iter_local chunks of {m.name} reassembled differ from the export")
     if case.get("change"):  # a fresh pass reads the shards as they are now
         for p in sh.params.values():
             p.tensor.mul_(2)
         for n, t in src.iter_local():
             d = dict(zip([m.name for m in owned], owned))[n]
-            ref = (want[n].float() * 2).to(want[n].dtype)
-            ref = ref if d.placements is None else torch.chunk(ref, tp, d.placements[0].dim)[d.owners.index(rank)]
+            ref = (want[n].float() * 2).to(want[n].dtype)  # (exact: a power of two; not for FP8 scales)
+            ref = ref if d.placements is None else torch.chunk(ref, tp, d.placements[0].dim)[d.owners.index(rank)].contiguous()
             check(same(t, ref), f"{what}: iter_local {n} after the shards changed: stale or wrong")
     if case.get("stop"):  # TP rank 0 of each stage stops after one tensor: its TP group stops too, at once
         if rank % tp == 0:

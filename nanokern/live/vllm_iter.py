@@ -4,8 +4,9 @@ guard.py), so each stage sends its own layers and no byte crosses PP.
 
 iter_full: the stage's HF tensors whole, by the export's own machinery (stream.produce over a
 grid of the stage alone: shards all-gathered over TP, cast by the gather-cast kernel).
-iter_local: a SHARD tensor's chunk built by the gather-cast kernel from the rank's own memory
-(no collective); a LOCAL one whole from the rank's own copy; a GATHER one whole, as iter_full.
+iter_local: a SHARD tensor's chunk built by the gather-cast kernel (an FP8 one by the
+gather-quantize kernel, its scales with it) from the rank's own memory (no collective); a LOCAL
+one whole from the rank's own copy; a GATHER one whole, as iter_full.
 Yielded tensors are the consumer's, as hf_weights' are (pool.py).
 """
 
@@ -18,7 +19,7 @@ from nanokern.live.gather import Budget
 from nanokern.live.guard import watching
 from nanokern.live.layout import LivePlan, parse_ref
 from nanokern.live.pool import Recycler
-from nanokern.live.stream import fill, out_view, produce
+from nanokern.live.stream import fill, fill_quantized, out_view, produce
 from nanokern.live.vllm_plan import GATHER, Placed, local_tensor
 
 
@@ -79,7 +80,7 @@ def local_pass(s, lp: LivePlan, mine: list[Placed], timeout: float | None):
     local = {id(p): local_tensor(p, r, tp, s.lp.params) for p in mine if p.kind != GATHER}
     pool = Recycler(Budget(), s.device, [(p.t if p.kind == GATHER else local[id(p)]).nbytes for p in mine])
     whole = _whole(s, lp, sg, [p.t for p in mine if p.kind == GATHER], pool.take)
-    own = Own(s.sh)
+    own, pending = Own(s.sh), {}  # (an FP8 weight's scales, until its scale_inv tensor)
     with watching(sg.guard):
         try:
             for p in mine:
@@ -88,7 +89,10 @@ def local_pass(s, lp: LivePlan, mine: list[Placed], timeout: float | None):
                 else:
                     t = local[id(p)]
                     out = out_view(pool.take(t.nbytes), t)
-                    fill(t, out, own, s.backend)
+                    if t.quant is None:
+                        fill(t, out, own, s.backend)
+                    else:
+                        fill_quantized(t, out, own, s.backend, pending)
                 yield t.name, out.view(t.shape)
                 del out
         finally:

@@ -7,9 +7,11 @@ The tensor is a plain chunk along HF dim d over T TP ranks when T divides its si
 every piece of TP rank r's shard lands inside chunk r: then rank r builds chunk r from its own
 memory (the per-head RoPE row permutation is a row gather inside its own rows), with no
 communication, and the chunks concatenated in TP order are the export. Pieces of replicated
-parameters are cut at the chunk bounds (every rank holds them). Anything else (a vocab trimmed
-below the padded one, a fused piece that crosses a chunk bound) is declared replicated: its
-owners gather it over TP, as `hf_weights` does.
+parameters are cut at the chunk bounds (every rank holds them). An FP8 weight is a chunk
+when, besides, each chunk holds whole 128 x 128 blocks (its scales then split the same way).
+Anything else (a vocab trimmed below the padded one, a fused piece that crosses a chunk bound,
+FP8 blocks across a chunk bound) is declared replicated: its owners gather it over TP, as
+`hf_weights` does.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from nanokern.errors import NanokernError
 from nanokern.live.layout import ParamInfo, parse_ref
 from nanokern.plan import OutTensor, Piece
+from nanokern.plan.fp8 import BLOCK
 
 SHARD, LOCAL, GATHER = "shard", "local", "gather"  # a chunk per rank / whole on each rank from its own copy / gathered
 _LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")
@@ -55,12 +58,11 @@ def _step(t: OutTensor, dim: int, tp: int) -> int | None:
 
 def chunk_dim(t: OutTensor, params: dict[str, ParamInfo], tp: int) -> int | None:
     """The HF dim along which t is a plain chunk of the TP ranks' memory (0 tried first), or
-    None. Every rank must be able to build its chunk from its own memory alone."""
-    if t.quant is not None:
-        return None
+    None. Every rank must be able to build its chunk from its own memory alone; an FP8 weight's
+    chunk must hold whole 128 x 128 blocks (then its blocks, and scales, are the tensor's)."""
     for dim in (0, 1):
         step = _step(t, dim, tp)
-        if step is None:
+        if step is None or (t.quant is not None and (t.shape[dim] // tp) % BLOCK):
             continue
         ok = True
         for p in t.pieces:
@@ -88,8 +90,11 @@ def _stages(order: list[OutTensor], params: dict[str, ParamInfo]) -> list[int]:
         m = _LAYER.match(t.name)
         if m and stage[-1] is not None:
             by_layer.setdefault(int(m.group(1)), stage[-1])
-    out = []
+    out: list[int] = []
+    named = {t.name: s for t, s in zip(order, stage)}
     for t, s in zip(order, stage):
+        if s is None and t.scale_of is not None:  # an FP8 weight's scales go with the weight
+            s = named[t.scale_of]
         if s is None:
             m = _LAYER.match(t.name)
             if not m or int(m.group(1)) not in by_layer:
@@ -101,16 +106,23 @@ def _stages(order: list[OutTensor], params: dict[str, ParamInfo]) -> list[int]:
 
 def place(order: list[OutTensor], params: dict[str, ParamInfo], tp: int) -> list[Placed]:
     """Every tensor of `order` with its stage and kind. With one TP rank every tensor is whole
-    on its only owner (LOCAL: nothing to split, nothing to gather)."""
-    out = []
+    on its only owner (LOCAL: nothing to split, nothing to gather). An FP8 weight's scales
+    (`weight_scale_inv`, right after it) are placed as the weight: [rows/128, cols/128], they
+    split where the weight splits."""
+    out: list[Placed] = []
+    named: dict[str, Placed] = {}
     for t, stage in zip(order, _stages(order, params)):
-        dim = chunk_dim(t, params, tp) if tp > 1 else None
-        if dim is not None:
+        dim = chunk_dim(t, params, tp) if tp > 1 and t.quant != "scale_inv" else None
+        if t.quant == "scale_inv":  # its weight's scales: placed as the weight (filled with it)
+            w = named[t.scale_of]
+            out.append(Placed(t, stage, w.kind, w.dim))
+        elif dim is not None:
             out.append(Placed(t, stage, SHARD, dim))
         elif tp == 1 or all(_rank(p, params) is None for p in t.pieces):
             out.append(Placed(t, stage, LOCAL, None))
         else:
             out.append(Placed(t, stage, GATHER, None))
+        named[t.name] = out[-1]
     return out
 
 

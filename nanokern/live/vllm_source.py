@@ -14,8 +14,11 @@ MLP and MoE shared expert), the embedding and lm_head d=0 (the padded vocab, as 
 default), and what every TP rank holds whole, cut at the chunk bounds: norms, the MoE router and
 each expert's gate/up/down_proj d=0, the shared-expert gate ([1, hidden]) d=1. Replicated and
 gathered over TP: the embedding and lm_head when vocab_size trims the padded vocab (their rows no
-longer split at the shard bounds), and any tensor whose TP shards are not a plain chunk. With
-TP = 1 every tensor is whole on its one owner. dtype "fp8" is refused (its block scales).
+longer split at the shard bounds), and any tensor whose TP shards are not a plain chunk. dtype
+"fp8": a quantized weight (and its weight_scale_inv) goes shard to shard, quantized on its
+rank, when each chunk holds whole 128 x 128 blocks (e.g. q/o/gate/up/down at hidden 256, TP2),
+else it is replicated and gathered (k/v there: 64-row chunks). With TP = 1 every tensor is
+whole on its one owner.
 """
 
 from __future__ import annotations
@@ -90,13 +93,13 @@ def source_class():
 
 def vllm_source(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parallel_context=None,
                 vocab_size: int | None = None, backend: str = "auto", rope_interleaved: bool | None = None,
-                hf_arch: str | None = None, timeout: float | None = 60.0):
+                hf_arch: str | None = None, fp8_scale: str = "float", timeout: float | None = 60.0):
     """A vLLM `WeightSource` over the job's shards: the tensors, names, order and bytes of
     `hf_weights` (`nanokern convert --to hf`). Collective over the TP x PP grid (the start
     handshake within `timeout` seconds, then metadata objects only; no tensor moves).
 
-    src, tp_group / pp_group (or parallel_context=), dtype, vocab_size, rope_interleaved,
-    hf_arch, backend: as hf_weights. The source's `metadata` is identical on every rank; each
+    src, tp_group / pp_group (or parallel_context=), dtype (fp8 too, with fp8_scale), vocab_size,
+    rope_interleaved, hf_arch, backend: as hf_weights. The source's `metadata` is identical on every rank; each
     call of `iter_full()` / `iter_local()` is a fresh pass, collective over the TP group of the
     calling rank's stage (every rank of it iterates to the end, in the same order; a rank that
     stops or fails stops the others, and a wait longer than `timeout` between steps raises, as
@@ -104,12 +107,7 @@ def vllm_source(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, paral
     """
     cls = source_class()
     s = setup(src, tp_group, pp_group, parallel_context, dtype, vocab_size, "5GB", None, rope_interleaved, hf_arch, backend,
-              call=("vllm_source", ()), timeout=60.0 if timeout is None else timeout, step_timeout=timeout)
+              call=("vllm_source", ()), timeout=60.0 if timeout is None else timeout, step_timeout=timeout, fp8_scale=fp8_scale)
     with watching(s.g.guard):
-        order = state_dict_order(s.lp)
-        quant = next((t.name for t in order if t.quant is not None), None)
-        if quant is not None:
-            raise NanokernError(f"live.vllm_source: dtype {dtype!r} quantizes {quant} in blocks over the whole tensor; "
-                                f"use a plain dtype (bf16, fp16, fp32, keep)")
         members = s.g.all_gather_object(s.g.rank)
-        return cls(Layout(s, place(order, s.lp.params, s.g.tp_size), members, timeout))
+        return cls(Layout(s, place(state_dict_order(s.lp), s.lp.params, s.g.tp_size), members, timeout))
