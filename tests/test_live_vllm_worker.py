@@ -131,7 +131,10 @@ def run_case(case: dict, tpg, ppg, vllm) -> None:
         check(m is not None and n == m.name, f"{what}: iter_local yields {n} at {i}, not {m and m.name}")
         if m is None:
             break
-        mm = m2n.m2n_param_meta(base.ParamMeta(m.name, m.dtype, m.shape, owners=tuple(range(tp)), placements=m.placements), tp)
+        # nccl_m2n's source plan: its owner check on the real metadata with one stage (owners =
+        # every trainer rank); with several stages, over the stage's TP group as its own world
+        mm = m2n.m2n_param_meta(m if pp == 1 else base.ParamMeta(m.name, m.dtype, m.shape, owners=tuple(range(tp)),
+                                                                 placements=m.placements), tp)
         m2n.check_transferable(mm.name, mm.dtype, mm.shape)
         check(t.dtype == m.dtype and tuple(t.shape) == m2n.expected_local_shape(mm),
               f"{what}: iter_local {n} is {t.dtype} {tuple(t.shape)}, vLLM expects {m2n.expected_local_shape(mm)}")
