@@ -13,9 +13,9 @@ Scales are read as transformers reads them: float32, bfloat16 or float16 widened
 byte per block (uint8 or float8_e8m0fnu, `scale_fmt: ue8m0`) as 2^(byte - 127) (byte 255: NaN).
 
 Two implementations that give the same bits: `dequantize_torch` (the reference, torch's own
-cast and multiply) and `dequantize_host` (numpy, no torch: the e4m3 bytes through a 256-entry
-table of their exact float32 values, then numpy's float32 multiply, IEEE round to nearest even).
-`gather_dequant` is what an import runs (execute/fill.py): a row gather of a window of the weight
+cast and multiply) and `gather_dequant` (numpy, no torch: the e4m3 bytes' exact float32 values from
+a 256-entry table, numpy's float32 multiply, IEEE round to nearest even; `dequantize_host` is it
+over a whole weight in float32). `gather_dequant` is what an import runs (execute/fill.py): a row gather of a window of the weight
 dequantized and cast in one step, `out[i, j] = cast(e4m3(q[r_i, c0 + j]) * s[r_i // br, (c0 + j) // bc])`:
 each block's 256 possible products are made in float32 and cast once (a table of 256 output values
 per block), and every element is one lookup in its block's table, so the output holds exactly the
@@ -86,11 +86,12 @@ def block_scales(s, block: tuple[int, int], shape: tuple[int, int]):
 
 
 def dequantize_host(bits: np.ndarray, scales: np.ndarray, block: tuple[int, int]) -> np.ndarray:
-    """float32 [R, C] from e4m3 bytes [R, C] (uint8) and float32 scales [ceil(R/br), ceil(C/bc)].
-    Rows may be a band: bits from a row that is a multiple of br, scales its rows of the grid."""
+    """float32 [R, C] from e4m3 bytes [R, C] (uint8) and float32 scales [ceil(R/br), ceil(C/bc)]:
+    gather_dequant over the whole weight (its float32 tables copied as they are)."""
     _check(bits.shape, scales.shape, block)
-    s = _expand(scales, block, bits.shape, lambda a, n, ax: np.repeat(a, n, axis=ax))
-    return np.multiply(E4M3_TABLE[bits], s, dtype=np.float32)
+    out = np.empty(bits.shape, np.float32)
+    gather_dequant(bits, scales, block, None, 0, 0, out, lambda src, dst: np.copyto(dst, src))
+    return out
 
 
 STEP_ELEMS = 1 << 19  # output elements (and table entries) per step of gather_dequant
