@@ -9,9 +9,7 @@ from nanokern.errors import NanokernError
 from nanokern.execute import Report, execute
 from nanokern.execute.replace import check_apart, check_target
 from nanokern.formats import hf, hf_plan, nanotron
-from nanokern.io import dtypes
 from nanokern.plan.model import Model
-from nanokern.plan.pieces import Fp8Ref
 from nanokern.plan import Plan
 
 
@@ -70,9 +68,6 @@ def make_plan(
     if target == "hf":
         if tp not in (None, 1) or pp not in (None, 1):
             raise NanokernError("--tp/--pp describe Nanotron output; HF output is unsharded by layers", src)
-        if dtype in dtypes.FP8_SPELLINGS and any(isinstance(b.ref, Fp8Ref) for t in model.tensors.values() for b in t.blocks):
-            raise NanokernError("--dtype fp8 of an FP8 folder: re-quantizing its dequantized weights is not supported "
-                                "(keep the folder as it is, or convert it to bf16)", src)
         return hf_plan.plan_hf(model, dtype or "bf16", vocab_size, max_shard_size, tokenizer, fp8_scale)
     if target == "nanotron":
         from nanokern.formats.nanotron.writer import plan_nanotron

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from nanokern.convert import load_source
-from nanokern.errors import NanokernError
 from nanokern.execute.manifest import MANIFEST, check_manifest
 from nanokern.io.safetensors import map_tensor
 from nanokern.plan.model import LogicalTensor

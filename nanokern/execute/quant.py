@@ -20,16 +20,19 @@ import dataclasses
 
 import numpy as np
 
-from nanokern.execute.fill import Sources, _spans, fill_rows, uses_host
+from nanokern.execute.fill import Sources, fill_rows, uses_host
 from nanokern.io import dtypes
 from nanokern.ops import host
+from nanokern.plan.pieces import Fp8Ref
 
 BLOCK = 128
 
 
 def _whole(t, p, a: int, b: int) -> bool:
-    """Whether piece p alone makes rows [a, b) of t (every column, no transpose)."""
-    return (not p.transpose and p.dst_col0 == 0 and p.ncols == t.shape2d[1]
+    """Whether piece p alone makes rows [a, b) of t (every column, no transpose) straight from
+    its source's values (an FP8 source's bytes are not values: its rows are dequantized into the
+    scratch by fill_rows, then quantized again)."""
+    return (not p.transpose and not isinstance(p.ref, Fp8Ref) and p.dst_col0 == 0 and p.ncols == t.shape2d[1]
             and p.dst_row0 <= a and b <= p.dst_row0 + p.nrows)
 
 
