@@ -15,10 +15,8 @@ fast loop checks the two spellings on one export."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from pip_env import pinned_env
 from fixtures_path import FIXTURES, REPO, fixture
 from hf_compat_child import logits_and_warnings
 from hf_families import COMMON, FAMILIES, build_model
@@ -78,33 +77,9 @@ def bound(ref: torch.Tensor, layers: int) -> float:
     return 4 * stages * K * U * ref.abs().max().item()
 
 
-def _fail_or_skip(msg: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
 def hf457_env() -> Path:
     """The PYTHONPATH folder of the transformers 4.57.1 interpreter (made once, under a lock)."""
-    done = ENV_DIR / ".complete"
-    if done.is_file():
-        return ENV_DIR
-    ENV_DIR.parent.mkdir(exist_ok=True)
-    with open(ENV_DIR.parent / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if done.is_file():
-            return ENV_DIR
-        tmp = ENV_DIR.parent / f"tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input",
-                            "--no-deps", "--target", str(tmp), *PINS], capture_output=True, text=True, timeout=900)
-        if r.returncode:
-            shutil.rmtree(tmp, ignore_errors=True)
-            _fail_or_skip(f"could not install transformers 4.57.1 from PyPI: {r.stderr.strip().splitlines()[-1:]}")
-        (tmp / ".complete").write_text("\n".join(PINS) + "\n")
-        shutil.rmtree(ENV_DIR, ignore_errors=True)
-        os.rename(tmp, ENV_DIR)
-    return ENV_DIR
+    return pinned_env(ENV_DIR, PINS, "transformers 4.57.1", 900)
 
 
 def build(name: str, folder: Path, seed: int) -> Path:

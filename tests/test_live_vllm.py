@@ -11,16 +11,14 @@ rank's own memory, reassembled by the declared placements, equal the `nanokern c
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from pip_env import pinned_env
 from fixtures_path import REPO, fixture
 from marks import slow_except
 from test_live_worker import reference, same
@@ -47,33 +45,9 @@ ENV_DIR = REPO / ".vllm-compat" / "vllm-0.33.0"
 WORKER = Path(__file__).with_name("test_live_vllm_worker.py")
 
 
-def _fail_or_skip(msg: str):
-    if os.environ.get("CI") == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
 def vllm_env() -> Path:
     """The folder vLLM is imported from (made once, under a lock)."""
-    done = ENV_DIR / ".complete"
-    if done.is_file():
-        return ENV_DIR
-    ENV_DIR.parent.mkdir(exist_ok=True)
-    with open(ENV_DIR.parent / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if done.is_file():
-            return ENV_DIR
-        tmp = ENV_DIR.parent / f"tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-input",
-                            "--no-deps", "--target", str(tmp), *PINS], capture_output=True, text=True, timeout=1800)
-        if r.returncode:
-            shutil.rmtree(tmp, ignore_errors=True)
-            _fail_or_skip(f"could not install vLLM 0.33.0 from PyPI: {r.stderr.strip().splitlines()[-1:]}")
-        (tmp / ".complete").write_text("\n".join(PINS) + "\n")
-        shutil.rmtree(ENV_DIR, ignore_errors=True)
-        os.rename(tmp, ENV_DIR)
-    return ENV_DIR
+    return pinned_env(ENV_DIR, PINS, "vLLM 0.33.0", 1800)
 
 
 # ---- fast: the chunks, in-process (every rank's memory from load_rank; no vLLM, no process group) ----
