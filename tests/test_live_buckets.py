@@ -71,3 +71,43 @@ def test_a_bad_timeout_is_one_line(fp32, timeout):
             next(iter(live.hf_weights(shards, timeout=timeout)))
     with pytest.raises(live.NanokernError, match="timeout must be"):
         live.hf_metadata(shards, timeout=timeout)
+
+
+def _run(shards, **kw) -> list[tuple]:
+    """[(names, bytes, crc32, storage address, own bucket)] of one hf_buckets call (bytes cloned at once)."""
+    return [(b.names, b.packed_tensor.clone(), b.crc32, (b.packed_tensor.untyped_storage().data_ptr(),
+             b.packed_tensor.untyped_storage().nbytes()), b.ends[-1] > kw["bucket_bytes"]) for b in live.hf_buckets(shards, num_buffers=2, **kw)]
+
+
+def test_bucket_buffers_are_reused_across_calls_and_grown(fp32):
+    """Calls with one BucketBuffers give the same buckets, byte for byte, as fresh calls; a call
+    refills the buffers of the one before; one with larger buckets (fp32 after bf16: two buckets
+    of up to 600 KB after one of 410 KB) grows them, a smaller one after reuses the grown ones; a
+    tensor larger than bucket_bytes never goes in them; one call at a time."""
+    shards, want = fp32
+    runs = [("bf16", 600_000), ("bf16", 600_000), ("keep", 600_000), ("keep", 600_000), ("bf16", 600_000), ("keep", 60_000)]
+    fresh = {r: _run(shards, dtype=r[0], bucket_bytes=r[1]) for r in set(runs)}
+    kept = live.BucketBuffers()
+    calls = [_run(shards, dtype=dt, bucket_bytes=cap, buffers=kept) for dt, cap in runs]
+    for got, r in zip(calls, runs):
+        assert [(n, c) for n, _, c, _, _ in got] == [(n, c) for n, _, c, _, _ in fresh[r]]
+        assert all(torch.equal(g[1], f[1]) for g, f in zip(got, fresh[r]))
+    ptrs = [{p for *_, p, own in got if not own} for got in calls]  # {(address, bytes)} of the shared buffers
+    largest = [max(b.numel() for _, b, _, _, own in got if not own) for got in calls]
+    assert len(ptrs[0]) == 1 and ptrs[1] == ptrs[0] and {n for _, n in ptrs[0]} == {largest[0]}  # reused
+    assert largest[2] > largest[0] and len(ptrs[2]) == 2 and {n for _, n in ptrs[2]} == {largest[2]}  # grown
+    assert ptrs[3] == ptrs[2] and ptrs[4] < ptrs[2] and ptrs[5] == ptrs[2]  # reused, larger than needed too
+    assert kept.nbytes == 2 * largest[2]
+    alone = [p for *_, p, own in calls[5] if own]
+    assert len(alone) == 2 and not {a for a, _ in alone} & {a for a, _ in ptrs[2]}  # (embedding, lm_head: their own)
+    unpacked = {}
+    for b in live.hf_buckets(shards, dtype="keep", bucket_bytes=60_000, buffers=kept):
+        unpacked.update((n, t.clone()) for n, t in live.unpack(b))
+    assert unpacked.keys() == want.keys() and all(torch.equal(unpacked[n], want[n]) for n in want)
+    first = iter(live.hf_buckets(shards, dtype="bf16", bucket_bytes=60_000, buffers=kept))
+    next(first)
+    with pytest.raises(live.NanokernError, match="in use by an unfinished call"):
+        next(iter(live.hf_buckets(shards, dtype="bf16", bucket_bytes=60_000, buffers=kept)))
+    first.close()
+    crcs = lambda got: [c for _, _, c, _, _ in got]  # noqa: E731
+    assert crcs(_run(shards, dtype="bf16", bucket_bytes=60_000, buffers=kept)) == crcs(_run(shards, dtype="bf16", bucket_bytes=60_000))
