@@ -13,14 +13,12 @@ No test functions here: pytest collects nothing from this file.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import traceback
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from test_live_worker import FAILS, check, check_buckets, groups, reference, same, tree
+from test_live_worker import check, check_buckets, reference, run_cases, same, tree
 
 from nanokern import live
 
@@ -71,24 +69,7 @@ def main() -> None:
     dist.init_process_group("gloo")
     spec = json.loads(Path(sys.argv[1]).read_text())
     out = Path(spec["out"])
-    for i, case in enumerate(spec["cases"]):
-        tp, pp = case["tp"], case["pp"]
-        tpg, ppg = groups(tp, pp)
-        if dist.get_rank() < tp * pp:
-            try:
-                run_case(case, tpg, ppg, out / str(i))
-            except Exception:  # noqa: BLE001 - reported as a failure of the case
-                FAILS.append(f"FAIL rank {dist.get_rank()}: {case['fixture']}: {traceback.format_exc()}")
-        dist.barrier()
-    for line in FAILS:
-        print(line, flush=True)
-    bad = torch.tensor([len(FAILS)])
-    dist.all_reduce(bad)
-    dist.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"live fp8 checks: {int(bad)} failure(s)", flush=True)
-    sys.exit(1 if int(bad) else 0)
-
+    run_cases(spec["cases"], lambda i, case, tpg, ppg: run_case(case, tpg, ppg, out / str(i)), "live fp8")
 
 if __name__ == "__main__":
     main()

@@ -15,19 +15,16 @@ line ("FAIL ..."); exit 1 if any. No test functions here.
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
-import traceback
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from test_live_worker import groups, reference, same
+from test_live_worker import check, reference, run_cases, same
 
 from nanokern import live
 
-FAILS: list[str] = []
 # The dim a plain chunk of what the TP ranks hold splits (TP > 1), by HF name: Nanotron shards
 # q/k/v and gate/up by output rows, o/down by input columns; what every TP rank holds whole
 # (norms, router, experts) is cut along dim 0, or dim 1 where dim 0 does not divide (the
@@ -37,11 +34,6 @@ DIMS = [(r"self_attn\.[qkv]_proj\.(weight|bias)$", 0), (r"self_attn\.o_proj\.wei
         (r"mlp\.experts\.\d+\.(gate|up|down)_proj\.weight$", 0), (r"layernorm\.weight$|^model\.norm\.weight$", 0),
         (r"mlp\.gate\.weight$", 0), (r"mlp\.shared_expert_gate\.weight$", 1),
         (r"^model\.embed_tokens\.weight$|^lm_head\.weight$", 0)]
-
-
-def check(ok: bool, what: str) -> None:
-    if not ok:
-        FAILS.append(f"FAIL rank {dist.get_rank()}: {what}")
 
 
 def want_dim(name: str, tp: int, trimmed: bool, fp8_shape: tuple | None = None):
@@ -181,24 +173,7 @@ def main() -> None:
     sys.path.append(spec["vllm_path"])  # vLLM and what it needs beyond .venv's packages (after them)
     from vllm.distributed.weight_transfer import base, m2n_common, nccl_engine
 
-    for case in spec["cases"]:
-        tp, pp = case["tp"], case["pp"]
-        tpg, ppg = groups(tp, pp)
-        if dist.get_rank() < tp * pp:
-            try:
-                run_case(case, tpg, ppg, (base, nccl_engine, m2n_common))
-            except Exception:  # noqa: BLE001 - reported as a failure of the case
-                FAILS.append(f"FAIL rank {dist.get_rank()}: {case['fixture']}: {traceback.format_exc()}")
-        dist.barrier()
-    for line in FAILS:
-        print(line, flush=True)
-    ok = torch.tensor([len(FAILS)])
-    dist.all_reduce(ok)
-    dist.destroy_process_group()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"vllm checks: {int(ok)} failure(s)", flush=True)
-    sys.exit(1 if int(ok) else 0)
-
+    run_cases(spec["cases"], lambda i, case, tpg, ppg: run_case(case, tpg, ppg, (base, nccl_engine, m2n_common)), "vllm")
 
 if __name__ == "__main__":
     main()

@@ -205,28 +205,34 @@ def run_case(case: dict, tpg, ppg, out: Path) -> None:
             check(same(t, (want[n].float() * 2).to(want[n].dtype)), f"{fx} {dtype}: {n} after the shards changed: stale or wrong")
 
 
-def main() -> None:
-    dist.init_process_group("gloo")
-    spec = json.loads(Path(sys.argv[1]).read_text())
-    out = Path(spec["out"])
-    for i, case in enumerate(spec["cases"]):
+def run_cases(cases: list, run, label: str) -> None:
+    """Each case on the first TP x PP ranks of the world (the others wait at the barrier):
+    run(i, case, tp_group, pp_group); an exception is a failure of the case. Then every rank's
+    failures printed, and exit 1 if any rank had one."""
+    for i, case in enumerate(cases):
         tp, pp = case["tp"], case["pp"]
         tpg, ppg = groups(tp, pp)
         if dist.get_rank() < tp * pp:
             try:
-                run_case(case, tpg, ppg, out / str(i))
+                run(i, case, tpg, ppg)
             except Exception:  # noqa: BLE001 - reported as a failure of the case
                 FAILS.append(f"FAIL rank {dist.get_rank()}: {case['fixture']}: {traceback.format_exc()}")
         dist.barrier()
     for line in FAILS:
         print(line, flush=True)
-    ok = torch.tensor([len(FAILS)])
-    dist.all_reduce(ok)
+    bad = torch.tensor([len(FAILS)])
+    dist.all_reduce(bad)
     dist.destroy_process_group()
-    if dist.is_available() and int(os.environ.get("RANK", "0")) == 0:
-        print(f"live checks: {int(ok)} failure(s)", flush=True)
-    sys.exit(1 if int(ok) else 0)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{label} checks: {int(bad)} failure(s)", flush=True)
+    sys.exit(1 if int(bad) else 0)
 
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    out = Path(spec["out"])
+    run_cases(spec["cases"], lambda i, case, tpg, ppg: run_case(case, tpg, ppg, out / str(i)), "live")
 
 if __name__ == "__main__":
     main()
