@@ -76,7 +76,7 @@ def test_stepped_copy_changes_every_weight(tmp_path):
             assert x.dtype == y.dtype and not torch.equal(x, y)
 
 
-@pytest.mark.slow  # (5 processes: about 8 s on 2 idle cores; the fast loop checks buckets in test_live_buckets)
+@pytest.mark.slow  # (5 processes started by torchrun; the fast loop checks buckets in test_live_buckets)
 def test_trainer_pushes_buckets_to_an_engine_tp2_pp2(tmp_path):
     """TP2 x PP2 (+ the engine: 5 processes), bf16, buckets of 32 KiB (several, a few tensors alone)."""
     launch(tmp_path, [case("tp2_pp2", tmp_path)])
