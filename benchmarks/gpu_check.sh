@@ -32,7 +32,7 @@ TEST_TIMEOUT="${TEST_TIMEOUT:-240}"  # a bare machine compiles every kernel vari
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-150}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 GPU_TESTS="${GPU_TESTS:-$(ls tests/test_ops_*.py tests/test_parity_kernels.py tests/test_generate_kernels.py \
-  tests/test_execute.py tests/test_live_single.py | tr '\n' ' ')}"
+  tests/test_execute.py tests/test_live_single.py tests/test_live_fp8.py | tr '\n' ' ')}"
 WHEELS="${WHEELS:-.whl}"
 COLLECT_ONLY=0
 [[ "${1:-}" == "--collect-only" ]] && COLLECT_ONLY=1
