@@ -1,10 +1,13 @@
 """`nanokern bench live`: the buckets mode end to end on a tiny checkpoint (every path's tensors
-in the engine's memory equal `nanokern convert`'s, a CSV row per path), and the scratch folder:
+in the engine's memory equal `nanokern convert`'s, a CSV row per path; the vLLM source's two
+paths with vLLM 0.33.0, or skipped in one line without it), and the scratch folder:
 a private one made inside the user's, removed alone (the user's folder and files stay)."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
+import os
 import subprocess
 import sys
 
@@ -39,12 +42,40 @@ def test_bench_live_buckets_tiny(tmp_path):
     out = tmp_path / "live_buckets.csv"
     cmd = [sys.executable, "-m", "nanokern", "bench", "live", "--mode", "buckets", "--size", "4MB", "--tp", "2", "--pp", "1",
            "--bucket-size", "256KB", "--cache-dir", str(tmp_path / "cache"), "--scratch-dir", str(user), "--csv", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "NANOKERN_VLLM_PATH"}
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert set(COLUMNS) <= set(rows[0])
-    assert [x["path"] for x in rows] == ["floor", "buckets", "per_tensor", "two_step"]
-    assert [x["identical"] for x in rows] == ["", "True", "True", "True"], r.stdout
+    if importlib.util.find_spec("vllm") is None:  # (the environment's own: no vLLM, its paths skipped in one line)
+        assert [x["path"] for x in rows] == ["floor", "buckets", "per_tensor", "two_step"]
+        assert [x for x in r.stdout.splitlines() if "vllm" in x] == [
+            "vllm_full, vllm_local skipped: live.vllm_source needs vLLM's weight-transfer API (vllm 0.33 or later): "
+            "No module named 'vllm' (set NANOKERN_VLLM_PATH to a folder holding it)"], r.stdout
+    else:
+        assert [x["path"] for x in rows] == ["floor", "buckets", "per_tensor", "vllm_full", "vllm_local", "two_step"]
+    assert [x["identical"] for x in rows] == [""] + ["True"] * (len(rows) - 1), r.stdout
     assert all(float(x["seconds"]) > 0 and float(x["hf_mb"]) > 1 for x in rows)
     assert user.is_dir() and not any(user.iterdir())  # the private folder made there is gone, the user's kept
+
+
+@pytest.mark.slow
+def test_bench_live_vllm_paths_tiny(tmp_path):
+    """TP2 x PP2 + the engine, 4 MB fp32 -> bf16, vLLM 0.33.0 from the tests' folder: vllm_full
+    (each stage's TP rank 0 sending its stage's tensors) and vllm_local (every rank its chunks,
+    o_proj / down_proj along dim 1: copied into place) leave convert's tensors in the engine."""
+    from test_live_vllm import vllm_env
+
+    env = {**os.environ, "NANOKERN_VLLM_PATH": str(vllm_env())}
+    out = tmp_path / "live_buckets.csv"
+    cmd = [sys.executable, "-m", "nanokern", "bench", "live", "--mode", "buckets", "--size", "4MB", "--tp", "2", "--pp", "2",
+           "--bucket-size", "256KB", "--reps", "1", "--cache-dir", str(tmp_path / "cache"), "--csv", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    assert "skipped" not in r.stdout, r.stdout
+    with open(out, newline="") as f:
+        rows = {x["path"]: x for x in csv.DictReader(f)}
+    assert list(rows) == ["floor", "buckets", "per_tensor", "vllm_full", "vllm_local", "two_step"]
+    assert all(rows[k]["identical"] == "True" for k in rows if k != "floor"), r.stdout
+    assert all(float(rows[k]["seconds"]) > 0 and rows[k]["floor_s"] == rows["floor"]["seconds"] for k in rows)

@@ -75,8 +75,11 @@ def test_a_bad_timeout_is_one_line(fp32, timeout):
 
 def _run(shards, **kw) -> list[tuple]:
     """[(names, bytes, crc32, storage address, own bucket)] of one hf_buckets call (bytes cloned at once)."""
-    return [(b.names, b.packed_tensor.clone(), b.crc32, (b.packed_tensor.untyped_storage().data_ptr(),
-             b.packed_tensor.untyped_storage().nbytes()), b.ends[-1] > kw["bucket_bytes"]) for b in live.hf_buckets(shards, num_buffers=2, **kw)]
+    out = []
+    for b in live.hf_buckets(shards, num_buffers=2, **kw):
+        store = b.packed_tensor.untyped_storage()
+        out.append((b.names, b.packed_tensor.clone(), b.crc32, (store.data_ptr(), store.nbytes()), b.ends[-1] > kw["bucket_bytes"]))
+    return out
 
 
 def test_bucket_buffers_are_reused_across_calls_and_grown(fp32):
@@ -110,4 +113,5 @@ def test_bucket_buffers_are_reused_across_calls_and_grown(fp32):
         next(iter(live.hf_buckets(shards, dtype="bf16", bucket_bytes=60_000, buffers=kept)))
     first.close()
     crcs = lambda got: [c for _, _, c, _, _ in got]  # noqa: E731
-    assert crcs(_run(shards, dtype="bf16", bucket_bytes=60_000, buffers=kept)) == crcs(_run(shards, dtype="bf16", bucket_bytes=60_000))
+    again = _run(shards, dtype="bf16", bucket_bytes=60_000, buffers=kept)
+    assert crcs(again) == crcs(_run(shards, dtype="bf16", bucket_bytes=60_000))

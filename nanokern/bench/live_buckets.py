@@ -7,13 +7,17 @@ from a barrier of every rank to its last tensor in place, in one run (paths: liv
   handshake, every unit routed to grid rank 0 by the same collectives in the same order, and
   each bucket's size in bytes broadcast to the engine over the update group (grid rank 0 + the
   engine) when its last tensor is reached, one send in flight while the next units come;
-- buckets: live.hf_buckets to grid rank 0, each bucket broadcast the same way (its fields, then
+- buckets: live.hf_buckets to grid rank 0 into buffers kept across reps (live.BucketBuffers,
+  as a job pushing every few steps keeps them), each bucket broadcast the same way (its fields, then
   its bytes), unpacked on the engine (CRC32 checked) and copied into place by name;
 - per_tensor: live.hf_weights to grid rank 0, each tensor broadcast straight into place (the
   names, shapes and dtypes sent once ahead, from live.hf_metadata, untimed);
 - two_step: every rank saves its shards in Nanotron's layout, `nanokern convert` of them (every
   rank of the world, the engine's too), the engine reads the HF folder into place;
-- any path in live_paths.HOOKS (the vLLM source's).
+- vllm_full, vllm_local: live.vllm_source's two passes, each rank's tensors or chunks sent to
+  the engine (live_vllm.py), when vLLM's weight-transfer API imports on the grid's ranks (as
+  installed, or from the folder NANOKERN_VLLM_PATH names); else one line says why they are
+  skipped;
 Figures: seconds, GB/s of HF bytes, floor seconds / seconds (1.0: as fast as the transport
 alone); and the CPU seconds of every rank together (process time, threads included: a figure
 that contention on a shared machine inflates far less), the floor's over each path's. The
@@ -34,7 +38,7 @@ from types import SimpleNamespace
 from nanokern.bench.common import MB, device_name, stamp
 
 COLUMNS = ["size", "tp", "pp", "dtype", "out_dtype", "bucket_mb", "path", "seconds", "gb_per_s", "floor_s", "floor_ratio",
-           "cpu_s", "cpu_floor_ratio", "hf_mb", "identical"]
+           "cpu_s", "cpu_floor_ratio", "hf_mb", "identical", "load1"]
 TIMED = ["floor", "buckets", "per_tensor"]  # then HOOKS, then two_step
 
 
@@ -47,15 +51,18 @@ def run(size: str, tp: int, pp: int, dtype: str, out_dtype: str, reps: int, devi
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     ckpt, _ = cached_checkpoint(cache, parse_size(size), tp, pp, dtype, echo)
+    load1 = round(os.getloadavg()[0], 2)  # (the machine's 1-minute load average as the run starts)
     with private_scratch(scratch_dir, cache) as scratch:
         spec = scratch / "spec.json"
         spec.write_text(json.dumps({"ckpt": str(ckpt), "tp": tp, "pp": pp, "out_dtype": out_dtype, "reps": reps,
                                     "device": device, "bucket_bytes": bucket_bytes, "scratch": str(scratch)}))
         res = launch(tp * pp + 1, "nanokern.bench.live_buckets", spec)
+    if res.get("vllm_skipped"):
+        echo(f"vllm_full, vllm_local skipped: {res['vllm_skipped']}")
     med = {k: statistics.median(v) for k, v in res["times"].items()}
     cpu = {k: statistics.median(v) for k, v in res["cpu"].items()}
     base = {**stamp(device_name(device), reps), "size": size, "tp": tp, "pp": pp, "dtype": dtype, "out_dtype": out_dtype,
-            "bucket_mb": round(bucket_bytes / MB, 2), "floor_s": round(med["floor"], 4), "hf_mb": round(res["hf_bytes"] / MB, 2)}
+            "bucket_mb": round(bucket_bytes / MB, 2), "load1": load1, "floor_s": round(med["floor"], 4), "hf_mb": round(res["hf_bytes"] / MB, 2)}
     return [{**base, "path": k, "seconds": round(s, 4), "gb_per_s": round(res["hf_bytes"] / s / 1e9, 3),
              "floor_ratio": round(med["floor"] / s, 3), "cpu_s": round(cpu[k], 4),
              "cpu_floor_ratio": round(cpu["floor"] / cpu[k], 3), "identical": res["identical"].get(k, "")} for k, s in med.items()]
@@ -68,6 +75,7 @@ def worker(spec_path: str) -> None:
     import torch.distributed as dist
 
     from nanokern import live
+    from nanokern.bench import live_vllm
     from nanokern.bench.live_paths import HOOKS, PATHS, two_step
     from nanokern.bench.live_ranks import grid_groups
     from nanokern.live.buckets import layout
@@ -101,6 +109,13 @@ def worker(spec_path: str) -> None:
     elif rank < engine:
         for _ in live.hf_weights(c.sh, tpg, ppg, c.od, ranks=0):
             pass  # warm-up: the grid's connections opened (nothing goes to the engine)
+    c.kept = live.BucketBuffers()
+    why = [None] * dist.get_world_size()  # (untimed) can the grid's ranks import vLLM's weight-transfer API?
+    dist.all_gather_object(why, live_vllm.find() if rank < engine else None)
+    skipped = next((w for w in why if w), None)
+    if skipped is None:
+        live_vllm.prepare(c, engine)
+        HOOKS.update(live_vllm.PATHS)
     paths = {**PATHS, **HOOKS}
     times: dict[str, list[float]] = {k: [] for k in [*paths, "two_step"]}
     cpu: dict[str, list[float]] = {k: [] for k in times}  # this process's CPU seconds (its threads too)
@@ -132,7 +147,8 @@ def worker(spec_path: str) -> None:
         (Path(spec_path).parent / "result.json").write_text(json.dumps({
             "times": times, "cpu": {k: [sum(r[k][i] for r in every) for i in range(len(v))] for k, v in cpu.items()},
             "hf_bytes": sum(t.numel() * t.element_size() for t in c.model.values()),
-            "identical": {k: d == first and sorted(d) == sorted(n for n, *_ in c.meta) for k, d in digests.items()}}))
+            "identical": {k: d == first and sorted(d) == sorted(n for n, *_ in c.meta) for k, d in digests.items()},
+            "vllm_skipped": skipped}))
     dist.barrier()
     dist.destroy_process_group()
 

@@ -8,25 +8,26 @@ import json
 from pathlib import Path
 
 
-def _bytes(t):
+def flat_bytes(t):
     import torch
 
     return t.reshape(-1).view(torch.uint8)
 
 
 class Sender:
-    """Grid rank 0's sends to the engine, each started asynchronously and waited for before the
-    next one starts: one in flight while the next bucket (or tensor) is gathered and filled; with
-    hf_buckets' two buffers, the one being sent is never the one being filled."""
+    """A grid rank's sends to the engine (grid rank 0's unless src says), each started
+    asynchronously and waited for before the next one starts: one in flight while the next
+    bucket (or tensor) is gathered and filled; with hf_buckets' two buffers, the one being sent
+    is never the one being filled."""
 
-    def __init__(self, group):
-        self.group, self.work = group, None
+    def __init__(self, group, src: int = 0):
+        self.group, self.src, self.work = group, src, None
 
     def send(self, t) -> None:
         import torch.distributed as dist
 
         self.wait()
-        self.work = dist.broadcast(t, src=0, group=self.group, async_op=True)
+        self.work = dist.broadcast(t, src=self.src, group=self.group, async_op=True)
 
     def wait(self) -> None:
         if self.work is not None:
@@ -68,13 +69,15 @@ def floor_engine(c) -> None:
 
 
 def buckets_trainer(c) -> None:
-    """The README's push, with the send of each bucket overlapping the filling of the next."""
+    """The README's push, with the send of each bucket overlapping the filling of the next, into
+    the buffers kept across reps (c.kept, a live.BucketBuffers: every send is waited for before
+    the call ends, so the next call may refill them)."""
     import torch.distributed as dist
 
     from nanokern import live
 
     out = Sender(c.update)
-    for b in live.hf_buckets(c.sh, c.tpg, c.ppg, c.od, ranks=0, bucket_bytes=c.bucket_bytes, num_buffers=2):
+    for b in live.hf_buckets(c.sh, c.tpg, c.ppg, c.od, ranks=0, bucket_bytes=c.bucket_bytes, num_buffers=2, buffers=c.kept):
         head = {k: v for k, v in vars(b).items() if k != "packed_tensor"}
         out.wait()  # (the object broadcast below goes after it on the same group)
         dist.broadcast_object_list([{**head, "nbytes": b.packed_tensor.numel()}], src=0, group=c.update)
@@ -104,7 +107,7 @@ def per_tensor_trainer(c) -> None:
 
     out = Sender(c.update)
     for _, t in live.hf_weights(c.sh, c.tpg, c.ppg, c.od, ranks=0):
-        out.send(_bytes(t))  # (the work holds t: its buffer is not refilled while it is sent)
+        out.send(flat_bytes(t))  # (the work holds t: its buffer is not refilled while it is sent)
     out.wait()
 
 
@@ -112,7 +115,7 @@ def per_tensor_engine(c) -> None:
     import torch.distributed as dist
 
     for name, *_ in c.meta:
-        dist.broadcast(_bytes(c.model[name]), src=0, group=c.update)
+        dist.broadcast(flat_bytes(c.model[name]), src=0, group=c.update)
 
 
 PATHS = {"floor": (floor_trainer, floor_engine), "buckets": (buckets_trainer, buckets_engine),
