@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from fixtures_path import NANOTRON_FIXTURES, QWEN2_FIXTURES, fixture
+from test_live_vllm import vllm_env
 
 from nanokern.convert import convert
 
@@ -68,9 +69,11 @@ def cases(tmp: Path) -> list[dict]:
     return out
 
 
-def _launch(tmp_path: Path, cases_: list[dict]) -> None:
+def _launch(tmp_path: Path, cases_: list[dict], vllm: bool = False) -> None:
+    """vllm: also through vLLM 0.33.0's own pack_tensors / unpack_tensor (its packed_tensor.py)."""
     spec = tmp_path / "cases.json"
-    spec.write_text(json.dumps({"out": str(tmp_path / "live"), "cases": cases_}))
+    packer = str(vllm_env() / "vllm" / "distributed" / "weight_transfer" / "packed_tensor.py") if vllm else None
+    spec.write_text(json.dumps({"out": str(tmp_path / "live"), "cases": cases_, "vllm_packer": packer}))
     (tmp_path / "live").mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "4", str(WORKER), str(spec)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -81,7 +84,7 @@ def _launch(tmp_path: Path, cases_: list[dict]) -> None:
 
 @pytest.mark.slow
 def test_live_matches_convert_on_every_fixture(tmp_path):
-    _launch(tmp_path, cases(tmp_path))
+    _launch(tmp_path, cases(tmp_path), vllm=True)
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from nanokern import live
 
 FAILS: list[str] = []
+PACKER: list = []  # vLLM's packed_tensor module, when the spec names its file
 
 
 def check(ok: bool, what: str) -> None:
@@ -142,6 +143,29 @@ def check_buckets(hf_buckets, src, tpg, ppg, dtype, opts, meta, want, what: str,
     check((stats["peak_bytes"] > 0 or not mine) and stats["peak_bytes"] <= stats["bound_bytes"], f"{what}: buckets' peak {stats}")
 
 
+def vllm_packer(path: str):
+    """vLLM's own packed_tensor.py (pack_tensors, unpack_tensor: what its NCCL engine runs in
+    packed mode), loaded from its file alone (it imports only torch; not the vllm package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("vllm_packed_tensor", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def check_vllm_packed(packer, weights, want, what: str, buffer_bytes: int) -> int:
+    """Feed hf_weights to vLLM's pack_tensors as its trainer does (it keeps the yielded tensors and
+    concatenates them later), unpack every chunk with its unpack_tensor: every tensor equals the
+    export's. The number of tensors seen."""
+    it, seen = iter(weights), 0
+    while (chunk := packer.pack_tensors(it, post_iter_func=lambda item: item[1], buffer_size_bytes=buffer_bytes)) is not None:
+        for n, t in packer.unpack_tensor(chunk.packed_tensor, chunk.names, chunk.shapes, chunk.dtypes, chunk.tensor_sizes):
+            check(n in want and same(t, want[n]), f"{what}: {n} through vLLM's pack_tensors differs from the convert export")
+            seen += 1
+    return seen
+
+
 def run_case(case: dict, tpg, ppg, out: Path) -> None:
     """Every check of one case; `out` is the case's own folder."""
     fx, dtypes_ = case["fixture"], case.get("dtypes", {})
@@ -171,6 +195,9 @@ def run_case(case: dict, tpg, ppg, out: Path) -> None:
             check(tuple(t.shape) == shape and t.dtype == dt, f"{fx} {dtype}: {n} is {t.dtype} {tuple(t.shape)}, metadata says {dt} {shape}")
             check(n in want and same(t, want[n]), f"{fx} {dtype}: {n} kept in a list differs from the convert export")
         del got
+        if PACKER:
+            n = check_vllm_packed(PACKER[0], live.hf_weights(src, tpg, ppg, dtype, **opts), want, f"{fx} {dtype}", 1 << 16)
+            check(n == len(meta), f"{fx} {dtype}: vLLM's pack_tensors saw {n} of {len(meta)} tensors")
         stats: dict = {}
         bad = [n for n, t in live.hf_weights(src, tpg, ppg, dtype, stats=stats, **opts) if not same(t, want[n])]
         check(not bad, f"{fx} {dtype}: {bad[:3]} differ when dropped at once")
@@ -194,6 +221,10 @@ def run_case(case: dict, tpg, ppg, out: Path) -> None:
         got = list(live.hf_weights(src, tpg, ppg, dtype, ranks=case["dst"], **opts))
         check(len(got) == (len(want) if rank == case["dst"] else 0), f"{fx}: ranks={case['dst']} yielded {len(got)} tensors on rank {rank}")
         check(all(same(t, want[n]) for n, t in got), f"{fx}: ranks={case['dst']}: {[n for n, t in got if not same(t, want[n])][:3]} differ")
+        if PACKER:
+            n = check_vllm_packed(PACKER[0], live.hf_weights(src, tpg, ppg, dtype, ranks=case["dst"], **opts), want,
+                                  f"{fx}: ranks={case['dst']}", 1 << 16)
+            check(n == (len(want) if rank == case["dst"] else 0), f"{fx}: ranks={case['dst']}: vLLM's pack_tensors saw {n} tensors")
         meta = live.hf_metadata(src, tpg, ppg, dtype, **opts)
         check_buckets(live.hf_buckets, src, tpg, ppg, dtype, opts, meta, want, f"{fx} {dtype}", case["dst"])
     if case.get("change"):  # the shards move: the next call yields the new weights (x2 is exact in every dtype)
@@ -232,6 +263,8 @@ def main() -> None:
     dist.init_process_group("gloo")
     spec = json.loads(Path(sys.argv[1]).read_text())
     out = Path(spec["out"])
+    if spec.get("vllm_packer"):
+        PACKER.append(vllm_packer(spec["vllm_packer"]))
     run_cases(spec["cases"], lambda i, case, tpg, ppg: run_case(case, tpg, ppg, out / str(i)), "live")
 
 if __name__ == "__main__":
