@@ -148,3 +148,21 @@ def test_staging_buffers_are_whole_huge_pages_reused_across_files():
 def test_staging_buffers_ask_for_transparent_huge_pages():
     v = direct._Pool().take(1, 4 << 20)[0]
     assert "hg" in _vmflags(np.frombuffer(v, np.uint8).ctypes.data)  # madvise(MADV_HUGEPAGE) took
+
+
+def test_preallocation_is_native_or_none(tmp_path, monkeypatch):
+    """The writer reserves a file's blocks with fallocate(2) only: glibc's posix_fallocate
+    emulates it where the filesystem has none (FUSE, NFSv3) by writing every 4 KiB block, one
+    round trip each. Where fallocate(2) is refused, the same bytes are written without it."""
+    def emulated(*_):
+        raise AssertionError("posix_fallocate called")
+
+    monkeypatch.setattr(os, "posix_fallocate", emulated)
+    data = np.random.default_rng(7).integers(0, 256, 3 * ALIGN + 99, dtype=np.uint8).tobytes()
+    _produce(tmp_path / "a.bin", data, [ALIGN] * 4, chunk=2 * ALIGN, first_chunk=ALIGN, depth=2, direct=False)
+    assert (tmp_path / "a.bin").read_bytes() == data
+    calls = []
+    monkeypatch.setattr(direct, "_native_fallocate", lambda: lambda fd, mode, off, n: calls.append((mode, off, n)) or -1)
+    _produce(tmp_path / "b.bin", data, [ALIGN] * 4, chunk=2 * ALIGN, first_chunk=ALIGN, depth=2, direct=False)
+    assert (tmp_path / "b.bin").read_bytes() == data
+    assert calls == [(0, 0, 4 * ALIGN)]  # (refused: nothing reserved, the file written all the same)
