@@ -10,8 +10,9 @@ live_buckets.worker when vLLM's weight-transfer API imports on every rank of the
   owner only), and the engine puts each chunk in place by the declared placements (torch.chunk of
   the tensor along the Shard dim, in owner order; a chunk that is not contiguous there lands in a
   buffer first, then is copied).
-The engine receives in metadata order (owners in order within a tensor); the metadata rows and
-the groups are set up once, untimed, as per_tensor's names and shapes are.
+The engine takes each sender's stream in metadata order, the senders at once (a thread each:
+the stages, and vllm_local's TP ranks, send in parallel); the metadata rows and the groups are
+set up once, untimed, as per_tensor's names and shapes are.
 
 vLLM is imported as installed, or from the folder the environment variable NANOKERN_VLLM_PATH
 names (appended to sys.path: its packages come after the environment's own).
@@ -45,7 +46,7 @@ def find() -> str | None:
 def prepare(c, engine: int) -> None:
     """Every rank of the world, untimed: a group of each grid rank and the engine (c.links), the
     source's metadata rows on every rank (c.rows: name -> (name, dtype, shape, owners, dim)) and,
-    on the engine, a buffer for the largest chunk (c.chunk_buf)."""
+    on the engine, a buffer for the largest chunk per sender (c.chunk_bufs)."""
     import torch
     import torch.distributed as dist
 
@@ -61,7 +62,7 @@ def prepare(c, engine: int) -> None:
     if dist.get_rank() == engine:
         sizes = [torch.Size(shape).numel() * dt.itemsize // len(owners)
                  for _, dt, shape, owners, dim in rows[0] if dim is not None]
-        c.chunk_buf = torch.empty(max(sizes, default=0), dtype=torch.uint8, device=c.device)
+        c.chunk_bufs = {r: torch.empty(max(sizes, default=0), dtype=torch.uint8, device=c.device) for r in range(engine)}
 
 
 def _send_all(c, pieces, local: bool) -> None:
@@ -89,8 +90,8 @@ def full_engine(c) -> None:
 
     from nanokern.bench.live_paths import flat_bytes
 
-    for name, _, _, owners, _ in c.rows.values():
-        dist.broadcast(flat_bytes(c.model[name]), src=owners[0], group=c.links[owners[0]])
+    _receive({name: [(owners[0], lambda o=owners[0], t=c.model[name]: dist.broadcast(flat_bytes(t), src=o, group=c.links[o]))]
+              for name, _, _, owners, _ in c.rows.values()})
 
 
 def local_trainer(c) -> None:
@@ -105,21 +106,39 @@ def local_engine(c) -> None:
 
     from nanokern.bench.live_paths import flat_bytes
 
+    def into(o, piece, dt):
+        if piece.is_contiguous():
+            dist.broadcast(flat_bytes(piece), src=o, group=c.links[o])
+        else:  # (this sender's own buffer: its thread alone uses it)
+            tmp = c.chunk_bufs[o][: piece.numel() * dt.itemsize]
+            dist.broadcast(tmp, src=o, group=c.links[o])
+            piece.copy_(tmp.view(dt).view(piece.shape))
+
+    todo = {}
     for name, dt, _, owners, dim in c.rows.values():
         whole = c.model[name]
         if dim is None:
-            dist.broadcast(flat_bytes(whole), src=owners[0], group=c.links[owners[0]])
+            todo[name] = [(owners[0], lambda o=owners[0], t=whole: dist.broadcast(flat_bytes(t), src=o, group=c.links[o]))]
             continue
         chunks = torch.chunk(whole, len(owners), dim)
         if len(chunks) != len(owners) or len({x.shape for x in chunks}) != 1:
             raise RuntimeError(f"{name}: {tuple(whole.shape)} does not split into {len(owners)} equal chunks along dim {dim}")
-        for o, piece in zip(owners, chunks):
-            if piece.is_contiguous():
-                dist.broadcast(flat_bytes(piece), src=o, group=c.links[o])
-            else:
-                tmp = c.chunk_buf[: piece.numel() * dt.itemsize]
-                dist.broadcast(tmp, src=o, group=c.links[o])
-                piece.copy_(tmp.view(dt).view(piece.shape))
+        todo[name] = [(o, lambda o=o, x=x, dt=dt: into(o, x, dt)) for o, x in zip(owners, chunks)]
+    _receive(todo)
+
+
+def _receive(todo: dict) -> None:
+    """Run {name: [(sender, receive)]}: each sender's receives in metadata order, the senders at
+    once (a thread each: every PP stage, every TP rank sends its own stream)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    streams: dict[int, list] = {}
+    for items in todo.values():
+        for o, fn in items:
+            streams.setdefault(o, []).append(fn)
+    with ThreadPoolExecutor(max_workers=len(streams)) as pool:
+        for f in [pool.submit(lambda fns=fns: [fn() for fn in fns]) for fns in streams.values()]:
+            f.result()
 
 
 PATHS = {"vllm_full": (full_trainer, full_engine), "vllm_local": (local_trainer, local_engine)}
