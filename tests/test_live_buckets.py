@@ -101,6 +101,9 @@ def test_bucket_buffers_are_reused_across_calls_and_grown(fp32):
     assert largest[2] > largest[0] and len(ptrs[2]) == 2 and {n for _, n in ptrs[2]} == {largest[2]}  # grown
     assert ptrs[3] == ptrs[2] and ptrs[4] < ptrs[2] and ptrs[5] == ptrs[2]  # reused, larger than needed too
     assert kept.nbytes == 2 * largest[2]
+    st = {}
+    assert len(list(live.hf_buckets(shards, dtype="bf16", bucket_bytes=600_000, buffers=kept, stats=st))) == 1
+    assert largest[2] <= st["peak_bytes"] <= st["bound_bytes"]  # (the grown buffer counted, and within the bound)
     alone = [p for *_, p, own in calls[5] if own]
     assert len(alone) == 2 and not {a for a, _ in alone} & {a for a, _ in ptrs[2]}  # (embedding, lm_head: their own)
     unpacked = {}

@@ -126,7 +126,7 @@ def hf_buckets(src, tp_group=None, pp_group=None, dtype: str = "bf16", *, parall
     same object, so finish with every bucket of a call before the next one starts. None: new
     buffers each call, freed when the consumer drops its last bucket.
     checksum: the CRC32 of each bucket's bytes (on a GPU, read through a host copy).
-    Memory per rank: num_buffers x the largest bucket, plus the largest tensor of its own bucket
+    Memory per rank: num_buffers x the largest bucket (buffers=: of any call since), plus the largest tensor of its own bucket
     while it is the current one, plus the gathered units (stats=: peak_bytes, bound_bytes).
     timeout: as hf_weights' (the start handshake; the wait for the other ranks between steps).
     """
@@ -194,7 +194,8 @@ def _buckets(s, ranks, bucket_bytes: int, num_buffers: int, checksum: bool, stat
             fill_stats(stats, budget, order, wanted, num_buffers)
             big = max((g[0][0].nbytes for g, o in zip(groups, own) if o), default=0)
             n = min(num_buffers, len(slot))
-            stats.update(bucket_bytes=shared, buckets=len(groups), out_buffers=n, bound_bytes=n * shared + big + budget.bound_unit)
+            mine = n * shared if kept is None else sum(x.numel() for x in bufs)  # (kept ones: maybe larger, from an earlier call)
+            stats.update(bucket_bytes=shared, buckets=len(groups), out_buffers=n, bound_bytes=mine + big + budget.bound_unit)
 
 
 def unpack(bucket: Bucket, verify: bool = True) -> list:
