@@ -78,7 +78,8 @@ def _run(shards, **kw) -> list[tuple]:
     out = []
     for b in live.hf_buckets(shards, num_buffers=2, **kw):
         store = b.packed_tensor.untyped_storage()
-        out.append((b.names, b.packed_tensor.clone(), b.crc32, (store.data_ptr(), store.nbytes()), b.ends[-1] > kw["bucket_bytes"]))
+        alone = b.ends[-1] > kw["bucket_bytes"]
+        out.append((b.names, b.packed_tensor.clone(), b.crc32, (store.data_ptr(), store.nbytes()), alone))
     return out
 
 
