@@ -164,7 +164,8 @@ def _positive(text: str) -> int:
 @click.command("live")
 @click.option("--mode", type=click.Choice(["save", "buckets"]), default="save", show_default=True,
               help="save: live.save_hf against the two-step path and the collectives (TP x PP processes). buckets: into an "
-                   "engine's memory (one more process): hf_buckets, per-tensor hf_weights and the two-step path against "
+                   "engine's memory (one more process): hf_buckets, per-tensor hf_weights, the vLLM source (vllm_full, vllm_local: "
+                   "where vLLM imports, or from the folder NANOKERN_VLLM_PATH names) and the two-step path against "
                    "the transport's floor (bench/live_buckets.py).")
 @click.option("--size", default="200MB", show_default=True, help="Synthetic checkpoint size (20MB, 1GB, ...).")
 @click.option("--tp", type=click.IntRange(1), default=2, show_default=True)
@@ -172,8 +173,8 @@ def _positive(text: str) -> int:
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Source dtype.")
 @click.option("--out-dtype", type=click.Choice(["keep", "fp32", "bf16", "fp16"]), default="bf16", show_default=True)
 @click.option("--bucket-size", default="16MB", show_default=True, callback=lambda ctx, p, v: _positive(v),
-              help="--mode buckets: hf_buckets' bucket_bytes (KB, MB, MiB, ...). On the host each call allocates its bucket "
-                   "buffers; above glibc's mmap threshold (32 MB at most) they are new pages every time: page faults.")
+              help="--mode buckets: hf_buckets' bucket_bytes (KB, MB, MiB, ...); the buckets path refills buffers kept "
+                   "across reps (live.BucketBuffers), as a job pushing every few steps does.")
 @click.option("--reps", type=click.IntRange(1), default=1, show_default=True)
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="cuda: NCCL, one GPU per process (TP x PP GPUs; --mode buckets: one more).")

@@ -39,7 +39,6 @@ from nanokern.bench.common import MB, device_name, stamp
 
 COLUMNS = ["size", "tp", "pp", "dtype", "out_dtype", "bucket_mb", "path", "seconds", "gb_per_s", "floor_s", "floor_ratio",
            "cpu_s", "cpu_floor_ratio", "hf_mb", "identical", "load1"]
-TIMED = ["floor", "buckets", "per_tensor"]  # then HOOKS, then two_step
 
 
 def run(size: str, tp: int, pp: int, dtype: str, out_dtype: str, reps: int, device: str, cache_dir, scratch_dir,
