@@ -14,7 +14,7 @@ LAYERS = [
     ["nanokern.plan"],  # the logical model and plans
     ["nanokern.formats"],  # readers and writers
     ["nanokern.execute"],  # running a plan
-    ["nanokern.convert", "nanokern.verify", "nanokern.inspect"],  # the conversion API: convert, verify, inspect
+    ["nanokern.convert", "nanokern.verify", "nanokern.verify_fp8", "nanokern.inspect"],  # the conversion API: convert, verify, inspect
     ["nanokern.live"],  # HF tensors from a running job's shards (collective over its ranks)
     ["nanokern.cli_report"],  # how every command reports (errors, --json): used by the command modules below too
     ["nanokern.parity"],
