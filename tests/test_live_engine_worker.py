@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from test_live_worker import groups
 
 from nanokern import live
 
@@ -116,19 +117,6 @@ def step(shards) -> None:
     (the same on every rank and in the test's copy of the checkpoint's files)."""
     for p in shards.params.values():
         p.tensor.mul_(0.75).add_(2**-8)
-
-
-def groups(tp: int, pp: int):
-    """(tp_group, pp_group) of this rank in the grid over ranks 0 .. tp*pp-1 (TP fastest); every
-    rank of the world creates every group, in the same order."""
-    mine, r = [None, None], dist.get_rank()
-    for p in range(pp):
-        g = dist.new_group([p * tp + t for t in range(tp)])
-        mine[0] = g if r // tp == p and r < tp * pp else mine[0]
-    for t in range(tp):
-        g = dist.new_group([p * tp + t for p in range(pp)])
-        mine[1] = g if r % tp == t and r < tp * pp else mine[1]
-    return mine
 
 
 def hf_model(folder: str, dtype, pretrained: bool, device: str = "cpu"):

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from nanokern.bench.common import MB, append_csv_rows, default_cache_dir, device_name, parse_size, stamp
-from nanokern.bench.live_ranks import grid_groups, launch, private_scratch, save_nanotron
+from nanokern.bench.live_ranks import join, launch, private_scratch, save_nanotron
 
 COLUMNS = ["size", "tp", "pp", "dtype", "out_dtype", "live_s", "two_step_s", "save_nanotron_s", "convert_s",
            "collectives_s", "routed_collectives_s", "speedup_two_step", "live_over_collectives", "live_over_routed",
@@ -68,13 +68,8 @@ def worker(spec_path: str) -> None:
     from nanokern.live.save import writers
     from nanokern.live.stream import produce
 
-    spec = json.loads(Path(spec_path).read_text())
-    cuda = spec["device"] == "cuda"
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    spec, cuda, tpg, ppg = join(spec_path)
     tps, pps = spec["tp"], spec["pp"]
-    tpg, ppg = grid_groups(tps, pps)
     tp, pp = dist.get_rank() % tps, dist.get_rank() // tps
     sh = live.load_rank(spec["ckpt"], tp, pp, device="cuda" if cuda else "cpu")
     owner = L.pp_stage_blocks(*_spec_vocab(spec["ckpt"]), pps)

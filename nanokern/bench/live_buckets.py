@@ -76,17 +76,12 @@ def worker(spec_path: str) -> None:
     from nanokern import live
     from nanokern.bench import live_vllm
     from nanokern.bench.live_paths import HOOKS, PATHS, two_step
-    from nanokern.bench.live_ranks import grid_groups
+    from nanokern.bench.live_ranks import join
     from nanokern.live.buckets import layout
 
-    spec = json.loads(Path(spec_path).read_text())
-    cuda = spec["device"] == "cuda"
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
+    spec, cuda, tpg, ppg = join(spec_path)
     tps, pps, rank = spec["tp"], spec["pp"], dist.get_rank()
     engine = tps * pps
-    tpg, ppg = grid_groups(tps, pps)
     update = dist.new_group([0, engine])
     dev = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     c = SimpleNamespace(sh=None, tpg=tpg, ppg=ppg, update=update, od=spec["out_dtype"], bucket_bytes=spec["bucket_bytes"],

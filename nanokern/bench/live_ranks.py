@@ -35,6 +35,22 @@ def launch(nproc: int, module: str, spec: Path) -> dict:
     return json.loads((spec.parent / "result.json").read_text())
 
 
+def join(spec_path: str):
+    """A worker's start: its spec, whether it runs on CUDA (one GPU per process, LOCAL_RANK's),
+    the process group (NCCL there, else gloo) and its (tp_group, pp_group) in the grid."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    spec = json.loads(Path(spec_path).read_text())
+    cuda = spec["device"] == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return spec, cuda, *grid_groups(spec["tp"], spec["pp"])
+
+
 def grid_groups(tp: int, pp: int):
     """(tp_group, pp_group) of this rank in the TP x PP grid over global ranks 0 .. tp*pp-1 (TP
     fastest; (None, None) on a rank past it, an engine's); every rank of the world calls it."""
