@@ -10,7 +10,7 @@ import zlib
 import numpy as np
 import pytest
 
-from nanokern.io import direct
+from nanokern.io import direct, prealloc
 from nanokern.io.direct import ALIGN, SequentialWriter
 
 
@@ -162,7 +162,7 @@ def test_preallocation_is_native_or_none(tmp_path, monkeypatch):
     _produce(tmp_path / "a.bin", data, [ALIGN] * 4, chunk=2 * ALIGN, first_chunk=ALIGN, depth=2, direct=False)
     assert (tmp_path / "a.bin").read_bytes() == data
     calls = []
-    monkeypatch.setattr(direct, "_native_fallocate", lambda: lambda fd, mode, off, n: calls.append((mode, off, n)) or -1)
+    monkeypatch.setattr(prealloc, "_native_fallocate", lambda: lambda fd, mode, off, n: calls.append((mode, off, n)) or -1)
     _produce(tmp_path / "b.bin", data, [ALIGN] * 4, chunk=2 * ALIGN, first_chunk=ALIGN, depth=2, direct=False)
     assert (tmp_path / "b.bin").read_bytes() == data
     assert calls == [(0, 0, 4 * ALIGN)]  # (refused: nothing reserved, the file written all the same)
